@@ -1,0 +1,1 @@
+"""What users see: the command line, tables and JSON (later Prometheus and Grafana)."""

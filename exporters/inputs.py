@@ -1,0 +1,63 @@
+"""Turn a command-line PATH into snapshots: a root directory, a log file, a trace file."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from memledger.tracer.evidence import Evidence, NotAKernelLog, build_evidence, is_trace_text
+from memledger.tracer.reader import Snapshot, read_root
+
+__all__ = ("InputError", "load")
+
+# More than this share of undecodable bytes in the first 64 KiB means "not text".
+_BINARY_SHARE = 0.05
+
+
+class InputError(Exception):
+    """Unusable input; the message is one line naming the file (and line)."""
+
+
+def _decode(path: str, data: bytes) -> str:
+    head = data[:65536]
+    if head:
+        bad = head.count(0) + head.decode("utf-8", errors="replace").count("\ufffd")
+        if bad > _BINARY_SHARE * len(head):
+            raise InputError(f"{path}: binary data, not a kernel log or trace")
+    return data.decode("utf-8", errors="replace")
+
+
+def _read_file(path: str) -> bytes:
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise InputError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from None
+
+
+def load(path: str) -> list[Evidence]:
+    """Evidence for every boot in ``path`` (a root directory, a log or trace file, or -)."""
+    try:
+        if path != "-" and Path(path).is_dir():
+            snap = read_root(path)
+            if snap.kernel_log is None and not snap.texts and not snap.traces \
+                    and snap.firmware_memmap is None:
+                raise InputError(f"{path}: no kernel log (dmesg.txt or dev/kmsg), /proc or /sys "
+                                 "files found under this directory")
+            return build_evidence(snap)
+        if path != "-" and not os.path.exists(path):
+            raise InputError(f"{path}: no such file or directory")
+        text = _decode(path, _read_file(path))
+        if not text.strip():
+            raise InputError(f"{path}: empty file")
+        snap = Snapshot(root=path)
+        if is_trace_text(text):
+            snap.traces[path] = text
+        else:
+            snap.kernel_log = text
+        return build_evidence(snap, host_data=False)
+    except NotAKernelLog as exc:
+        raise InputError(str(exc)) from None

@@ -1,0 +1,88 @@
+"""Human-readable tables of a ledger (rich)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+
+__all__ = ("fmt_bytes", "render_ledger")
+
+_SEVERITY = {"error": "bold red", "warning": "yellow", "info": "cyan"}
+
+
+def fmt_bytes(value: int | None) -> str:
+    """``48037888`` → ``46,912 KiB (45.8 MiB)``; None → ``unknown``."""
+    if value is None:
+        return "[dim]unknown[/dim]"
+    if value == 0:
+        return "0"
+    sign = "-" if value < 0 else ""
+    v = abs(value)
+    if v % 1024:
+        return f"{sign}{v:,} B"
+    text = f"{sign}{v // 1024:,} KiB"
+    if v >= 1 << 20:
+        text += f" ({sign}{v / (1 << 20):.1f} MiB)"
+    return text
+
+
+def _table(title: str) -> Table:
+    t = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold", min_width=28)
+    t.add_column(justify="right")
+    t.add_column(style="dim")
+    return t
+
+
+def render_ledger(d: dict[str, Any], console: Console) -> None:
+    boot, kernel, fw = d["boot"], d["kernel"], d["firmware"]
+    bs, low, acct, fid = (d["efi_boot_services"], d["low_memory"], d["kernel_accounting"],
+                          d["fidelity"])
+    head = (f"boot {boot['index'] + 1} of {boot['of']}  ·  kernel {kernel['release'] or 'unknown'}"
+            f"  ·  firmware {'EFI' if fw['efi'] else 'BIOS' if fw['efi'] is False else 'unknown'}"
+            + (f" ({fw['efi_vendor']})" if fw.get("efi_vendor") else ""))
+
+    t1 = _table("EFI boot services")
+    t1.add_row("total", fmt_bytes(bs["total_bytes"]), bs["total_source"] or "")
+    t1.add_row("reclaimed", fmt_bytes(bs["reclaimed_bytes"]), bs["reclaimed_source"] or "")
+    t1.add_row("kept", fmt_bytes(bs["kept_bytes"]), "")
+    for reason, value in (bs["kept_by_reason"] or {}).items():
+        t1.add_row(f"  {reason}", fmt_bytes(value), "")
+    t1.add_row("leaked", fmt_bytes(bs["leaked_bytes"]), "MemTotal − Σ managed")
+
+    t2 = _table("Below 1 MiB")
+    t2.add_row("usable (E820)", fmt_bytes(low["usable_bytes"]), "")
+    t2.add_row("reserved", fmt_bytes(low["reserved_bytes"]), low["reserved_source"] or "")
+    t2.add_row("boot services", fmt_bytes(low["boot_services_bytes"]), "")
+    t2.add_row("freed", fmt_bytes(low["freed_bytes"]), low["freed_source"] or "")
+    t2.add_row("crashkernel low", fmt_bytes(low["crashkernel_low_bytes"]), "")
+
+    t3 = _table("Kernel accounting")
+    t3.add_row("reserved at boot", fmt_bytes(acct["boot_reserved_bytes"]), "Memory: line")
+    for name, value in acct["freed_by_name"].items():
+        t3.add_row(f"  freed: {name}", fmt_bytes(value), "")
+    t3.add_row("present − managed", fmt_bytes(
+        None if acct["present_bytes"] is None or acct["managed_bytes"] is None
+        else acct["present_bytes"] - acct["managed_bytes"]), "zoneinfo")
+    t3.add_row("MemTotal", fmt_bytes(acct["memtotal_bytes"]), "meminfo")
+    t3.add_row("residual", fmt_bytes(acct["residual_bytes"]), "")
+
+    src = ", ".join(k for k, v in fid["sources"].items() if v) or "none"
+    lines = [f"sources: {src}"]
+    if fid["unreadable"]:
+        lines.append("unreadable: " + ", ".join(fid["unreadable"]))
+    lines.extend(f"note: {n}" for n in fid.get("notes", []))
+    anomalies = Table(show_header=False, box=None, pad_edge=False)
+    anomalies.add_column()
+    anomalies.add_column()
+    for a in d["anomalies"]:
+        style = _SEVERITY.get(a["severity"], "")
+        anomalies.add_row(f"[{style}]{a['severity']}[/{style}] {a['code']}",
+                          f"{a['message']} [dim]({a['evidence']})[/dim]")
+    parts: list[Any] = [t1, "", t2, "", t3, "", "\n".join(lines)]
+    if d["anomalies"]:
+        parts += ["", anomalies]
+    console.print(Panel(Group(*parts), title=head, title_align="left", expand=False))

@@ -1,0 +1,1 @@
+"""The store: the per-boot ledger, and (later) its SQLite/PostgreSQL persistence."""

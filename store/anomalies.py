@@ -1,0 +1,91 @@
+"""Anomalies: what in a boot's ledger an operator should look at, with the evidence."""
+
+from __future__ import annotations
+
+from memledger.store.ledger import Anomaly, Ledger
+from memledger.tracer.evidence import Evidence
+
+__all__ = ("find_anomalies",)
+
+MIB = 1 << 20
+
+
+def _kib(n: int) -> str:
+    return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
+
+
+def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomaly]:
+    out: list[Anomaly] = []
+    add = out.append
+    log = ev.log
+    where = ev.log_path or ev.source
+    bs = ledger.efi_boot_services
+    efi = ledger.firmware["efi"]
+
+    if efi_debug:
+        if efi:
+            add(Anomaly("efi_debug_set", "warning",
+                        "efi=debug is set: the kernel keeps all EFI boot-services memory "
+                        "(efi_free_boot_services returns early)",
+                        f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
+        else:
+            add(Anomaly("efi_debug_set", "info", "efi=debug is set on a non-EFI boot (no effect)",
+                        f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
+    if log is not None and not log.complete:
+        add(Anomaly("log_truncated", "warning",
+                    "the kernel log does not start at 'Linux version': early messages were "
+                    "lost (ring buffer wrapped or capture started late)",
+                    f"{where}:{log.first_lineno}"))
+    if ledger.kernel["cmdline_truncated"]:
+        add(Anomaly("cmdline_truncated", "info",
+                    "the command line comes from the log, where printk cuts it at about 1 KiB; "
+                    "/proc/cmdline was not available", f"{where}"))
+    low = ledger.low_memory
+    if low.freed_bytes:
+        add(Anomaly("low_memory_freed", "error",
+                    f"{_kib(low.freed_bytes)} below 1 MiB was freed; since v5.13 (f1d4d47c5851) "
+                    "the whole first MiB must stay reserved", f"source: {low.freed_source}"))
+    if bs.leaked_bytes:
+        add(Anomaly("leak", "error" if bs.leaked_bytes > 0 else "warning",
+                    f"MemTotal and Σ zone managed pages differ by {_kib(bs.leaked_bytes)}: pages "
+                    "counted in totalram were never given to the page allocator (the "
+                    "deferred-init memblock_free_late leak)", "proc/meminfo, proc/zoneinfo"))
+    acct = ledger.kernel_accounting
+    residual = acct.residual_bytes
+    if residual:
+        explained = acct.unexplained_residual_bytes == 0
+        callers = ", ".join(f"{k} {_kib(v)}" for k, v in acct.silent_freed_by_caller.items())
+        add(Anomaly("accounting_residual", "info" if explained else "warning",
+                    f"'Memory: …K reserved' differs from (present − managed) + later Freeing "
+                    f"lines by {_kib(residual)}"
+                    + (f"; explained by silent memblock_free_late frees ({callers})"
+                       if explained else ""),
+                    f"{where}:{log.memory.at.lineno}" if log and log.memory else where))
+    reasons = bs.kept_by_reason or {}
+    unexplained = reasons.get("unexplained")
+    if unexplained:
+        add(Anomaly("kept_unexplained", "warning" if unexplained > 0 else "error",
+                    f"{_kib(abs(unexplained))} of kept boot-services memory "
+                    + ("has no known reason" if unexplained > 0 else
+                       "is over-explained: the sources disagree"),
+                    f"total from {bs.total_source}, reclaimed from {bs.reclaimed_source}"))
+    cc = bs.cross_checks
+    checks = {k: cc.get(k) for k in ("freeing_line_bytes", "memblock_free_late_bytes",
+                                     "trace_freed_bytes")}
+    known = {k: v for k, v in checks.items() if v is not None}
+    if len(set(known.values())) > 1:
+        add(Anomaly("reclaim_mismatch", "warning",
+                    "the sources of the reclaimed figure disagree: "
+                    + ", ".join(f"{k}={v}" for k, v in known.items()), where))
+    if efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
+        add(Anomaly("reclaim_unknown", "info",
+                    "no record of the boot-services free: the kernel predates the "
+                    "'Freeing EFI boot services memory' line (a4b0bf6a40f3) and neither "
+                    "memblock=debug nor a boot trace was captured", where))
+    if ledger.fidelity.get("trace_overflowed"):
+        add(Anomaly("trace_overflowed", "warning",
+                    "the trace ring buffer overwrote entries; raise trace_buf_size",
+                    ", ".join(ev.trace_paths)))
+    for src, msg in ev.problems:
+        add(Anomaly("bad_input", "warning", msg, src))
+    return out

@@ -1,0 +1,177 @@
+"""The per-boot ledger: one account of what firmware and early boot held, what came back,
+what was kept and why, and whether anything leaked.
+
+:func:`compute_ledger` is pure: :class:`~memledger.tracer.evidence.Evidence` in,
+:class:`Ledger` out. :meth:`Ledger.as_dict` is the JSON schema documented in README.md.
+Unknown values are None (JSON null), never 0.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shlex
+from dataclasses import dataclass, field
+from typing import Any
+
+from memledger.store.accounting import KernelAccounting, account_kernel
+from memledger.store.boot_services import BootServices, account_boot_services, trace_efi_free
+from memledger.store.lowmem import LowMemory, account_low_memory
+from memledger.tracer.evidence import Evidence
+
+__all__ = ("SCHEMA_VERSION", "Anomaly", "Ledger", "compute_ledger", "parse_cmdline")
+
+SCHEMA_VERSION = 1
+# A printk record holds at most ~1 KiB; a "Command line:" line this long was probably cut.
+_CMDLINE_CUT = 960
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    code: str
+    severity: str  # "info", "warning" or "error"
+    message: str
+    evidence: str
+
+
+@dataclass(slots=True)
+class Ledger:
+    boot: dict[str, Any]
+    kernel: dict[str, Any]
+    firmware: dict[str, Any]
+    efi_boot_services: BootServices
+    low_memory: LowMemory
+    kernel_accounting: KernelAccounting
+    fidelity: dict[str, Any]
+    anomalies: list[Anomaly] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        bs = self.efi_boot_services
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "boot": self.boot,
+            "kernel": self.kernel,
+            "firmware": self.firmware,
+            "efi_boot_services": {
+                "total_bytes": bs.total_bytes,
+                "reclaimed_bytes": bs.reclaimed_bytes,
+                "kept_bytes": bs.kept_bytes,
+                "kept_by_reason": bs.kept_by_reason,
+                "leaked_bytes": bs.leaked_bytes,
+                "runtime_by_cause": bs.runtime_by_cause,
+                "total_source": bs.total_source,
+                "reclaimed_source": bs.reclaimed_source,
+                "regions": bs.regions,
+                "cross_checks": bs.cross_checks,
+            },
+            "low_memory": dataclasses.asdict(self.low_memory),
+            "kernel_accounting": dataclasses.asdict(self.kernel_accounting),
+            "fidelity": self.fidelity,
+            "anomalies": [dataclasses.asdict(a) for a in self.anomalies],
+        }
+
+
+def parse_cmdline(cmdline: str | None) -> dict[str, list[str]]:
+    """Kernel parameters → values (a bare flag has the value ``""``)."""
+    out: dict[str, list[str]] = {}
+    if not cmdline:
+        return out
+    try:
+        words = shlex.split(cmdline)
+    except ValueError:
+        words = cmdline.split()
+    for word in words:
+        if word == "--":
+            break  # the rest goes to init
+        key, _, value = word.partition("=")
+        out.setdefault(key, []).append(value)
+    return out
+
+
+def _kernel(ev: Evidence) -> tuple[dict[str, Any], str | None, str | None]:
+    log = ev.log
+    release = ev.osrelease or (log.release if log else None)
+    cmdline, source = ev.proc_cmdline, "proc" if ev.proc_cmdline else None
+    if cmdline is None and log is not None and log.cmdline is not None:
+        cmdline, source = log.cmdline, "log"
+    truncated = source == "log" and len(cmdline or "") + len("Command line: ") >= _CMDLINE_CUT
+    return ({"release": release, "cmdline": cmdline, "cmdline_source": source,
+             "cmdline_truncated": truncated if cmdline is not None else None}, release, cmdline)
+
+
+def _efi_state(ev: Evidence) -> bool | None:
+    log = ev.log
+    if (log is not None and log.efi) or ev.efi_sysfs or ev.runtime_map:
+        return True
+    if (log is not None and log.complete) or ev.efi_sysfs is False:
+        return False
+    return None
+
+
+def _firmware(ev: Evidence, efi: bool | None) -> dict[str, Any]:
+    log = ev.log
+    return {
+        "efi": efi,
+        "efi_version": log.efi_version if log else None,
+        "efi_vendor": log.efi_vendor if log else None,
+        "dmi": ev.dmi,
+        "dmi_line": log.dmi if log else None,
+    }
+
+
+def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool) -> dict[str, Any]:
+    log = ev.log
+    trace = ev.trace
+    sources = {
+        "kernel_log": log is not None,
+        "proc_cmdline": ev.proc_cmdline is not None,
+        "proc_meminfo": ev.meminfo is not None,
+        "proc_zoneinfo": ev.zones is not None,
+        "proc_iomem": ev.iomem is not None and not ev.iomem_hidden,
+        "firmware_memmap": ev.firmware_memmap is not None,
+        "efi_runtime_map": ev.runtime_map is not None,
+        "memblock_debugfs": ev.memblock_reserved is not None,
+        "ftrace": trace is not None and bool(trace.events),
+        "dmi": ev.dmi is not None,
+    }
+    return {
+        "sources": sources,
+        "unreadable": sorted(ev.unreadable),
+        "log_format": log.format if log else None,
+        "log_complete": log.complete if log else None,
+        "log_lines": [log.first_lineno, log.last_lineno] if log else None,
+        "efi_debug": efi_debug,
+        "memblock_debug": ("memblock" in params and "debug" in ",".join(params["memblock"]))
+        or bool(log and log.memblock),
+        "efi_memmap_printed": bool(log and log.efi_memmap),
+        "boot_trace": trace is not None and bool(trace.events),
+        "trace_overflowed": trace.overflowed if trace is not None else None,
+        "problems": [f"{src}: {msg}" for src, msg in ev.problems],
+    }
+
+
+def compute_ledger(ev: Evidence) -> Ledger:
+    """The ledger of one boot."""
+    from memledger.store.anomalies import find_anomalies  # local: anomalies reads Ledger
+
+    kernel, release, cmdline = _kernel(ev)
+    params = parse_cmdline(cmdline)
+    efi = _efi_state(ev)
+    efi_values = [v for raw in params.get("efi", []) for v in raw.split(",")]
+    # efi=debug on the cmdline, or its trace in the log when the cmdline was cut.
+    efi_debug = "debug" in efi_values or bool(ev.log and ev.log.efi_debug_segments_warning)
+    bs = account_boot_services(ev, efi_debug, release, efi)
+    tf = trace_efi_free(ev.trace)
+    low = account_low_memory(ev, params, release, bs.span, tf.phys_ranges if tf else [])
+    acct = account_kernel(ev)
+    fidelity = _fidelity(ev, params, efi_debug)
+    fidelity["notes"] = bs.notes
+    boot = {
+        "index": ev.boot_index,
+        "of": ev.boot_count,
+        "boot_id": ev.boot_id or (ev.log.boot_id if ev.log else None),
+        "machine_id": ev.machine_id,
+        "source": ev.source,
+    }
+    ledger = Ledger(boot, kernel, _firmware(ev, efi), bs, low, acct, fidelity)
+    ledger.anomalies = find_anomalies(ledger, ev, efi_debug)
+    return ledger

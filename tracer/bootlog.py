@@ -1,0 +1,235 @@
+"""What one boot's kernel log says about memory.
+
+:func:`parse_boot` reads the messages of one :class:`~memledger.tracer.logformat.BootLog`
+and keeps the lines that matter to the ledger, each with its position so that the ledger
+can reason about order (for example, which ``Freeing`` lines came after ``Memory:``).
+Lines are dispatched on a cheap prefix test before any regular expression runs.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from memledger.tracer import e820, efimap, memblock
+from memledger.tracer.logformat import BootLog
+
+__all__ = (
+    "Crashkernel",
+    "FreeingLine",
+    "KernelLog",
+    "MemoryLine",
+    "Positioned",
+    "parse_boot",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Positioned:
+    """Where a record came from: index in the boot's messages and 1-based source line."""
+
+    index: int
+    lineno: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLine:
+    """``Memory: %luK/%luK available (…)`` from mem_init_print_info()."""
+
+    at: Positioned
+    available_kib: int
+    total_kib: int
+    fields_kib: dict[str, int]
+
+    @property
+    def reserved_kib(self) -> int | None:
+        return self.fields_kib.get("reserved")
+
+
+@dataclass(frozen=True, slots=True)
+class FreeingLine:
+    """``[prefix: ]Freeing %s memory: %ldK`` (free_reserved_area and the EFI summary)."""
+
+    at: Positioned
+    name: str
+    kib: int
+    prefix: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Crashkernel:
+    at: Positioned
+    low: bool
+    start: int | None
+    size: int
+
+
+@dataclass(slots=True)
+class KernelLog:
+    format: str
+    complete: bool
+    message_count: int
+    first_lineno: int
+    last_lineno: int
+    boot_id: str | None = None
+    release: str | None = None
+    cmdline: str | None = None
+    efi_version: str | None = None
+    efi_vendor: str | None = None
+    efi_tables: dict[str, int] = field(default_factory=dict)
+    e820: list[e820.E820Entry] = field(default_factory=list)
+    e820_changes: list[tuple[Positioned, e820.E820Change]] = field(default_factory=list)
+    efi_memmap: list[efimap.EfiMemDesc] = field(default_factory=list)
+    efi_memmap_prints: int = 0
+    memblock: list[tuple[Positioned, memblock.MemblockEvent]] = field(default_factory=list)
+    memblock_allocs: int = 0
+    memory: MemoryLine | None = None
+    freeing: list[FreeingLine] = field(default_factory=list)
+    crashkernel: list[Crashkernel] = field(default_factory=list)
+    dmi: str | None = None
+    ramdisk: tuple[int, int] | None = None
+    efi_debug_segments_warning: bool = False
+    no_trampoline_memory: bool = False
+    bad_lines: list[tuple[int, str]] = field(default_factory=list)
+
+    @property
+    def efi(self) -> bool:
+        return self.efi_version is not None
+
+
+_VERSION = re.compile(r"^Linux version (?P<rel>\S+)")
+_EFI = re.compile(r"^efi: EFI v(?P<ver>[\d.]+) by (?P<vendor>.+?)\s*$")
+_EFI_TABLE = re.compile(r"(?P<name>[A-Za-z][\w .-]*?)=(?P<addr>0x[0-9a-fA-F]+)")
+_MEMORY = re.compile(r"^Memory: (?P<avail>\d+)K/(?P<total>\d+)K available \((?P<rest>.*)\)\s*$")
+_MEMORY_FIELD = re.compile(r"(?P<kib>\d+)K (?P<name>[\w -]+?)\s*(?:,|$)")
+_FREEING = re.compile(r"^(?:(?P<prefix>[\w.-]+): )?Freeing (?P<name>.+?) memory: (?P<kib>\d+)K\s*$")
+_RAMDISK = re.compile(r"^RAMDISK: \[mem (?P<s>0x[0-9a-fA-F]+)-(?P<e>0x[0-9a-fA-F]+)\]")
+# Generic kernel/crash_reserve.c (x86 since ~v6.7) and the v6.1 x86 strings (setup.c).
+_CRASH_GENERIC = re.compile(
+    r"^crashkernel (?P<low>low memory )?reserved: (?P<s>0x[0-9a-fA-F]+) - (?P<e>0x[0-9a-fA-F]+)"
+    r" \((?P<mb>\d+) MB\)"
+)
+_CRASH_61 = re.compile(
+    r"^Reserving (?P<mb>\d+)MB of (?P<low>low )?memory at (?P<at>\d+)MB for crashkernel"
+)
+
+
+def _parse_memory(at: Positioned, m: re.Match[str]) -> MemoryLine:
+    fields = {f.group("name"): int(f.group("kib")) for f in _MEMORY_FIELD.finditer(m.group("rest"))}
+    return MemoryLine(at, int(m.group("avail")), int(m.group("total")), fields)
+
+
+def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) -> None:
+    c = msg[:1]
+    if c in "m_" and "memblock_" in msg[:24]:
+        ev = memblock.parse_line(msg)
+        if isinstance(ev, memblock.MemblockEvent):
+            log.memblock.append((at, ev))
+        elif ev is not None:
+            log.memblock_allocs += 1
+    elif c == "B" and msg.startswith("BIOS-e820: "):
+        # e820__memory_setup() prints the firmware table once per boot.
+        entry = e820.parse_entry(msg)
+        if entry is not None:
+            log.e820.append(entry)
+    elif c == "e":
+        if msg.startswith("efi: "):
+            _efi_line(log, at, msg, state)
+        elif msg.startswith("e820: "):
+            change = e820.parse_change(msg)
+            if change is not None:
+                log.e820_changes.append((at, change))
+    elif c == "F" and msg.startswith("Freeing "):
+        _freeing(log, at, msg)
+    elif c == "M" and msg.startswith("Memory: "):
+        m = _MEMORY.match(msg)
+        if m and log.memory is None:
+            log.memory = _parse_memory(at, m)
+    elif c == "L" and msg.startswith("Linux version "):
+        v = _VERSION.match(msg)
+        if v and log.release is None:
+            log.release = v.group("rel")
+    elif c in "CK":
+        for prefix in ("Command line: ", "Kernel command line: "):
+            if msg.startswith(prefix) and log.cmdline is None:
+                log.cmdline = msg[len(prefix):]
+    elif c == "D" and msg.startswith("DMI: "):
+        if log.dmi is None:
+            log.dmi = msg[5:].strip()
+    elif c == "R":
+        if msg.startswith("RAMDISK: "):
+            r = _RAMDISK.match(msg)
+            if r:
+                log.ramdisk = (int(r.group("s"), 16), int(r.group("e"), 16) + 1)
+        elif msg.startswith("Reserving ") and "crashkernel" in msg:
+            k = _CRASH_61.match(msg)
+            if k:
+                log.crashkernel.append(Crashkernel(at, bool(k.group("low")),
+                                                   int(k.group("at")) << 20,
+                                                   int(k.group("mb")) << 20))
+    elif c == "c" and msg.startswith("crashkernel "):
+        g = _CRASH_GENERIC.match(msg)
+        if g:
+            start = int(g.group("s"), 16)
+            log.crashkernel.append(Crashkernel(at, bool(g.group("low")), start,
+                                               int(g.group("e"), 16) + 1 - start))
+    elif c == "N" and msg.startswith("No sub-1M memory is available for the trampoline"):
+        log.no_trampoline_memory = True
+
+
+def _efi_line(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) -> None:
+    if msg.startswith("efi: mem"):
+        desc = efimap.parse_memmap_line(msg)
+        if desc is None:
+            return
+        if desc.index == 0:
+            log.efi_memmap_prints += 1
+        # Only the first dump (efi_init) is the firmware's map; the second one, after
+        # "EFI runtime memory map:", has already been split and tagged by the kernel.
+        if log.efi_memmap_prints <= 1:
+            log.efi_memmap.append(desc)
+    elif msg.startswith("efi: EFI v"):
+        m = _EFI.match(msg)
+        if m and log.efi_version is None:
+            log.efi_version, log.efi_vendor = m.group("ver"), m.group("vendor")
+            state["efi_tables_next"] = True
+        return
+    elif msg.startswith("efi: Freeing "):
+        _freeing(log, at, msg)
+    elif msg.startswith(("efi: More then", "efi: More than")):
+        log.efi_debug_segments_warning = True
+    elif state.get("efi_tables_next") and "=0x" in msg:
+        # efi_systab_report_header() is followed by the config-table line
+        # ("efi: ACPI=0x… SMBIOS=0x… MEMATTR=0x… …").
+        for t in _EFI_TABLE.finditer(msg[5:]):
+            log.efi_tables[t.group("name").strip()] = int(t.group("addr"), 16)
+    state.pop("efi_tables_next", None)
+
+
+def _freeing(log: KernelLog, at: Positioned, msg: str) -> None:
+    m = _FREEING.match(msg)
+    if m:
+        log.freeing.append(FreeingLine(at, m.group("name"), int(m.group("kib")), m.group("prefix")))
+
+
+def parse_boot(boot: BootLog) -> KernelLog:
+    """Extract the memory-relevant records of one boot."""
+    lines = boot.lines
+    log = KernelLog(
+        format=boot.format,
+        complete=boot.complete,
+        message_count=len(lines),
+        first_lineno=lines[0].lineno if lines else 0,
+        last_lineno=lines[-1].lineno if lines else 0,
+        boot_id=boot.boot_id,
+    )
+    state: dict[str, bool] = {}
+    for index, line in enumerate(lines):
+        msg = line.msg
+        if not msg:
+            continue
+        try:
+            _dispatch(log, Positioned(index, line.lineno), msg, state)
+        except ValueError as exc:
+            log.bad_lines.append((line.lineno, str(exc)))
+    return log

@@ -1,0 +1,52 @@
+"""Byte ranges as half-open integer intervals.
+
+Built on `portion <https://pypi.org/project/portion/>`_, which does union, intersection and
+difference of interval sets correctly, so that no ledger figure depends on hand-written
+overlap arithmetic. Every range here is ``[start, end)`` in bytes; kernel printouts with an
+inclusive end are converted by the parsers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import portion as P
+
+__all__ = ("EMPTY", "Span", "clip", "length", "span", "spans", "union")
+
+Span = P.Interval
+EMPTY: Span = P.empty()
+
+
+def span(start: int, end: int) -> Span:
+    """The half-open byte range ``[start, end)``; empty when ``end <= start``."""
+    if end <= start:
+        return P.empty()
+    return P.closedopen(start, end)
+
+
+def union(items: Iterable[Span]) -> Span:
+    out: Span = P.empty()
+    for item in items:
+        out = out | item
+    return out
+
+
+def spans(ranges: Iterable[tuple[int, int]]) -> Span:
+    """Union of ``(start, end)`` half-open pairs."""
+    return union(span(s, e) for s, e in ranges)
+
+
+def length(value: Span) -> int:
+    """Total number of bytes covered by ``value``."""
+    total = 0
+    for atomic in value:
+        if atomic.empty:
+            continue
+        total += int(atomic.upper) - int(atomic.lower)
+    return total
+
+
+def clip(value: Span, start: int, end: int) -> Span:
+    """The part of ``value`` inside ``[start, end)``."""
+    return value & span(start, end)

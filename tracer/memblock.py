@@ -1,0 +1,133 @@
+"""memblock: ``memblock=debug`` log lines and the debugfs region tables.
+
+Log lines come from ``memblock_dbg()`` (mm/memblock.c, KERN_INFO, no prefix)::
+
+    memblock_reserve: [0x0000000000087000-0x0000000000087fff] efi_reserve_boot_services+0xaa/0xf0
+    __memblock_reserve: [0x…-0x…] nid=-1 flags=0 reserve_real_mode+0x…/0x…   (v6.16+, KHO)
+    __memblock_free_late: [0x…-0x…] efi_free_boot_services+0x…/0x…          (≤ v5.15)
+    memblock_phys_alloc_range: 28672 bytes align=0x1000 from=0x… max_addr=0x… caller+…
+
+From v6.16 (the KHO series, MEMBLOCK_RSRV_KERN) memblock_reserve() is an inline wrapper
+and ``__memblock_reserve`` prints ``nid=`` and ``flags=`` (0x20 = RSRV_KERN). The function
+was renamed from ``__memblock_free_late`` to ``memblock_free_late`` around v5.16. Ends are
+inclusive in the text; the records here are half-open.
+
+debugfs (/sys/kernel/debug/memblock/{memory,reserved}, only with ARCH_KEEP_MEMBLOCK)::
+
+       0: 0x0000000080000000..0x00000000901fffff                 (≤ v6.4)
+       3: 0x0000000000100000..0x000000003fffffff    0 NONE       (v6.5+, 493f349e38d0)
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = (
+    "MEMBLOCK_RSRV_KERN",
+    "MemblockAlloc",
+    "MemblockEvent",
+    "MemblockRegion",
+    "caller_function",
+    "parse_debugfs",
+    "parse_line",
+)
+
+MEMBLOCK_RSRV_KERN = 0x20  # v6.16, "memblock: add MEMBLOCK_RSRV_KERN flag"
+
+_RANGE = re.compile(
+    r"^(?P<fn>_{0,2}memblock_\w+): \[(?P<s>0x[0-9a-fA-F]+)-(?P<e>0x[0-9a-fA-F]+)\]"
+    r"(?: nid=(?P<nid>-?\d+) flags=(?P<fl>[0-9a-fA-F]+))?(?: (?P<caller>\S+))?\s*$"
+)
+_ALLOC = re.compile(
+    r"^(?P<fn>_{0,2}memblock_\w+): (?P<size>\d+) bytes align=(?P<align>0x[0-9a-fA-F]+)"
+    r"(?: nid=(?P<nid>-?\d+))? from=(?P<frm>0x[0-9a-fA-F]+) max_addr=(?P<max>0x[0-9a-fA-F]+)"
+    r"(?: (?P<caller>\S+))?\s*$"
+)
+_DEBUGFS = re.compile(
+    r"^\s*(?P<idx>\d+): (?P<s>0x[0-9a-fA-F]+)\.\.(?P<e>0x[0-9a-fA-F]+)"
+    r"(?:\s+(?P<nid>\d+|x)\s+(?P<flag>\S+))?\s*$"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MemblockEvent:
+    """A range operation: reserve, add, remove, phys_free, free_late, …"""
+
+    op: str  # the function name without leading underscores and "memblock_"
+    start: int
+    end: int
+    caller: str | None
+    nid: int | None = None
+    flags: int | None = None
+
+    @property
+    def caller_fn(self) -> str | None:
+        return caller_function(self.caller)
+
+
+@dataclass(frozen=True, slots=True)
+class MemblockAlloc:
+    op: str
+    size: int
+    caller: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MemblockRegion:
+    index: int
+    start: int
+    end: int
+    nid: int | None
+    flag: str | None
+
+
+def caller_function(caller: str | None) -> str | None:
+    """``efi_reserve_boot_services+0xaa/0xf0`` → ``efi_reserve_boot_services``.
+
+    Compiler suffixes (``.constprop.0``, ``.isra.0``, ``.part.0``) are dropped.
+    """
+    if not caller:
+        return None
+    name = caller.split("+", 1)[0]
+    return name.split(".", 1)[0]
+
+
+def _op(fn: str) -> str:
+    name = fn.lstrip("_")
+    return name[len("memblock_"):] if name.startswith("memblock_") else name
+
+
+def parse_line(msg: str) -> MemblockEvent | MemblockAlloc | None:
+    """One ``memblock=debug`` line, or None."""
+    m = _RANGE.match(msg)
+    if m is not None:
+        start, last = int(m.group("s"), 16), int(m.group("e"), 16)
+        if last < start:
+            raise ValueError(f"memblock range ends before it starts: {msg!r}")
+        nid = m.group("nid")
+        flags = m.group("fl")
+        return MemblockEvent(_op(m.group("fn")), start, last + 1, m.group("caller"),
+                             int(nid) if nid is not None else None,
+                             int(flags, 16) if flags is not None else None)
+    a = _ALLOC.match(msg)
+    if a is not None:
+        return MemblockAlloc(_op(a.group("fn")), int(a.group("size")), a.group("caller"))
+    return None
+
+
+def parse_debugfs(text: str) -> list[MemblockRegion]:
+    """/sys/kernel/debug/memblock/{memory,reserved} in either format."""
+    out: list[MemblockRegion] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _DEBUGFS.match(line)
+        if m is None:
+            raise ValueError(f"line {lineno}: not a memblock region: {line[:80]!r}")
+        nid = m.group("nid")
+        out.append(MemblockRegion(int(m.group("idx")), int(m.group("s"), 16),
+                                  int(m.group("e"), 16) + 1,
+                                  int(nid) if nid not in (None, "x") else None,
+                                  m.group("flag")))
+    return out
