@@ -6,11 +6,10 @@ import json
 import sys
 
 import click
-from rich.console import Console
-
 from memledger.exporters.inputs import InputError, load
 from memledger.exporters.render import render_ledger
 from memledger.store.ledger import compute_ledger
+from rich.console import Console
 
 __all__ = ("main",)
 

@@ -51,7 +51,7 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
     t1.add_row("kept", fmt_bytes(bs["kept_bytes"]), "")
     for reason, value in (bs["kept_by_reason"] or {}).items():
         t1.add_row(f"  {reason}", fmt_bytes(value), "")
-    t1.add_row("leaked", fmt_bytes(bs["leaked_bytes"]), "MemTotal − Σ managed")
+    t1.add_row("leaked", fmt_bytes(bs["leaked_bytes"]), "MemTotal - Σ managed")
 
     t2 = _table("Below 1 MiB")
     t2.add_row("usable (E820)", fmt_bytes(low["usable_bytes"]), "")
@@ -64,7 +64,7 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
     t3.add_row("reserved at boot", fmt_bytes(acct["boot_reserved_bytes"]), "Memory: line")
     for name, value in acct["freed_by_name"].items():
         t3.add_row(f"  freed: {name}", fmt_bytes(value), "")
-    t3.add_row("present − managed", fmt_bytes(
+    t3.add_row("present - managed", fmt_bytes(
         None if acct["present_bytes"] is None or acct["managed_bytes"] is None
         else acct["present_bytes"] - acct["managed_bytes"]), "zoneinfo")
     t3.add_row("MemTotal", fmt_bytes(acct["memtotal_bytes"]), "meminfo")

@@ -1,9 +1,9 @@
 """The kernel's own reserved-memory bookkeeping, and its residual.
 
-``Memory: …K reserved`` (mem_init_print_info) is physpages − totalram − cma at the moment
+``Memory: …K reserved`` (mem_init_print_info) is physpages - totalram - cma at the moment
 it is printed. Every later ``Freeing … memory`` line is free_reserved_area() handing pages
-to the buddy allocator, and what stays reserved is Σpresent − Σmanaged in /proc/zoneinfo.
-So ``reserved(boot) = (Σpresent − Σmanaged) + Σ(Freeing lines after the Memory: line)``
+to the buddy allocator, and what stays reserved is Σpresent - Σmanaged in /proc/zoneinfo.
+So ``reserved(boot) = (Σpresent - Σmanaged) + Σ(Freeing lines after the Memory: line)``
 and the residual should be 0. Only the lines after ``Memory:`` count: v6.1 prints it in
 mm_init() before "SMP alternatives" is freed, while 6.12.117 prints it after deferred init,
 when that line has already been counted (seen in the shared captures g, h and n). A

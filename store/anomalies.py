@@ -56,7 +56,7 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
         explained = acct.unexplained_residual_bytes == 0
         callers = ", ".join(f"{k} {_kib(v)}" for k, v in acct.silent_freed_by_caller.items())
         add(Anomaly("accounting_residual", "info" if explained else "warning",
-                    f"'Memory: …K reserved' differs from (present − managed) + later Freeing "
+                    f"'Memory: …K reserved' differs from (present - managed) + later Freeing "
                     f"lines by {_kib(residual)}"
                     + (f"; explained by silent memblock_free_late frees ({callers})"
                        if explained else ""),

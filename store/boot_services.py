@@ -30,6 +30,7 @@ from memledger.tracer import intervals as iv
 from memledger.tracer.efimap import EFI_PAGE_SIZE
 from memledger.tracer.evidence import Evidence
 from memledger.tracer.ftrace import TraceLog
+from memledger.tracer.memblock import MEMBLOCK_RSRV_KERN
 
 __all__ = ("KEPT_REASONS", "BootServices", "TraceFree", "account_boot_services", "trace_efi_free")
 
@@ -214,7 +215,7 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
         bs.kept_bytes = bs.total_bytes - bs.reclaimed_bytes  # type: ignore[operator]
     if ev.meminfo is not None and ev.zones is not None and "MemTotal" in ev.meminfo:
         # Pre-v6.19 memblock_free_late() counts skipped deferred pages in totalram but never
-        # hands them to a zone: MemTotal − Σmanaged is the deferred-init leak (§7.1).
+        # hands them to a zone: MemTotal - Σmanaged is the deferred-init leak (§7.1).
         bs.leaked_bytes = ev.meminfo["MemTotal"] - PAGE * sum(z.managed for z in ev.zones)
     if efi_debug:
         reasons.update(dict.fromkeys(KEPT_REASONS, 0))
@@ -235,23 +236,24 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
         emr = iv.union(update_spans) & owned
     exact = {(int(s.lower), int(s.upper)) for s in update_spans}
     for e in runtime_entries:
-        if e.type == 4 and ((e.start, e.end) in exact or (memblock_seen and iv.span(e.start, e.end) in owned)):
+        inside_owned = memblock_seen and iv.span(e.start, e.end) in owned
+        if e.type == 4 and ((e.start, e.end) in exact or inside_owned):
             emr |= iv.span(e.start, e.end)
     runtime_only = runtime_all - emr
     if total_span is not None:
         emr &= total_span
         runtime_only &= total_span
     rsrv_kern_era = at_least(release, 7, 1)
-    kern_flagged = iv.spans((m.start, m.end) for _, m in reserves
-                            if m.flags is not None and m.flags & 0x20)
-    if rsrv_kern_era:
-        reasons["rsrv_kern"], reasons["efi_mem_reserve"] = iv.length(emr), 0
-    elif memblock_seen or ev.runtime_map is not None:
-        reasons["efi_mem_reserve"] = iv.length(emr)
-        reasons["rsrv_kern"] = iv.length(emr & kern_flagged)
-        reasons["efi_mem_reserve"] -= reasons["rsrv_kern"] or 0
-    if rsrv_kern_era is False and reasons["rsrv_kern"] is None:
-        reasons["rsrv_kern"] = 0  # MEMBLOCK_RSRV_KERN tagging of EFI regions is 7.1+.
+    if memblock_seen or ev.runtime_map is not None:
+        # From 7.1 (259e3e6f9382) efi_mem_reserve() tags its reservations MEMBLOCK_RSRV_KERN;
+        # before that a v6.16+ "flags=20" reservation in the log is the only sign of it.
+        flagged = iv.spans((m.start, m.end) for _, m in reserves
+                           if m.flags is not None and m.flags & MEMBLOCK_RSRV_KERN)
+        kern = emr if rsrv_kern_era else emr & flagged
+        reasons["rsrv_kern"] = iv.length(kern)
+        reasons["efi_mem_reserve"] = iv.length(emr - kern)
+    elif rsrv_kern_era is False:
+        reasons["rsrv_kern"] = 0
     if ev.runtime_map is not None:
         reasons["runtime"] = iv.length(runtime_only)
         bs.runtime_by_cause = _runtime_causes(ev, runtime_only, reserved_before)

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from memledger.tracer import e820, efimap, memblock
+from memledger.tracer.e820 import E820Change, E820Entry
 from memledger.tracer.logformat import BootLog
 
 __all__ = (
@@ -77,8 +78,8 @@ class KernelLog:
     efi_version: str | None = None
     efi_vendor: str | None = None
     efi_tables: dict[str, int] = field(default_factory=dict)
-    e820: list[e820.E820Entry] = field(default_factory=list)
-    e820_changes: list[tuple[Positioned, e820.E820Change]] = field(default_factory=list)
+    e820: list[E820Entry] = field(default_factory=list)
+    e820_changes: list[tuple[Positioned, E820Change]] = field(default_factory=list)
     efi_memmap: list[efimap.EfiMemDesc] = field(default_factory=list)
     efi_memmap_prints: int = 0
     memblock: list[tuple[Positioned, memblock.MemblockEvent]] = field(default_factory=list)

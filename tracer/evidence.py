@@ -62,7 +62,7 @@ class Evidence:
     @property
     def iomem_hidden(self) -> bool:
         """/proc/iomem read without privilege shows every address as zero."""
-        return bool(self.iomem) and all(e.start == 0 and e.end == 1 for e in self.iomem)
+        return bool(self.iomem) and all(e.start == 0 and e.end == 1 for e in self.iomem or [])
 
 
 def is_trace_text(text: str) -> bool:

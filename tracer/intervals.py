@@ -9,24 +9,26 @@ inclusive end are converted by the parsers.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeAlias
 
 import portion as P
 
 __all__ = ("EMPTY", "Span", "clip", "length", "span", "spans", "union")
 
-Span = P.Interval
+Span: TypeAlias = P.Interval
 EMPTY: Span = P.empty()
 
 
 def span(start: int, end: int) -> Span:
     """The half-open byte range ``[start, end)``; empty when ``end <= start``."""
     if end <= start:
-        return P.empty()
-    return P.closedopen(start, end)
+        return EMPTY
+    result: Span = P.closedopen(start, end)
+    return result
 
 
 def union(items: Iterable[Span]) -> Span:
-    out: Span = P.empty()
+    out: Span = EMPTY
     for item in items:
         out = out | item
     return out
@@ -49,4 +51,5 @@ def length(value: Span) -> int:
 
 def clip(value: Span, start: int, end: int) -> Span:
     """The part of ``value`` inside ``[start, end)``."""
-    return value & span(start, end)
+    result: Span = value & span(start, end)
+    return result

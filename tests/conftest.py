@@ -1,0 +1,46 @@
+"""Shared helpers: the real captures under tests/fixtures, and running the real CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+FIXTURES = Path(__file__).parent / "fixtures"
+CAPTURES = FIXTURES / "captures"
+CAPTURE_NAMES = sorted(p.name for p in CAPTURES.iterdir() if p.is_dir())
+MEMLEDGER = str(Path(sys.executable).with_name("memledger"))
+
+
+def run_cli(*args: str, input: bytes | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [MEMLEDGER, *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    return subprocess.run(cmd, input=input.decode() if input else None, capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def analyze_json(path: str | Path) -> Any:
+    proc = run_cli("analyze", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def dmesg_text(name: str) -> str:
+    return (CAPTURES / name / "root" / "dmesg.txt").read_text()
+
+
+def kernel_efi_freed_bytes(text: str) -> int | None:
+    """The kernel's own 'efi: Freeing EFI boot services memory: NK' figure, in bytes."""
+    m = re.search(r"efi: Freeing EFI boot services memory: (\d+)K", text)
+    return int(m.group(1)) * 1024 if m else None
+
+
+@pytest.fixture(params=CAPTURE_NAMES)
+def capture(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
