@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
 import sys
-from pathlib import Path
 
 from memledger.tracer.evidence import Evidence, NotAKernelLog, build_evidence, is_trace_text
 from memledger.tracer.reader import Snapshot, read_root
@@ -40,16 +40,20 @@ def _read_file(path: str) -> bytes:
 
 def load(path: str) -> list[Evidence]:
     """Evidence for every boot in ``path`` (a root directory, a log or trace file, or -)."""
+    is_dir = False
+    if path != "-":
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError as exc:
+            raise InputError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from None
     try:
-        if path != "-" and Path(path).is_dir():
+        if is_dir:
             snap = read_root(path)
             if snap.kernel_log is None and not snap.texts and not snap.traces \
                     and snap.firmware_memmap is None:
                 raise InputError(f"{path}: no kernel log (dmesg.txt or dev/kmsg), /proc or /sys "
                                  "files found under this directory")
             return build_evidence(snap)
-        if path != "-" and not os.path.exists(path):
-            raise InputError(f"{path}: no such file or directory")
         text = _decode(path, _read_file(path))
         if not text.strip():
             raise InputError(f"{path}: empty file")

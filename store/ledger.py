@@ -102,6 +102,8 @@ def _efi_state(ev: Evidence) -> bool | None:
     log = ev.log
     if (log is not None and log.efi) or ev.efi_sysfs or ev.runtime_map:
         return True
+    if trace_efi_free(ev.trace) is not None:
+        return True  # the boot trace saw efi_free_boot_services free memory
     if (log is not None and log.complete) or ev.efi_sysfs is False:
         return False
     return None

@@ -17,10 +17,14 @@ CAPTURE_NAMES = sorted(p.name for p in CAPTURES.iterdir() if p.is_dir())
 MEMLEDGER = str(Path(sys.executable).with_name("memledger"))
 
 
-def run_cli(*args: str, input: bytes | None = None, user: str | None = None) -> subprocess.CompletedProcess[str]:
+NOBODY = 65534  # Debian's nobody/nogroup
+
+
+def run_cli(*args: str, input: bytes | None = None, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``memledger`` script; ``unprivileged`` drops to nobody (needs root)."""
     cmd = [MEMLEDGER, *args]
-    if user is not None:
-        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *cmd]
+    if unprivileged:
+        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
     return subprocess.run(cmd, input=input.decode() if input else None, capture_output=True,
                           text=True, timeout=120, check=False)
 

@@ -111,7 +111,7 @@ def test_bgrt_split_is_kept_as_efi_mem_reserve() -> None:
     bs = analyze_json(CAPTURES / name / "root")["efi_boot_services"]
     assert bs["kept_by_reason"]["efi_mem_reserve"] == 36 * 1024
     assert "e820: update [mem 0x7d9ea000-0x7d9f2fff] usable ==> reserved" in text
-    # The log alone shows it too: reserved − freed − the sub-1M page.
+    # The log alone shows it too: reserved - freed - the sub-1M page.
     assert _memblock_efi_reserved(text) - kernel_efi_freed_bytes(text) - 4096 == 0x7d9f3000 - 0x7d9ea000
 
 
