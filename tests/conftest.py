@@ -17,14 +17,12 @@ CAPTURE_NAMES = sorted(p.name for p in CAPTURES.iterdir() if p.is_dir())
 MEMLEDGER = str(Path(sys.executable).with_name("memledger"))
 
 
-NOBODY = 65534  # Debian's nobody/nogroup
+AS_NOBODY = str(Path(__file__).with_name("as_nobody.py"))
 
 
 def run_cli(*args: str, input: bytes | None = None, unprivileged: bool = False) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``memledger`` script; ``unprivileged`` drops to nobody (needs root)."""
-    cmd = [MEMLEDGER, *args]
-    if unprivileged:
-        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+    """Run the installed ``memledger`` script; ``unprivileged`` runs it as nobody (needs root)."""
+    cmd = [sys.executable, AS_NOBODY, *args] if unprivileged else [MEMLEDGER, *args]
     return subprocess.run(cmd, input=input.decode() if input else None, capture_output=True,
                           text=True, timeout=120, check=False)
 
