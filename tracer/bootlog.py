@@ -172,8 +172,9 @@ def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
         g = _CRASH_GENERIC.match(msg)
         if g:
             start = int(g.group("s"), 16)
+            # kernel/crash_reserve.c prints "base - base + size": the end is exclusive.
             log.crashkernel.append(Crashkernel(at, bool(g.group("low")), start,
-                                               int(g.group("e"), 16) + 1 - start))
+                                               int(g.group("e"), 16) - start))
     elif c == "N" and msg.startswith("No sub-1M memory is available for the trampoline"):
         log.no_trampoline_memory = True
 

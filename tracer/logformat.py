@@ -196,7 +196,10 @@ def split_boots(text: str) -> list[BootLog]:
     boots: list[BootLog] = []
     for lines, boot_id, noise in _raw_boots(text, fmt):
         log = BootLog(tuple(lines), fmt, boot_id, noise)
-        if boots and _is_replay(boots[-1].lines, log.lines):
+        # Boots with journal boot IDs are distinct by definition; only anonymous ones can
+        # be a console's replay of the ring buffer.
+        anonymous = boot_id is None and boots and boots[-1].boot_id is None
+        if anonymous and _is_replay(boots[-1].lines, log.lines):
             prev = boots[-1]
             keep = log if len(log.lines) >= len(prev.lines) else prev
             boots[-1] = BootLog(keep.lines, fmt, prev.boot_id or log.boot_id,

@@ -1,0 +1,161 @@
+"""Format variants from kernel-facts.md that the real captures do not cover.
+
+Log forms are built from the real capture g by re-wrapping each of its messages, so the
+messages (and the kernel's figures in them) stay the kernel's own.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from conftest import CAPTURES, kernel_efi_freed_bytes
+
+from memledger.tracer import e820, efimap, memblock
+from memledger.tracer.bootlog import parse_boot
+from memledger.tracer.logformat import split_boots
+
+G_TEXT = (CAPTURES / "g-6.12.117-default" / "root" / "dmesg.txt").read_text()
+G_LINES = [re.match(r"^\[\s*(\d+)\.(\d+)\] ?(.*)$", ln).groups() for ln in G_TEXT.splitlines()]  # type: ignore[union-attr]
+G_FREED = kernel_efi_freed_bytes(G_TEXT)
+
+
+def _as_kmsg() -> str:
+    out = []
+    for seq, (s, us, msg) in enumerate(G_LINES):
+        out.append(f"6,{seq},{int(s) * 1000000 + int(us)},-;{msg}")
+        if seq == 3:
+            out.append(" SUBSYSTEM=acpi")  # dictionary continuation lines are skipped
+    return "\n".join(out) + "\n"
+
+
+FORMS = {
+    "dmesg": lambda: G_TEXT,
+    "plain": lambda: "\n".join(m for _, _, m in G_LINES),
+    "kmsg": _as_kmsg,
+    "dmesg-raw": lambda: "\n".join(f"<6>[{int(s):5d}.{us}] {m}" for s, us, m in G_LINES),
+    "dmesg-decode": lambda: "\n".join(f"kern  :info  : [{int(s):5d}.{us}] {m}" for s, us, m in G_LINES),
+    "journal": lambda: "\n".join(f"[{int(s):5d}.{us}] host1 kernel: {m}" for s, us, m in G_LINES),
+    "journal-short": lambda: "\n".join(f"Nov 22 02:18:4{i % 10} host1 kernel: {m}"
+                                        for i, (_, _, m) in enumerate(G_LINES)),
+    "crlf": lambda: G_TEXT.replace("\n", "\r\n"),
+}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_every_log_form_gives_the_kernels_figures(form: str) -> None:
+    boots = split_boots(FORMS[form]())
+    assert len(boots) == 1
+    log = parse_boot(boots[0])
+    assert log.complete and log.release == "6.12.117+deb12-amd64"
+    assert sum(f.kib for f in log.freeing if f.name == "EFI boot services") * 1024 == G_FREED
+    assert len(log.e820) == 16
+    if form not in ("dmesg", "crlf"):
+        assert boots[0].format == form
+
+
+def test_journal_boot_separators_split_boots() -> None:
+    body = "\n".join(f"[{int(s):5d}.{us}] h kernel: {m}" for s, us, m in G_LINES)
+    text = ("-- Boot 0123456789abcdef0123456789abcdef --\n" + body
+            + "\n-- Boot fedcba9876543210fedcba9876543210 --\n" + body.replace("46912K", "46908K"))
+    boots = split_boots(text)
+    assert [b.boot_id for b in boots] == ["0123456789abcdef0123456789abcdef",
+                                         "fedcba9876543210fedcba9876543210"]
+    freed = [parse_boot(b).freeing for b in boots]
+    assert [[f.kib for f in fl if f.name == "EFI boot services"] for fl in freed] == [[46912], [46908]]
+
+
+def test_wrapped_ring_buffer_is_incomplete() -> None:
+    boots = split_boots("\n".join(G_TEXT.splitlines()[200:]))
+    assert len(boots) == 1 and not boots[0].complete
+
+
+def test_time_going_back_starts_a_new_boot_without_a_banner() -> None:
+    lines = G_TEXT.splitlines()[300:]
+    later = [re.sub(r"^\[\s*(\d+\.\d+)\]", lambda m: f"[{float(m.group(1)) + 0.0005:12.6f}]", ln)
+             for ln in lines]
+    boots = split_boots("\n".join(lines + later))
+    assert len(boots) == 2
+    assert not boots[0].complete and not boots[1].complete
+
+
+# --- E820 -----------------------------------------------------------------------------
+
+def test_e820_v7_format() -> None:
+    # v7.0+ (5668a64622cf): leading-space type names, a double space, and gap rows.
+    ram = e820.parse_entry("BIOS-e820: [mem 0x0000000000000000-0x000000000009ffff]  System RAM")
+    res = e820.parse_entry("BIOS-e820: [mem 0x00000000000a0000-0x00000000000fffff]  device reserved")
+    assert ram is not None and (ram.start, ram.end, ram.type) == (0, 0xA0000, "ram")
+    assert res is not None and res.type == "reserved"
+    assert e820.parse_entry("BIOS-e820: [gap 0x00000000d0000000-0x00000000efffffff]") is None
+    ch = e820.parse_change("e820: update [mem 0x00000000-0x00000fff] System RAM ==> device reserved")
+    assert ch is not None and (ch.start, ch.end, ch.old, ch.new) == (0, 0x1000, "ram", "reserved")
+
+
+def test_e820_v61_format() -> None:
+    ch = e820.parse_change("e820: remove [mem 0x000a0000-0x000fffff] usable")
+    assert ch is not None and (ch.op, ch.start, ch.end, ch.old, ch.new) == ("remove", 0xA0000, 0x100000, "ram", None)
+
+
+# --- EFI memory map -------------------------------------------------------------------
+
+def test_efi_memmap_14_columns_v61_upstream() -> None:
+    d = efimap.parse_memmap_line(
+        "efi: mem08: [Boot Data   |   |  |  |  |  |  |  |  |   |WB|WT|WC|UC] "
+        "range=[0x0000000000900000-0x00000000014fffff] (12MB)")
+    assert d is not None and d.type == 4 and d.boot_services and not d.runtime
+    assert (d.start, d.end) == (0x900000, 0x1500000)
+    assert {"WB", "WT", "WC", "UC"} <= d.attrs
+
+
+def test_efi_memmap_long_names_and_unknown_attribute() -> None:
+    d = efimap.parse_memmap_line(
+        "efi: mem36: [Runtime Data       |RUN|  |  |  |  |  |  |  |   |WB|WT|WC|UC] "
+        "range=[0x00000000bfef4000-0x00000000bff77fff] (0MB)")
+    assert d is not None and d.type == 6 and d.runtime
+    c = efimap.parse_memmap_line(
+        "efi: mem01: [Conventional Memory|attr=0x0000000000100000] range=[0x0-0xfff] (0MB)")
+    assert c is not None and c.type == 7 and c.attrs == {"attr=0x0000000000100000"}
+
+
+# --- memblock -------------------------------------------------------------------------
+
+def test_memblock_v616_reserve_with_nid_and_flags() -> None:
+    ev = memblock.parse_line("__memblock_reserve: [0x0000000000087000-0x0000000000087fff] nid=-1 flags=20 "
+                             "efi_reserve_boot_services+0xaa/0xf0")
+    assert isinstance(ev, memblock.MemblockEvent)
+    assert (ev.op, ev.start, ev.end, ev.nid, ev.flags) == ("reserve", 0x87000, 0x88000, -1, 0x20)
+    assert ev.caller_fn == "efi_reserve_boot_services"
+
+
+def test_memblock_v510_free_late_name() -> None:
+    ev = memblock.parse_line("__memblock_free_late: [0x0000000000063000-0x000000000008efff] "
+                             "efi_free_boot_services+0x14b/0x23b")
+    assert isinstance(ev, memblock.MemblockEvent) and ev.op == "free_late"
+
+
+def test_memblock_debugfs_both_formats() -> None:
+    old = memblock.parse_debugfs("   0: 0x0000000080000000..0x00000000901fffff\n")
+    new = memblock.parse_debugfs("   3: 0x0000000000100000..0x000000003fffffff    0 NONE\n"
+                                 "   4: 0x0000000040000000..0x0000000040000fff    x RSV_KERN\n")
+    assert (old[0].start, old[0].end, old[0].flag) == (0x80000000, 0x90200000, None)
+    assert [(r.nid, r.flag) for r in new] == [(0, "NONE"), (None, "RSV_KERN")]
+
+
+# --- Memory: and crashkernel lines ----------------------------------------------------
+
+def _one(msg: str) -> object:
+    return parse_boot(split_boots(f"[    0.000000] {msg}\n")[0])
+
+
+def test_memory_line_v5_suffix_and_highmem() -> None:
+    log = _one("Memory: 3979172K/4193784K available (14339K kernel code, 2392K rwdata, 5068K rodata, "
+               "2652K init, 5220K bss, 214356K reserved, 0K cma-reserved, 0K highmem)")
+    assert log.memory is not None and log.memory.reserved_kib == 214356  # type: ignore[attr-defined]
+
+
+def test_crashkernel_lines() -> None:
+    gen = _one("crashkernel low memory reserved: 0x6b000000 - 0x7b000000 (256 MB)")
+    old = _one("Reserving 256MB of low memory at 2800MB for crashkernel (low RAM limit: 4096MB)")
+    assert [(c.low, c.start, c.size) for c in gen.crashkernel] == [(True, 0x6B000000, 256 << 20)]  # type: ignore[attr-defined]
+    assert [(c.low, c.size) for c in old.crashkernel] == [(True, 256 << 20)]  # type: ignore[attr-defined]
