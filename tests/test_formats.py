@@ -10,7 +10,6 @@ import re
 
 import pytest
 from conftest import CAPTURES, kernel_efi_freed_bytes
-
 from memledger.tracer import e820, efimap, memblock
 from memledger.tracer.bootlog import parse_boot
 from memledger.tracer.logformat import split_boots
