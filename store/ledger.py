@@ -102,6 +102,10 @@ def _efi_state(ev: Evidence) -> bool | None:
     log = ev.log
     if (log is not None and log.efi) or ev.efi_sysfs or ev.runtime_map:
         return True
+    if log is not None and (log.efi_memmap
+                            or any(f.name == "EFI boot services" for f in log.freeing)
+                            or any(m.caller_fn == "efi_reserve_boot_services" for _, m in log.memblock)):
+        return True  # the banner was lost (truncated log), but EFI code ran
     if trace_efi_free(ev.trace) is not None:
         return True  # the boot trace saw efi_free_boot_services free memory
     if (log is not None and log.complete) or ev.efi_sysfs is False:
