@@ -253,7 +253,7 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
         reasons["rsrv_kern"] = iv.length(kern)
         reasons["efi_mem_reserve"] = iv.length(emr - kern)
     elif rsrv_kern_era is False:
-        reasons["rsrv_kern"] = 0
+        reasons["rsrv_kern"] = 0  # before 7.1 (259e3e6f9382) no EFI region is RSRV_KERN
     if ev.runtime_map is not None:
         reasons["runtime"] = iv.length(runtime_only)
         bs.runtime_by_cause = _runtime_causes(ev, runtime_only, reserved_before)

@@ -42,6 +42,7 @@ def account_low_memory(ev: Evidence, params: dict[str, list[str]], release: str 
     if ram is not None:
         out.usable_bytes = iv.length(iv.clip(ram, 0, SZ_1M))
 
+    # f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13).
     rule_5_13 = at_least(release, 5, 13)
     whole = [m for _, m in (log.memblock if log else [])
              if m.op == "reserve" and m.start == 0 and m.end >= SZ_1M]
@@ -62,6 +63,7 @@ def account_low_memory(ev: Evidence, params: dict[str, list[str]], release: str 
         freed = iv.spans(late) | iv.spans(trace_phys)
         out.freed_bytes, out.freed_source = iv.length(iv.clip(freed, 0, SZ_1M)), "ranges"
     elif rule_5_13:
+        # f1d4d47c5851 added the SZ_1M clamp to efi_free_boot_services(): nothing below.
         out.freed_bytes, out.freed_source = 0, "kernel_rule"
 
     crash = log.crashkernel if log else []
