@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memledger.tracer.evidence import Evidence
+from memledger.tracer.memblock import whole_pages_bytes
 
 __all__ = ("KernelAccounting", "account_kernel")
 
@@ -38,10 +39,6 @@ class KernelAccounting:
     unexplained_residual_bytes: int | None = None
 
 
-def _whole_pages(start: int, end: int) -> int:
-    """memblock_free_late() frees PFN_UP(base) … PFN_DOWN(base + size): whole pages only."""
-    return max(0, end // PAGE - -(-start // PAGE)) * PAGE
-
 
 def account_kernel(ev: Evidence) -> KernelAccounting:
     out = KernelAccounting()
@@ -58,7 +55,7 @@ def account_kernel(ev: Evidence) -> KernelAccounting:
             out.silent_freed_bytes = 0
             for at, m in log.memblock:
                 if m.op == "free_late" and at.index > log.memory.at.index:
-                    size = _whole_pages(m.start, m.end)
+                    size = whole_pages_bytes(m.start, m.end)
                     out.silent_freed_bytes += size
                     caller = m.caller_fn or "?"
                     out.silent_freed_by_caller[caller] = out.silent_freed_by_caller.get(caller, 0) + size

@@ -30,7 +30,7 @@ from memledger.tracer import intervals as iv
 from memledger.tracer.efimap import EFI_PAGE_SIZE
 from memledger.tracer.evidence import Evidence
 from memledger.tracer.ftrace import TraceLog
-from memledger.tracer.memblock import MEMBLOCK_RSRV_KERN
+from memledger.tracer.memblock import MEMBLOCK_RSRV_KERN, whole_pages_bytes
 
 __all__ = ("KEPT_REASONS", "BootServices", "TraceFree", "account_boot_services", "trace_efi_free")
 
@@ -193,9 +193,8 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
             if m.op == "free_late" and m.caller_fn == "efi_free_boot_services"]
     tf = trace_efi_free(ev.trace)
     cc["freeing_line_bytes"] = sum(f.kib for f in efi_lines) * 1024 if efi_lines else None
-    # memblock_free_late() frees whole pages only: PFN_UP(base) .. PFN_DOWN(base + size).
-    cc["memblock_free_late_bytes"] = (sum(max(0, (m.end // PAGE) - (-(-m.start // PAGE)))
-                                          for m in late) * PAGE if late else None)
+    cc["memblock_free_late_bytes"] = (sum(whole_pages_bytes(m.start, m.end) for m in late)
+                                      if late else None)
     cc["trace_freed_bytes"] = tf.pages * PAGE if tf and tf.pages is not None else None
     cc["trace_free_calls"] = tf.calls if tf else None
     if efi_lines:

@@ -1,6 +1,6 @@
-"""The EFI memory map: the ``efi=debug`` dump and /sys/firmware/efi/runtime-map.
+"""The EFI memory map: the EFI_DBG dump in the kernel log, and /sys/firmware/efi/runtime-map.
 
-``efi_print_memmap()`` prints, with ``efi=debug`` (and again after the switch to virtual
+``efi_print_memmap()`` prints, when EFI_DBG is set (and again after the switch to virtual
 mode, under an ``EFI runtime memory map:`` header)::
 
     efi: mem08: [Boot Data   |   |  |  |  |  |  |  |  |  |  |   |WB|WT|WC|UC] range=[0x0000000000900000-0x00000000014fffff] (12MB)

@@ -31,6 +31,7 @@ __all__ = (
     "caller_function",
     "parse_debugfs",
     "parse_line",
+    "whole_pages_bytes",
 )
 
 MEMBLOCK_RSRV_KERN = 0x20  # v6.16, "memblock: add MEMBLOCK_RSRV_KERN flag"
@@ -80,6 +81,17 @@ class MemblockRegion:
     end: int
     nid: int | None
     flag: str | None
+
+
+PAGE_SIZE = 4096
+
+
+def whole_pages_bytes(start: int, end: int) -> int:
+    """Bytes memblock_free_late() really frees of ``[start, end)``.
+
+    It walks PFN_UP(base) … PFN_DOWN(base + size), so only whole pages count.
+    """
+    return max(0, end // PAGE_SIZE - -(-start // PAGE_SIZE)) * PAGE_SIZE
 
 
 def caller_function(caller: str | None) -> str | None:
