@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
-from memledger.store.ledger import Anomaly, Ledger
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
 from memledger.tracer.evidence import Evidence
 
-__all__ = ("find_anomalies",)
+if TYPE_CHECKING:
+    from memledger.store.ledger import Ledger
+
+__all__ = ("Anomaly", "find_anomalies")
+
+
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    code: str
+    severity: str  # "info", "warning" or "error"
+    message: str
+    evidence: str
 
 MIB = 1 << 20
 

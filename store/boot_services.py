@@ -124,11 +124,7 @@ def _runtime_causes(ev: Evidence, parts: iv.Span, reserved_before: iv.Span) -> d
         names = [e for e in ev.iomem if e.name.startswith("Kernel ")]
         if names:
             kernel = iv.span(min(e.start for e in names), max(e.end for e in names))
-    ram = iv.EMPTY
-    if log is not None and log.e820:
-        ram = iv.spans((e.start, e.end) for e in log.e820 if e.type == "ram")
-    elif ev.firmware_memmap:
-        ram = iv.spans((e.start, e.end) for e in ev.firmware_memmap if e.type == "ram")
+    ram = ev.firmware_ram()
     out = dict.fromkeys(RUNTIME_CAUSES, 0)
     for atom in parts:
         if atom.empty:
@@ -137,7 +133,7 @@ def _runtime_causes(ev: Evidence, parts: iv.Span, reserved_before: iv.Span) -> d
             out["already_reserved"] += iv.length(atom)
         elif atom.overlaps(kernel):
             out["kernel_image"] += iv.length(atom)
-        elif ram != iv.EMPTY and not atom in ram:  # noqa: E713 (portion containment)
+        elif ram is not None and not atom in ram:  # noqa: E713 (portion containment)
             out["not_ram"] += iv.length(atom)
         else:
             out["unknown"] += iv.length(atom)
@@ -145,7 +141,7 @@ def _runtime_causes(ev: Evidence, parts: iv.Span, reserved_before: iv.Span) -> d
 
 
 def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
-                          efi: bool | None) -> BootServices:
+                          efi: bool | None, tf: TraceFree | None) -> BootServices:
     """Compute the boot-services account; every unknown figure stays None."""
     bs = BootServices()
     log = ev.log
@@ -191,7 +187,6 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
     efi_lines = [f for f in (log.freeing if log else []) if f.name == "EFI boot services"]
     late = [m for _, m in (log.memblock if log else [])
             if m.op == "free_late" and m.caller_fn == "efi_free_boot_services"]
-    tf = trace_efi_free(ev.trace)
     cc["freeing_line_bytes"] = sum(f.kib for f in efi_lines) * 1024 if efi_lines else None
     cc["memblock_free_late_bytes"] = (sum(whole_pages_bytes(m.start, m.end) for m in late)
                                       if late else None)

@@ -14,23 +14,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from memledger.store.accounting import KernelAccounting, account_kernel
-from memledger.store.boot_services import BootServices, account_boot_services, trace_efi_free
+from memledger.store.anomalies import Anomaly, find_anomalies
+from memledger.store.boot_services import (
+    BootServices,
+    TraceFree,
+    account_boot_services,
+    trace_efi_free,
+)
 from memledger.store.lowmem import LowMemory, account_low_memory
 from memledger.tracer.evidence import Evidence
 
-__all__ = ("SCHEMA_VERSION", "Anomaly", "Ledger", "compute_ledger", "parse_cmdline")
+__all__ = ("SCHEMA_VERSION", "Ledger", "compute_ledger", "parse_cmdline")
 
 SCHEMA_VERSION = 1
 # A printk record holds at most ~1 KiB; a "Command line:" line this long was probably cut.
 _CMDLINE_CUT = 960
-
-
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    code: str
-    severity: str  # "info", "warning" or "error"
-    message: str
-    evidence: str
 
 
 @dataclass(slots=True)
@@ -98,7 +96,7 @@ def _kernel(ev: Evidence) -> tuple[dict[str, Any], str | None, str | None]:
              "cmdline_truncated": truncated if cmdline is not None else None}, release, cmdline)
 
 
-def _efi_state(ev: Evidence) -> bool | None:
+def _efi_state(ev: Evidence, tf: TraceFree | None) -> bool | None:
     log = ev.log
     if (log is not None and log.efi) or ev.efi_sysfs or ev.runtime_map:
         return True
@@ -106,7 +104,7 @@ def _efi_state(ev: Evidence) -> bool | None:
                             or any(f.name == "EFI boot services" for f in log.freeing)
                             or any(m.caller_fn == "efi_reserve_boot_services" for _, m in log.memblock)):
         return True  # the banner was lost (truncated log), but EFI code ran
-    if trace_efi_free(ev.trace) is not None:
+    if tf is not None:
         return True  # the boot trace saw efi_free_boot_services free memory
     if (log is not None and log.complete) or ev.efi_sysfs is False:
         return False
@@ -157,16 +155,14 @@ def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool) -> di
 
 def compute_ledger(ev: Evidence) -> Ledger:
     """The ledger of one boot."""
-    from memledger.store.anomalies import find_anomalies  # local: anomalies reads Ledger
-
     kernel, release, cmdline = _kernel(ev)
     params = parse_cmdline(cmdline)
-    efi = _efi_state(ev)
+    tf = trace_efi_free(ev.trace)
+    efi = _efi_state(ev, tf)
     efi_values = [v for raw in params.get("efi", []) for v in raw.split(",")]
     # efi=debug on the cmdline, or its trace in the log when the cmdline was cut.
     efi_debug = "debug" in efi_values or bool(ev.log and ev.log.efi_debug_segments_warning)
-    bs = account_boot_services(ev, efi_debug, release, efi)
-    tf = trace_efi_free(ev.trace)
+    bs = account_boot_services(ev, efi_debug, release, efi, tf)
     low = account_low_memory(ev, params, release, bs.span, tf.phys_ranges if tf else [])
     acct = account_kernel(ev)
     fidelity = _fidelity(ev, params, efi_debug)

@@ -34,11 +34,7 @@ def account_low_memory(ev: Evidence, params: dict[str, list[str]], release: str 
                        bs_span: iv.Span | None, trace_phys: list[tuple[int, int]]) -> LowMemory:
     out = LowMemory()
     log = ev.log
-    ram: iv.Span | None = None
-    if log is not None and log.e820:
-        ram = iv.spans((e.start, e.end) for e in log.e820 if e.type == "ram")
-    elif ev.firmware_memmap:
-        ram = iv.spans((e.start, e.end) for e in ev.firmware_memmap if e.type == "ram")
+    ram = ev.firmware_ram()
     if ram is not None:
         out.usable_bytes = iv.length(iv.clip(ram, 0, SZ_1M))
 

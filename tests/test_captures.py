@@ -41,6 +41,9 @@ def test_reclaimed_is_the_kernels_freeing_figure(capture: str) -> None:
     if expected is not None:
         assert bs["reclaimed_bytes"] == expected
         assert bs["reclaimed_source"] == "kernel_log"
+    else:  # efi=debug (a) and SeaBIOS (f): no line, and no figure claimed from one
+        assert bs["reclaimed_source"] != "kernel_log"
+        assert bs["reclaimed_bytes"] in (0, None)
 
 
 def test_total_is_reclaimed_plus_kept_exactly(capture: str) -> None:

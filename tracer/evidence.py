@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from memledger.tracer import efimap, memblock, procfs, sysfs
+from memledger.tracer import intervals as iv
 from memledger.tracer.bootlog import KernelLog, parse_boot
 from memledger.tracer.ftrace import TraceEvent, TraceLog, parse_trace
 from memledger.tracer.logformat import split_boots
@@ -59,6 +60,15 @@ class Evidence:
     unreadable: dict[str, str] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
+    def firmware_ram(self) -> iv.Span | None:
+        """E820 RAM as the firmware reported it: the log's BIOS-e820 table, else
+        /sys/firmware/memmap; None when neither is there."""
+        if self.log is not None and self.log.e820:
+            return iv.spans((e.start, e.end) for e in self.log.e820 if e.type == "ram")
+        if self.firmware_memmap:
+            return iv.spans((e.start, e.end) for e in self.firmware_memmap if e.type == "ram")
+        return None
+
     @property
     def iomem_hidden(self) -> bool:
         """/proc/iomem read without privilege shows every address as zero."""
@@ -67,8 +77,7 @@ class Evidence:
 
 def is_trace_text(text: str) -> bool:
     """True for tracefs ``trace`` output (it starts with ``# tracer:``)."""
-    head = text.lstrip()[:200]
-    return head.startswith("# tracer:")
+    return text[:4096].lstrip().startswith("# tracer:")
 
 
 def _recognised(log: KernelLog) -> bool:

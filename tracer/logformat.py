@@ -141,11 +141,11 @@ def _parse_line(fmt: str, lineno: int, line: str) -> LogLine | None:
     return LogLine(lineno, groups["msg"], ts, level, seq)
 
 
-def _raw_boots(text: str, fmt: str) -> Iterator[tuple[list[LogLine], str | None, int]]:
+def _raw_boots(lines: list[str], fmt: str) -> Iterator[tuple[list[LogLine], str | None, int]]:
     current: list[LogLine] = []
     boot_id: str | None = None
     noise = 0
-    for lineno, raw in enumerate(text.splitlines(), 1):
+    for lineno, raw in enumerate(lines, 1):
         line = _clean(raw)
         if fmt.startswith("journal"):
             mark = _JOURNAL_MARK.match(line)
@@ -192,9 +192,10 @@ def _is_replay(a: Sequence[LogLine], b: Sequence[LogLine]) -> bool:
 
 def split_boots(text: str) -> list[BootLog]:
     """Split a kernel log into boots. Returns an empty list when nothing matched."""
-    fmt = detect_format(text.splitlines()[: _DETECT_LINES * 2])
+    raw_lines = text.splitlines()
+    fmt = detect_format(raw_lines[: _DETECT_LINES * 2])
     boots: list[BootLog] = []
-    for lines, boot_id, noise in _raw_boots(text, fmt):
+    for lines, boot_id, noise in _raw_boots(raw_lines, fmt):
         log = BootLog(tuple(lines), fmt, boot_id, noise)
         # Boots with journal boot IDs are distinct by definition; only anonymous ones can
         # be a console's replay of the ring buffer.
