@@ -20,8 +20,6 @@ class Anomaly:
     message: str
     evidence: str
 
-MIB = 1 << 20
-
 
 def _kib(n: int) -> str:
     return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
