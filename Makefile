@@ -7,7 +7,10 @@ BIN := $(VENV)/bin
 # (memledger.tracer, memledger.store, memledger.exporters).
 TYPECHECK_ROOT := build/typecheck
 
-.PHONY: all run test lint typecheck unit venv system-deps clean
+# The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
+# checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
+
+.PHONY: all run test lint typecheck unit e2e lab-kernels boot-fixtures venv system-deps clean
 
 all: test
 
@@ -34,9 +37,23 @@ typecheck: venv
 	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy -p memledger.tracer -p memledger.store -p memledger.exporters
 
 unit: venv
-	$(BIN)/pytest
+	$(BIN)/pytest --ignore=tests/e2e
 
-test: lint typecheck unit
+# Debian kernels for the e2e matrix, fetched with apt-get download (never installed).
+lab-kernels: venv
+	@if command -v qemu-system-x86_64 >/dev/null; then $(BIN)/memledger lab kernels --fetch; \
+	else echo "lab-kernels: qemu-system-x86_64 not installed; the e2e tests will be skipped"; fi
+
+# Boots every configuration on every cached kernel under QEMU (TCG when KVM does not work).
+e2e: venv lab-kernels
+	$(BIN)/pytest tests/e2e
+
+# Re-make tests/fixtures/boots from the cached kernels (kernel output, committed).
+boot-fixtures: venv lab-kernels
+	rm -rf tests/fixtures/boots
+	$(BIN)/memledger lab matrix --out tests/fixtures/boots -j 2
+
+test: lint typecheck unit e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

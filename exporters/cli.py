@@ -7,6 +7,7 @@ import sys
 
 import click
 from memledger.exporters.inputs import InputError, load
+from memledger.exporters.lab import lab
 from memledger.exporters.render import render_ledger
 from memledger.store.ledger import compute_ledger
 from rich.console import Console
@@ -58,3 +59,6 @@ def analyze(path: str, as_json: bool) -> None:
     console = Console()
     for d in ledgers:
         render_ledger(d, console)
+
+
+main.add_command(lab)

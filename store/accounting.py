@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memledger.tracer.evidence import Evidence
+from memledger.tracer.kprobes import reserved_area_frees
 from memledger.tracer.memblock import whole_pages_bytes
 
 __all__ = ("KernelAccounting", "account_kernel")
@@ -37,7 +38,9 @@ class KernelAccounting:
     silent_freed_bytes: int | None = None
     silent_freed_by_caller: dict[str, int] = field(default_factory=dict)
     unexplained_residual_bytes: int | None = None
-
+    # Σ pages x 4 KiB of free_reserved_area kretprobes, by the name the kernel prints in
+    # its Freeing line (None without kprobe events in the boot trace).
+    trace_freed_by_name: dict[str, int] | None = None
 
 
 def account_kernel(ev: Evidence) -> KernelAccounting:
@@ -73,4 +76,10 @@ def account_kernel(ev: Evidence) -> KernelAccounting:
                               - out.freed_after_memory_line_bytes)
         if out.silent_freed_bytes is not None:
             out.unexplained_residual_bytes = out.residual_bytes - out.silent_freed_bytes
+    named = [(a.name, a.pages) for a in reserved_area_frees(ev.trace)
+             if a.name is not None and a.pages is not None]
+    if named:
+        out.trace_freed_by_name = {}
+        for name, pages in named:
+            out.trace_freed_by_name[name] = out.trace_freed_by_name.get(name, 0) + pages * PAGE
     return out

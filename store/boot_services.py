@@ -30,6 +30,7 @@ from memledger.tracer import intervals as iv
 from memledger.tracer.efimap import EFI_PAGE_SIZE
 from memledger.tracer.evidence import Evidence
 from memledger.tracer.ftrace import TraceLog
+from memledger.tracer.kprobes import reserved_area_frees
 from memledger.tracer.memblock import MEMBLOCK_RSRV_KERN, whole_pages_bytes
 
 __all__ = ("KEPT_REASONS", "BootServices", "TraceFree", "account_boot_services", "trace_efi_free")
@@ -71,31 +72,16 @@ def trace_efi_free(trace: TraceLog | None) -> TraceFree | None:
     """Pages freed by efi_free_boot_services according to kprobes or the function tracer."""
     if trace is None or not trace.events:
         return None
+    calls = sum(1 for e in trace.events
+                if e.is_function and e.name == "free_reserved_area" and e.parent == EFI_FREE_FN)
     pages: int | None = None
-    calls = 0
     ranges: list[tuple[int, int]] = []
-    pending: dict[int, tuple[int, int] | None] = {}
-    for e in trace.events:
-        if e.is_function:
-            if e.name == "free_reserved_area" and e.parent == EFI_FREE_FN:
-                calls += 1
+    for f in reserved_area_frees(trace):
+        if f.caller != EFI_FREE_FN:
             continue
-        ret = e.return_site
-        if ret is None:
-            if e.site and e.site.startswith("free_reserved_area+"):
-                start, end, base = e.int_arg("start"), e.int_arg("end"), e.int_arg("base")
-                ok = None not in (start, end, base)
-                pending[e.pid] = (start - base, end - base) if ok else None  # type: ignore[operator]
-            continue
-        caller, func = ret
-        if func != "free_reserved_area" or caller != EFI_FREE_FN:
-            pending.pop(e.pid, None)
-            continue
-        numeric = [v for v in (e.int_arg(k) for k in e.args) if v is not None]
-        value = e.int_arg("pages") if "pages" in e.args else (numeric[0] if len(numeric) == 1 else None)
-        if value is not None:
-            pages = (pages or 0) + value
-        if (rng := pending.pop(e.pid, None)) is not None:
+        if f.pages is not None:
+            pages = (pages or 0) + f.pages
+        if (rng := f.phys_range) is not None:
             ranges.append(rng)
     if pages is None and calls == 0:
         return None

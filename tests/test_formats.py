@@ -78,6 +78,28 @@ def test_time_going_back_starts_a_new_boot_without_a_banner() -> None:
     assert not boots[0].complete and not boots[1].complete
 
 
+
+# Verbatim from boots under TCG (tests/fixtures/boots): the secondary CPU prints before
+# its clock is set, one line on 6.12.117, two on 6.1.0-47.
+UNSYNCHRONISED_CPU = {
+    "6.12": ["[    1.010519] .... node  #0, CPUs:      #1",
+             "[    0.000000] calibrate_delay_direct() dropping max bogoMips estimate 3 = 13028912",
+             "[    1.126431] smp: Brought up 1 node, 2 CPUs"],
+    "6.1": ["[    2.200512] .... node  #0, CPUs:      #1",
+            "[    0.371649] calibrate_delay_direct() failed to get a good estimate for loops_per_jiffy.",
+            '[    0.371649] Probably due to long platform interrupts. Consider using "lpj=" boot option.',
+            "[    2.392822] smp: Brought up 1 node, 2 CPUs"],
+}
+
+
+@pytest.mark.parametrize("series", sorted(UNSYNCHRONISED_CPU))
+def test_lines_from_an_unsynchronised_cpu_are_not_a_new_boot(series: str) -> None:
+    lines = ["[    0.000000] Linux version 6.x (debian-kernel@lists.debian.org)", *UNSYNCHRONISED_CPU[series]]
+    boots = split_boots("\n".join(lines))
+    assert len(boots) == 1
+    assert len(boots[0].lines) == len(lines)
+
+
 # --- E820 -----------------------------------------------------------------------------
 
 def test_e820_v7_format() -> None:

@@ -1,0 +1,231 @@
+"""``memledger lab``: boot kernels under emulated EFI firmware and read their ledgers."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import NoReturn
+
+import click
+from memledger.exporters.inputs import InputError, load
+from memledger.exporters.render import render_ledger
+from memledger.store.ledger import compute_ledger
+from memledger.tracer.lab.boot import BootRequest, LabError, run_boot
+from memledger.tracer.lab.firmware import FIRMWARES, FirmwareError, fetch_ovmf, find_ovmf
+from memledger.tracer.lab.initramfs import InitramfsError
+from memledger.tracer.lab.kernels import (
+    CachedKernel,
+    KernelFetchError,
+    available_images,
+    cached_kernels,
+    choose_default,
+    default_cache_dir,
+    fetch_kernel,
+)
+from memledger.tracer.lab.matrix import CONFIGS, MatrixOutcome, config_by_name, plan, run_matrix
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ("lab",)
+
+_MEMORY = re.compile(r"^\d+[MG]$")
+_RUNTIME_ERRORS = (LabError, FirmwareError, InitramfsError, KernelFetchError, OSError)
+
+BOOT_EXAMPLES = """
+\b
+examples:
+    memledger lab kernels --fetch               # Debian 6.1 and 6.12 kernels into the cache
+    memledger lab boot --kernel 6.12.117+deb12-amd64
+    memledger lab boot --kernel /boot/vmlinuz-6.1.0-47-amd64 --cmdline memblock=debug --out boot1
+    memledger lab boot --kernel 6.12.117+deb12-cloud-amd64 --trace --memory 8G --json
+    memledger lab boot --kernel 6.1.0-56-amd64 --firmware seabios   # non-EFI control
+"""
+
+MATRIX_EXAMPLES = """
+\b
+examples:
+    memledger lab matrix --out /tmp/boots -j 2            # every cached kernel, every config
+    memledger lab matrix --kernel 6.12.117+deb12-amd64 --config default --config efidebug --out b
+"""
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"memledger: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _cache_option(f: click.decorators.FC) -> click.decorators.FC:
+    return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Lab cache (kernels, OVMF, initramfs). Default: $MEMLEDGER_LAB_CACHE, "
+                             "/var/cache/memledger/lab for root, else ~/.cache/memledger/lab.")(f)
+
+
+def _resolve_kernel(kernel: str, cache: Path) -> tuple[Path, dict[str, str | None] | None]:
+    """A vmlinuz path, or the release of a kernel in the cache."""
+    p = Path(kernel)
+    if p.is_file():
+        return p, None
+    for k in cached_kernels(cache):
+        if kernel in (k.release, k.package):
+            return Path(k.vmlinuz), k.as_dict()
+    known = ", ".join(k.release for k in cached_kernels(cache)) or "none; run `memledger lab kernels --fetch`"
+    _fail(f"--kernel {kernel}: no such file, and no cached kernel with that release (cached: {known})", 2)
+
+
+@click.group()
+def lab() -> None:
+    """Boot kernels under QEMU with OVMF (or SeaBIOS) and read their ledgers."""
+
+
+@lab.command(epilog=BOOT_EXAMPLES)
+@click.option("--kernel", required=True, help="A vmlinuz file, or the release of a cached kernel.")
+@click.option("--cmdline", default="", help="Kernel arguments added to the console arguments.")
+@click.option("--trace", is_flag=True, help="Add boot-time function tracing and kprobe events.")
+@click.option("--memory", default="2G", show_default=True, help="Guest memory (e.g. 2G, 8G, 512M).")
+@click.option("--firmware", type=click.Choice(FIRMWARES), default="ovmf", show_default=True)
+@click.option("--smp", type=click.IntRange(1, 64), default=2, show_default=True, help="Guest CPUs.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True,
+              help="auto: KVM when a probe guest really runs under it, else TCG.")
+@click.option("--timeout", type=float, default=600.0, show_default=True, help="Seconds before giving up.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Boot folder (root/, console.log, cmdline.txt, lab.json). "
+                   "Default: ./lab-<release>-<time>.")
+@click.option("--json", "as_json", is_flag=True, help="Print the ledger as JSON.")
+@_cache_option
+def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp: int, accel: str,
+         timeout: float, out: Path | None, as_json: bool, cache: Path | None) -> None:
+    """Boot KERNEL under emulated firmware, capture the boot, and print its ledger."""
+    if not _MEMORY.match(memory):
+        _fail(f"--memory {memory}: give a size like 2G or 512M", 2)
+    cache = cache or default_cache_dir()
+    vmlinuz, package = _resolve_kernel(kernel, cache)
+    if out is None:
+        stem = (package or {}).get("release") or vmlinuz.name.removeprefix("vmlinuz-") or "kernel"
+        out = Path(f"lab-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    req = BootRequest(kernel=vmlinuz, out=out, cache=cache, cmdline=cmdline, trace=trace, memory=memory,
+                      firmware=firmware, smp=smp, accel=accel, timeout=timeout, package=package)
+    err = Console(stderr=True)
+    try:
+        with err.status(f"booting {vmlinuz} under {firmware} ({memory})…"):
+            result = run_boot(req)
+    except _RUNTIME_ERRORS as exc:
+        _fail(str(exc), 1)
+    err.print(f"booted {result.lab.get('release') or vmlinuz} in {result.wall_seconds:.1f} s "
+              f"({result.accel}); boot folder: {result.out}")
+    try:
+        evidence = load(str(result.root))
+    except InputError as exc:
+        _fail(str(exc), 1)
+    ledgers = [compute_ledger(ev).as_dict() for ev in evidence]
+    if as_json:
+        click.echo(json.dumps(ledgers[0] if len(ledgers) == 1 else ledgers, indent=2))
+        return
+    for d in ledgers:
+        render_ledger(d, Console())
+
+
+def _kernel_table(kernels: list[CachedKernel], cache: Path) -> Table:
+    table = Table(title=f"lab kernels in {cache}")
+    for col in ("release", "flavour", "version", "package"):
+        table.add_column(col, no_wrap=True)
+    for k in kernels:
+        table.add_row(k.release, k.flavour, k.version, k.package)
+    return table
+
+
+@lab.command()
+@click.option("--fetch", is_flag=True, help="Fetch the default set: the oldest and newest 6.1 ABIs, "
+              "the newest 6.12 and its cloud flavour (and OVMF when it is not installed).")
+@click.option("--package", "packages", multiple=True, metavar="NAME",
+              help="Fetch this linux-image package (repeatable), e.g. linux-image-6.1.0-56-amd64.")
+@click.option("--json", "as_json", is_flag=True, help="List as JSON.")
+@_cache_option
+def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path | None) -> None:
+    """List the kernels in the lab cache; fetch Debian kernels with apt-get download.
+
+    Packages are downloaded, never installed: vmlinuz, config and System.map are unpacked
+    into CACHE/kernels/<release>/.
+    """
+    cache = cache or default_cache_dir()
+    wanted = list(packages)
+    try:
+        if fetch:
+            wanted += [n for n in choose_default(available_images()) if n not in wanted]
+            try:
+                find_ovmf(cache)
+            except FirmwareError:
+                fetch_ovmf(cache)
+        err = Console(stderr=True)
+        for name in wanted:
+            with err.status(f"fetching {name}…"):
+                k = fetch_kernel(name, cache)
+            err.print(f"{name}: {k.release} ({k.version})")
+    except _RUNTIME_ERRORS as exc:
+        _fail(str(exc), 1)
+    found = cached_kernels(cache)
+    if as_json:
+        click.echo(json.dumps([k.as_dict() for k in found], indent=2))
+    elif found:
+        Console().print(_kernel_table(found, cache))
+    else:
+        click.echo(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`")
+
+
+@lab.command(epilog=MATRIX_EXAMPLES)
+@click.option("--kernel", "releases", multiple=True,
+              help="A cached kernel's release (repeatable); default all.")
+@click.option("--config", "configs", multiple=True, type=click.Choice([c.name for c in CONFIGS]),
+              help="A configuration (repeatable); default all.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the boot folders, one per <release>-<config>.")
+@click.option("-j", "--jobs", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Boots at a time.")
+@click.option("--smp", type=click.IntRange(1, 64), default=2, show_default=True, help="Guest CPUs.")
+@click.option("--accel", type=click.Choice(["auto", "kvm", "tcg"]), default="auto", show_default=True)
+@_cache_option
+def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs: int, smp: int,
+           accel: str, cache: Path | None) -> None:
+    """Boot every configuration on every cached kernel and summarise the ledgers."""
+    cache = cache or default_cache_dir()
+    kernels_ = cached_kernels(cache)
+    if releases:
+        unknown = set(releases) - {k.release for k in kernels_}
+        if unknown:
+            _fail(f"--kernel {', '.join(sorted(unknown))}: not in the lab cache {cache}", 2)
+        kernels_ = [k for k in kernels_ if k.release in releases]
+    if not kernels_:
+        _fail(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`", 2)
+    boots = plan(kernels_, [config_by_name(c) for c in configs] if configs else CONFIGS)
+    console = Console(stderr=True)
+
+    def done(o: MatrixOutcome) -> None:
+        state = f"{o.result.wall_seconds:.1f} s" if o.result else f"FAILED: {o.error}"
+        console.print(f"{o.boot.name}: {state}")
+
+    try:
+        outcomes = run_matrix(boots, out, cache, jobs=jobs, smp=smp, accel=accel, on_done=done)
+    except _RUNTIME_ERRORS as exc:
+        _fail(str(exc), 1)
+    table = Table(title=f"{len(outcomes)} lab boots in {out}")
+    table.add_column("boot", no_wrap=True)
+    for col in ("efi", "total KiB", "reclaimed KiB", "kept KiB", "leaked KiB"):
+        table.add_column(col, justify="right")
+    table.add_column("anomalies")
+    failed = 0
+    for o in outcomes:
+        if o.result is None:
+            failed += 1
+            table.add_row(o.boot.name, "", "", "", "", "", "boot failed")
+            continue
+        d = compute_ledger(load(str(o.result.root))[-1]).as_dict()
+        bs = d["efi_boot_services"]
+        cells = [f"{bs[k] // 1024:,}" if bs[k] is not None else "-" for k in
+                 ("total_bytes", "reclaimed_bytes", "kept_bytes", "leaked_bytes")]
+        table.add_row(o.boot.name, str(d["firmware"]["efi"]), *cells,
+                      ", ".join(a["code"] for a in d["anomalies"]) or "")
+    Console().print(table)
+    if failed:
+        _fail(f"{failed} of {len(outcomes)} boots failed", 1)

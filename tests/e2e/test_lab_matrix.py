@@ -1,0 +1,91 @@
+"""Live boots: every cached Debian kernel in every lab configuration, under QEMU.
+
+The kernels come from the lab cache (``memledger lab kernels --fetch``, which ``make e2e``
+runs first). A missing tool skips these tests with the reason; on a fresh Debian 12
+machine as root ``make test`` installs every tool, so nothing is skipped there. The
+identities (tests/identities.py) take the kernel's own output as the oracle.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import analyze_json, run_cli
+from identities import EXPECTED, check_all, load_boot
+from memledger.tracer.lab.firmware import FirmwareError, find_ovmf
+from memledger.tracer.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
+from memledger.tracer.lab.matrix import MatrixOutcome, plan, run_matrix
+from memledger.tracer.lab.qemu import QEMU
+
+CACHE = default_cache_dir()
+
+
+def _missing_tool() -> str | None:
+    """Why the lab cannot run here, or None."""
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} not installed (Debian package qemu-system-x86)"
+    try:
+        find_ovmf(CACHE)
+    except FirmwareError:
+        return "OVMF not installed (Debian package ovmf)"
+    if not Path("/bin/busybox").is_file():
+        return "/bin/busybox not installed (Debian package busybox-static)"
+    if shutil.which("cpio") is None:
+        return "cpio not installed (Debian package cpio)"
+    if not cached_kernels(CACHE):
+        return f"no kernels in the lab cache {CACHE} (run `memledger lab kernels --fetch`)"
+    return None
+
+
+SKIP_REASON = _missing_tool()
+KERNELS: list[CachedKernel] = [] if SKIP_REASON else cached_kernels(CACHE)
+BOOTS = plan(KERNELS)
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+
+
+@pytest.fixture(scope="session")
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> dict[str, MatrixOutcome]:
+    """Every planned boot, run once per session, as many at a time as there are CPUs."""
+    out = tmp_path_factory.mktemp("boots")
+    outcomes = run_matrix(BOOTS, out, CACHE, jobs=max(1, os.cpu_count() or 1), smp=2, accel="auto")
+    return {o.boot.name: o for o in outcomes}
+
+
+def test_the_cache_holds_the_required_kernels() -> None:
+    releases = [k.release for k in KERNELS]
+    assert len([r for r in releases if re.fullmatch(r"6\.1\.0-\d+-amd64", r)]) >= 2
+    assert any(re.fullmatch(r"6\.12\.\d+\+deb12-amd64", r) for r in releases)
+    assert any(r.endswith("-cloud-amd64") for r in releases)
+
+
+@pytest.mark.parametrize("name", [b.name for b in BOOTS] or ["none"])
+def test_live_boot_identities(name: str, matrix: dict[str, MatrixOutcome]) -> None:
+    outcome = matrix[name]
+    assert outcome.result is not None, outcome.error
+    folder = outcome.result.out
+    ledger = analyze_json(folder / "root")
+    assert isinstance(ledger, dict), "one capture is one boot"
+    ran = set(check_all(load_boot(folder), ledger))
+    assert EXPECTED[outcome.boot.config.name] <= ran
+
+
+def test_lab_boot_prints_the_ledger_of_a_612_kernel(tmp_path: Path) -> None:
+    """Done-when: `memledger lab boot` on a 6.12 kernel prints its ledger, and on the
+    default cmdline the reclaimed figure is the kernel's own Freeing line."""
+    k612 = [k for k in KERNELS if re.fullmatch(r"6\.12\.\d+\+deb12-amd64", k.release)][-1]
+    out = tmp_path / "boot"
+    proc = run_cli("lab", "boot", "--kernel", k612.release, "--out", str(out), "--cache", str(CACHE))
+    assert proc.returncode == 0, proc.stderr
+    dmesg = (out / "root" / "dmesg.txt").read_text()
+    freed_k = int(re.search(r"efi: Freeing EFI boot services memory: (\d+)K", dmesg).group(1))  # type: ignore[union-attr]
+    shown = re.search(r"reclaimed\s+([\d,]+) KiB", proc.stdout)
+    assert shown is not None, proc.stdout
+    assert int(shown.group(1).replace(",", "")) == freed_k
+    assert f"kernel {k612.release}" in proc.stdout
+    assert f"booted {k612.release}" in proc.stderr
+    # The boot folder is a root that `memledger analyze` reads on its own.
+    assert analyze_json(out / "root")["efi_boot_services"]["reclaimed_bytes"] == freed_k * 1024

@@ -1,0 +1,100 @@
+"""The lab's boot matrix: which configurations each kernel is booted in (plan pure,
+running in parallel at the edge).
+
+Each configuration changes one thing against the kernel's defaults under OVMF, so that
+every difference in the ledger has one cause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from memledger.tracer.lab.boot import BootRequest, BootResult, LabError, run_boot
+from memledger.tracer.lab.initramfs import build_initramfs
+from memledger.tracer.lab.kernels import CachedKernel
+
+__all__ = ("CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name", "plan", "run_matrix")
+
+
+@dataclass(frozen=True, slots=True)
+class BootConfig:
+    name: str
+    description: str
+    cmdline: str = ""
+    memory: str = "2G"
+    firmware: str = "ovmf"
+    trace: bool = False
+
+
+CONFIGS: tuple[BootConfig, ...] = (
+    BootConfig("default", "the kernel's defaults under OVMF, 2 GiB"),
+    BootConfig("memblock", "memblock=debug: every memblock reservation in the log", "memblock=debug"),
+    BootConfig("efidebug", "efi=debug memblock=debug: the firmware map printed, nothing freed",
+               "efi=debug memblock=debug"),
+    BootConfig("crashkernel", "crashkernel=256M", "crashkernel=256M"),
+    BootConfig("mem8g", "8 GiB of memory", memory="8G"),
+    BootConfig("trace", "memblock=debug plus boot-time function tracing and kprobe events",
+               "memblock=debug", trace=True),
+    BootConfig("seabios", "the same kernel under SeaBIOS, the non-EFI control", firmware="seabios"),
+)
+
+
+def config_by_name(name: str) -> BootConfig:
+    for c in CONFIGS:
+        if c.name == name:
+            return c
+    raise KeyError(f"unknown lab configuration {name!r} ({', '.join(c.name for c in CONFIGS)})")
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedBoot:
+    kernel: CachedKernel
+    config: BootConfig
+
+    @property
+    def name(self) -> str:
+        """``<release>-<config>``, the name of the boot's folder."""
+        return f"{self.kernel.release}-{self.config.name}"
+
+
+@dataclass(slots=True)
+class MatrixOutcome:
+    boot: PlannedBoot
+    result: BootResult | None
+    error: str | None
+
+
+def plan(kernels: Iterable[CachedKernel], configs: Iterable[BootConfig] = CONFIGS) -> list[PlannedBoot]:
+    """Every configuration on every kernel: each makes sense on each Debian kernel here."""
+    configs = list(configs)
+    return [PlannedBoot(k, c) for k in kernels for c in configs]
+
+
+def run_matrix(boots: list[PlannedBoot], out_dir: Path, cache: Path, jobs: int = 1, smp: int = 2,
+               accel: str = "auto", timeout: float = 600.0,
+               on_done: Callable[[MatrixOutcome], None] | None = None) -> list[MatrixOutcome]:
+    """Run ``boots`` (``jobs`` QEMUs at a time) into ``out_dir/<name>``, in plan order."""
+
+    def one(b: PlannedBoot) -> MatrixOutcome:
+        req = BootRequest(kernel=Path(b.kernel.vmlinuz), out=out_dir / b.name, cache=cache,
+                          cmdline=b.config.cmdline, trace=b.config.trace, memory=b.config.memory,
+                          firmware=b.config.firmware, smp=smp, accel=accel, timeout=timeout,
+                          package=b.kernel.as_dict(), config=b.config.name)
+        try:
+            return MatrixOutcome(b, run_boot(req), None)
+        except LabError as exc:
+            return MatrixOutcome(b, None, str(exc))
+
+    build_initramfs(cache / "initramfs")  # once, before the boots share it
+    outcomes: dict[str, MatrixOutcome] = {}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures = [pool.submit(one, b) for b in boots]
+        for fut in as_completed(futures):
+            outcome = fut.result()
+            outcomes[outcome.boot.name] = outcome
+            if on_done is not None:
+                on_done(outcome)
+    return [outcomes[b.name] for b in boots]
