@@ -129,10 +129,10 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
 
 def _kernel_table(kernels: list[CachedKernel], cache: Path) -> Table:
     table = Table(title=f"lab kernels in {cache}")
-    for col in ("release", "flavour", "version", "package"):
+    for col in ("release", "flavour", "package version"):
         table.add_column(col, no_wrap=True)
     for k in kernels:
-        table.add_row(k.release, k.flavour, k.version, k.package)
+        table.add_row(k.release, k.flavour, k.version)
     return table
 
 
