@@ -176,7 +176,7 @@ def _raw_boots(lines: list[str], fmt: str) -> Iterator[tuple[list[LogLine], str 
         if item is None:
             noise += 1
             continue
-        if current and _starts_new_boot(current[-1], item, _ahead(items, i)):
+        if current and _starts_new_boot(current[-1], item, items, i):
             yield current, boot_id, noise
             current, noise, boot_id = [], 0, None
         current.append(item)
@@ -195,7 +195,8 @@ def _ahead(items: list[LogLine | str | None], i: int) -> list[LogLine]:
     return out
 
 
-def _starts_new_boot(prev: LogLine, rec: LogLine, ahead: list[LogLine]) -> bool:
+def _starts_new_boot(prev: LogLine, rec: LogLine, items: list[LogLine | str | None], i: int) -> bool:
+    """Whether ``rec`` (``items[i]``) opens a new boot after ``prev``."""
     if rec.msg.startswith("Linux version "):
         return True
     if prev.seq is not None and rec.seq is not None and rec.seq < prev.seq:
@@ -206,7 +207,7 @@ def _starts_new_boot(prev: LogLine, rec: LogLine, ahead: list[LogLine]) -> bool:
     # "[    0.371649] calibrate_delay_direct() failed to get a good estimate…" (two
     # lines) between 2.20 s and 2.39 s. A burst that returns to the old time is not a
     # new boot; a real one stays below it for far longer than the look-ahead.
-    return not any(a.ts is not None and a.ts >= prev.ts - _TS_RESET for a in ahead)
+    return not any(a.ts is not None and a.ts >= prev.ts - _TS_RESET for a in _ahead(items, i))
 
 
 def _is_replay(a: Sequence[LogLine], b: Sequence[LogLine]) -> bool:

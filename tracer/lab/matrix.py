@@ -32,6 +32,9 @@ class BootConfig:
 CONFIGS: tuple[BootConfig, ...] = (
     BootConfig("default", "the kernel's defaults under OVMF, 2 GiB"),
     BootConfig("memblock", "memblock=debug: every memblock reservation in the log", "memblock=debug"),
+    # efi=debug only ever goes to a lab guest: it makes the kernel keep all boot-services
+    # memory, which is why the lab boots it (the firmware map is printed only then) and
+    # why nothing that configures real hosts may add it.
     BootConfig("efidebug", "efi=debug memblock=debug: the firmware map printed, nothing freed",
                "efi=debug memblock=debug"),
     BootConfig("crashkernel", "crashkernel=256M", "crashkernel=256M"),
