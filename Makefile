@@ -20,7 +20,7 @@ system-deps:
 # Debian's python3-bpfcc lives in the system site-packages: the venv must see it.
 $(BIN)/.installed: pyproject.toml | system-deps
 	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,postgresql]'
 	touch $@
 
 venv: $(BIN)/.installed

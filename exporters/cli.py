@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import click
+from memledger.exporters.daemon import daemon
+from memledger.exporters.errors import fail
 from memledger.exporters.inputs import InputError, load
 from memledger.exporters.lab import lab
 from memledger.exporters.render import render_ledger
+from memledger.exporters.storecli import boots, capture, ingest, reprocess_cmd
 from memledger.store.ledger import compute_ledger
 from rich.console import Console
 
@@ -18,16 +20,12 @@ ANALYZE_EXAMPLES = """
 \b
 examples:
     memledger analyze /                       # this host: /dev/kmsg, /proc, /sys
+    memledger analyze boot.tar.gz             # a capture file (memledger capture)
     memledger analyze capture/                # a captured tree (dmesg.txt, proc/, sys/)
     memledger analyze serial-console.log      # every boot in a console log
     journalctl -k -b all -o short-monotonic | memledger analyze -
     memledger analyze /sys/kernel/tracing/trace --json
 """
-
-
-def _fail(message: str) -> None:
-    click.echo(f"memledger: error: {message}", err=True)
-    sys.exit(2)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,14 +41,15 @@ def main() -> None:
 def analyze(path: str, as_json: bool) -> None:
     """Compute the ledger of every boot in PATH.
 
-    PATH is a root directory (``/`` for this host, or a captured tree), a kernel log file
+    PATH is a root directory (``/`` for this host, or a captured tree), a capture file
+    written by ``memledger capture``, a kernel log file
     (dmesg, dmesg -r, /dev/kmsg records, journalctl -k), an ftrace ``trace`` file, or -
     for standard input.
     """
     try:
         evidence = load(path)
     except InputError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     ledgers = [compute_ledger(ev).as_dict() for ev in evidence]
     if as_json:
         payload = ledgers[0] if len(ledgers) == 1 else ledgers
@@ -61,4 +60,5 @@ def analyze(path: str, as_json: bool) -> None:
         render_ledger(d, console)
 
 
-main.add_command(lab)
+for command in (capture, ingest, boots, reprocess_cmd, daemon, lab):
+    main.add_command(command)

@@ -6,6 +6,7 @@ import os
 import stat
 import sys
 
+from memledger.tracer.capture import CaptureError, capture_evidence, is_capture, unpack
 from memledger.tracer.evidence import Evidence, NotAKernelLog, build_evidence, is_trace_text
 from memledger.tracer.reader import Snapshot, read_root
 
@@ -39,7 +40,8 @@ def _read_file(path: str) -> bytes:
 
 
 def load(path: str) -> list[Evidence]:
-    """Evidence for every boot in ``path`` (a root directory, a log or trace file, or -)."""
+    """Evidence for every boot in ``path``: a root directory, a capture file, a log or
+    trace file, or -."""
     is_dir = False
     if path != "-":
         try:
@@ -54,7 +56,13 @@ def load(path: str) -> list[Evidence]:
                 raise InputError(f"{path}: no kernel log (dmesg.txt or dev/kmsg), /proc or /sys "
                                  "files found under this directory")
             return build_evidence(snap)
-        text = _decode(path, _read_file(path))
+        data = _read_file(path)
+        if is_capture(data):
+            try:
+                return capture_evidence(unpack(data), path)
+            except CaptureError as exc:
+                raise InputError(f"{path}: {exc}") from None
+        text = _decode(path, data)
         if not text.strip():
             raise InputError(f"{path}: empty file")
         snap = Snapshot(root=path)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 import time
 from pathlib import Path
-from typing import NoReturn
 
 import click
+from memledger.exporters.errors import fail
 from memledger.exporters.inputs import InputError, load
 from memledger.exporters.render import render_ledger
 from memledger.store.ledger import compute_ledger
@@ -52,11 +51,6 @@ examples:
 """
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"memledger: error: {message}", err=True)
-    sys.exit(code)
-
-
 def _cache_option(f: click.decorators.FC) -> click.decorators.FC:
     return click.option("--cache", type=click.Path(file_okay=False, path_type=Path), default=None,
                         help="Lab cache (kernels, OVMF, initramfs). Default: $MEMLEDGER_LAB_CACHE, "
@@ -72,7 +66,7 @@ def _resolve_kernel(kernel: str, cache: Path) -> tuple[Path, dict[str, str | Non
         if kernel in (k.release, k.package):
             return Path(k.vmlinuz), k.as_dict()
     known = ", ".join(k.release for k in cached_kernels(cache)) or "none; run `memledger lab kernels --fetch`"
-    _fail(f"--kernel {kernel}: no such file, and no cached kernel with that release (cached: {known})", 2)
+    fail(f"--kernel {kernel}: no such file, and no cached kernel with that release (cached: {known})", 2)
 
 
 @click.group()
@@ -99,7 +93,7 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
          timeout: float, out: Path | None, as_json: bool, cache: Path | None) -> None:
     """Boot KERNEL under emulated firmware, capture the boot, and print its ledger."""
     if not _MEMORY.match(memory):
-        _fail(f"--memory {memory}: give a size like 2G or 512M", 2)
+        fail(f"--memory {memory}: give a size like 2G or 512M", 2)
     cache = cache or default_cache_dir()
     vmlinuz, package = _resolve_kernel(kernel, cache)
     if out is None:
@@ -112,13 +106,13 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
         with err.status(f"booting {vmlinuz} under {firmware} ({memory})…"):
             result = run_boot(req)
     except _RUNTIME_ERRORS as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     err.print(f"booted {result.lab.get('release') or vmlinuz} in {result.wall_seconds:.1f} s "
               f"({result.accel}); boot folder: {result.out}")
     try:
         evidence = load(str(result.root))
     except InputError as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     ledgers = [compute_ledger(ev).as_dict() for ev in evidence]
     if as_json:
         click.echo(json.dumps(ledgers[0] if len(ledgers) == 1 else ledgers, indent=2))
@@ -164,7 +158,7 @@ def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path |
                 k = fetch_kernel(name, cache)
             err.print(f"{name}: {k.release} ({k.version})")
     except _RUNTIME_ERRORS as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     found = cached_kernels(cache)
     if as_json:
         click.echo(json.dumps([k.as_dict() for k in found], indent=2))
@@ -194,10 +188,10 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
     if releases:
         unknown = set(releases) - {k.release for k in kernels_}
         if unknown:
-            _fail(f"--kernel {', '.join(sorted(unknown))}: not in the lab cache {cache}", 2)
+            fail(f"--kernel {', '.join(sorted(unknown))}: not in the lab cache {cache}", 2)
         kernels_ = [k for k in kernels_ if k.release in releases]
     if not kernels_:
-        _fail(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`", 2)
+        fail(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`", 2)
     boots = plan(kernels_, [config_by_name(c) for c in configs] if configs else CONFIGS)
     console = Console(stderr=True)
 
@@ -208,7 +202,7 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
     try:
         outcomes = run_matrix(boots, out, cache, jobs=jobs, smp=smp, accel=accel, on_done=done)
     except _RUNTIME_ERRORS as exc:
-        _fail(str(exc), 1)
+        fail(str(exc), 1)
     table = Table(title=f"{len(outcomes)} lab boots in {out}")
     table.add_column("boot", no_wrap=True)
     for col in ("efi", "total KiB", "reclaimed KiB", "kept KiB", "leaked KiB"):
@@ -228,4 +222,4 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
                       ", ".join(a["code"] for a in d["anomalies"]) or "")
     Console().print(table)
     if failed:
-        _fail(f"{failed} of {len(outcomes)} boots failed", 1)
+        fail(f"{failed} of {len(outcomes)} boots failed", 1)

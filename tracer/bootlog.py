@@ -27,10 +27,12 @@ __all__ = (
 
 @dataclass(frozen=True, slots=True)
 class Positioned:
-    """Where a record came from: index in the boot's messages and 1-based source line."""
+    """Where a record came from: index in the boot's messages, 1-based source line, and
+    the message's time stamp in seconds when the log format has one."""
 
     index: int
     lineno: int
+    ts: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +233,7 @@ def parse_boot(boot: BootLog) -> KernelLog:
         if not msg:
             continue
         try:
-            _dispatch(log, Positioned(index, line.lineno), msg, state)
+            _dispatch(log, Positioned(index, line.lineno, line.ts), msg, state)
         except ValueError as exc:
             log.bad_lines.append((line.lineno, str(exc)))
     return log

@@ -1,0 +1,202 @@
+"""``memledger capture``, ``ingest``, ``boots`` and ``reprocess``: capture files and the store."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from importlib.metadata import version
+from typing import Any
+
+import click
+from memledger.exporters.errors import fail
+from memledger.exporters.render import fmt_bytes
+from memledger.store.db import StoreError, make_engine, resolve_url
+from memledger.store.files import atomic_write
+from memledger.store.ingest import BadCapture, prepare, reprocess
+from memledger.store.ingest import ingest as store_ingest
+from memledger.store.migrate import upgrade
+from memledger.store.queries import list_boots
+from memledger.tracer.capture import CaptureError, record
+from memledger.tracer.reader import FsTree
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+__all__ = ("DB_OPTION", "boots", "capture", "ingest", "open_store", "reprocess_cmd")
+
+VERSION = version("memledger")
+
+DB_OPTION = click.option(
+    "--db", envvar="MEMLEDGER_DB", show_envvar=True, metavar="URL|PATH",
+    help="SQLAlchemy URL (sqlite:///…, postgresql+psycopg://user@host/db) or a SQLite file. "
+         "Default: $STATE_DIRECTORY/memledger.db under systemd, /var/lib/memledger/memledger.db "
+         "for root, else $XDG_STATE_HOME/memledger/memledger.db.")
+
+
+@contextmanager
+def open_store(db: str | None, *, create: bool) -> Iterator[Engine]:
+    """The engine for ``--db``, migrated when ``create``; StoreError and database errors
+    become one-line failures (exit 2 for a bad location, 1 for a failing server)."""
+    try:
+        engine = make_engine(resolve_url(db), create=create)
+    except StoreError as exc:
+        fail(str(exc))
+    try:
+        if create:
+            upgrade(engine)
+        yield engine
+    except StoreError as exc:
+        fail(str(exc))
+    except SQLAlchemyError as exc:
+        fail(f"{engine.url.render_as_string(hide_password=True)}: "
+             f"{str(exc.orig if hasattr(exc, 'orig') and exc.orig else exc).splitlines()[0]}", 1)
+    finally:
+        engine.dispose()
+
+
+CAPTURE_EXAMPLES = """
+\b
+examples:
+    memledger capture -o boot.tar.gz                 # this host's current boot
+    memledger capture -o /var/spool/memledger/       # into the daemon's spool, named
+                                                     # MACHINE_ID-BOOT_ID.tar.gz
+    memledger capture --root lab/out/root --machine-id $(systemd-id128 new) -o guest.tar.gz
+    memledger analyze boot.tar.gz
+"""
+
+
+@click.command(epilog=CAPTURE_EXAMPLES)
+@click.option("--root", default="/", show_default=True,
+              type=click.Path(file_okay=False, exists=True), help="The tree to read.")
+@click.option("-o", "--output", required=True,
+              help="File to write (atomically), a directory to write it into, or - for stdout.")
+@click.option("--machine-id", help="Use this machine id (default: ROOT/etc/machine-id).")
+@click.option("--boot-id", help="Use this boot id (default: ROOT/proc/sys/kernel/random/boot_id).")
+@click.option("--hostname", help="Use this host name (default: ROOT/proc/sys/kernel/hostname).")
+def capture(root: str, output: str, machine_id: str | None, boot_id: str | None,
+            hostname: str | None) -> None:
+    """Write one boot's evidence (kernel log, /proc, /sys, traces) as a capture file.
+
+    A capture is a tar.gz of the tree that ``analyze`` reads, headed by manifest.json
+    (format version, memledger version, machine id, host name, boot id, capture time).
+    """
+    try:
+        data, manifest = record(FsTree(root), root, memledger_version=VERSION,
+                                captured_at=datetime.now(UTC), machine_id=machine_id,
+                                boot_id=boot_id, hostname=hostname)
+    except CaptureError as exc:
+        fail(str(exc))
+    if output == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    if os.path.isdir(output):
+        output = os.path.join(output, f"{manifest.machine_id}-{manifest.boot_id}.tar.gz")
+    try:
+        atomic_write(output, data)
+    except OSError as exc:
+        fail(f"{output}: {os.strerror(exc.errno or 0) or exc}", 1)
+    missing = ", ".join(sorted(manifest.unreadable)) or "none"
+    click.echo(f"{output}: boot {manifest.boot_id} of {manifest.hostname or manifest.machine_id} "
+               f"({manifest.kernel_release or 'release unknown'}), {len(data):,} bytes; "
+               f"unreadable: {missing}", err=True)
+
+
+INGEST_EXAMPLES = """
+\b
+examples:
+    memledger ingest /srv/captures/*.tar.gz
+    memledger ingest --db postgresql+psycopg://memledger@fleetdb/memledger boot.tar.gz
+"""
+
+
+@click.command(epilog=INGEST_EXAMPLES)
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@DB_OPTION
+def ingest(files: tuple[str, ...], db: str | None) -> None:
+    """Store capture FILES (one transaction each); a boot already stored is counted, not
+    doubled. Bad files are reported one per line and the rest are still stored."""
+    counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0, "failed": 0}
+    errors: list[str] = []
+    err = Console(stderr=True)
+    with open_store(db, create=True) as engine, \
+            Progress(console=err, transient=True, disable=len(files) < 2 or not err.is_terminal) as bar:
+        task = bar.add_task("ingest", total=len(files))
+        for path in files:
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+                result = store_ingest(engine, prepare(data, VERSION), origin=path)
+                counts[result.status] += 1
+            except OSError as exc:
+                counts["failed"] += 1
+                errors.append(f"{path}: {os.strerror(exc.errno or 0) or exc}")
+            except BadCapture as exc:
+                counts["failed"] += 1
+                errors.append(f"{path}: {exc}")
+            bar.advance(task)
+    for line in errors:
+        click.echo(f"memledger: error: {line}", err=True)
+    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
+    if errors:
+        sys.exit(2)
+
+
+def _boot_rows(rows: list[dict[str, Any]]) -> Table:
+    t = Table(title="stored boots (newest first)")
+    for name in ("host", "boot", "kernel", "captured (UTC)", "EFI boot services",
+                 "reclaimed", "kept", "leaked", "<1M freed", "anomalies"):
+        t.add_column(name, justify="right" if name not in ("host", "boot", "kernel") else "left")
+    for r in rows:
+        bs = r["efi_boot_services"]
+        t.add_row(r["hostname"] or r["machine_id"][:12], r["boot_id"][:8],
+                  r["kernel_release"] or "[dim]unknown[/dim]", r["captured_at"] or "",
+                  fmt_bytes(bs["total_bytes"]), fmt_bytes(bs["reclaimed_bytes"]),
+                  fmt_bytes(bs["kept_bytes"]), fmt_bytes(bs["leaked_bytes"]),
+                  fmt_bytes(r["low_memory"]["freed_bytes"]), str(r["anomalies"]))
+    return t
+
+
+@click.command(epilog="\b\nexamples:\n    memledger boots\n    memledger boots --json --limit 20")
+@DB_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.option("--limit", type=click.IntRange(min=1), help="Only the newest N boots.")
+def boots(db: str | None, as_json: bool, limit: int | None) -> None:
+    """List the stored boots with their headline ledger figures."""
+    with open_store(db, create=False) as engine:
+        upgrade(engine)
+        rows = list_boots(engine, limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    Console().print(_boot_rows(rows))
+
+
+@click.command("reprocess", epilog="\b\nexamples:\n    memledger reprocess\n"
+               "    memledger reprocess --db postgresql+psycopg://memledger@fleetdb/memledger")
+@DB_OPTION
+def reprocess_cmd(db: str | None) -> None:
+    """Rebuild every stored ledger and its events from the stored raw captures (after an
+    upgrade of memledger's parsers)."""
+    err = Console(stderr=True)
+    with open_store(db, create=False) as engine:
+        upgrade(engine)
+        with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
+            task = bar.add_task("reprocess", total=None)
+
+            def step(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            report = reprocess(engine, VERSION, step)
+    for machine_id, boot_id, why in report.failed or []:
+        click.echo(f"memledger: error: boot {boot_id} of {machine_id}: {why}", err=True)
+    click.echo(f"reprocessed {report.boots} boots: {report.changed} ledgers changed, "
+               f"{len(report.failed or [])} failed", err=True)
+    if report.failed:
+        sys.exit(1)

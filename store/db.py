@@ -1,0 +1,126 @@
+"""Where the database is, and opening it: SQLite by default, any SQLAlchemy URL with --db.
+
+Every SQLite connection gets the pragmas a daemon needs (anchors B.5): WAL, synchronous=
+NORMAL, a busy timeout and foreign keys. pysqlite's own transaction handling is switched
+off so that writers can start with ``BEGIN IMMEDIATE`` and never deadlock on a lock
+upgrade (SQLAlchemy's "pysqlite serializable isolation" recipe). PostgreSQL
+(``postgresql+psycopg://…``) is the central fleet store.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = (
+    "BUSY_TIMEOUT_MS",
+    "DB_FILE",
+    "StoreError",
+    "default_db_path",
+    "display_url",
+    "make_engine",
+    "resolve_url",
+    "sqlite_path",
+    "writer",
+)
+
+DB_FILE = "memledger.db"
+BUSY_TIMEOUT_MS = 30_000
+_BEGIN = "memledger_begin"
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message is one line."""
+
+
+def default_db_path(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:
+    """``$STATE_DIRECTORY/memledger.db`` under systemd, ``/var/lib/memledger`` for root,
+    else the XDG state directory (``$XDG_STATE_HOME``, ``~/.local/state``)."""
+    env = os.environ if env is None else env
+    uid = os.geteuid() if uid is None else uid
+    state = env.get("STATE_DIRECTORY")
+    if state:
+        # systemd passes one path per StateDirectory= entry, colon-separated.
+        return Path(state.split(":")[0]) / DB_FILE
+    if uid == 0:
+        return Path("/var/lib/memledger") / DB_FILE
+    xdg = env.get("XDG_STATE_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".local/state")
+    return Path(xdg) / "memledger" / DB_FILE
+
+
+def resolve_url(db: str | None) -> URL:
+    """``--db``: a SQLAlchemy URL, or a file path meaning SQLite; None for the default."""
+    if not db:
+        return URL.create("sqlite", database=str(default_db_path()))
+    if "://" not in db:
+        return URL.create("sqlite", database=str(Path(db).absolute()))
+    try:
+        return make_url(db)
+    except ArgumentError:
+        raise StoreError(f"--db {db!r}: not a database URL") from None
+
+
+def sqlite_path(url: URL) -> Path | None:
+    """The file of a SQLite URL (None for other backends and in-memory SQLite)."""
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    return Path(url.database or "")
+
+
+def display_url(url: URL) -> str:
+    """The URL without its password, for messages and the landing page."""
+    return url.render_as_string(hide_password=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=NORMAL")
+        cur.execute("PRAGMA foreign_keys=ON")
+    finally:
+        cur.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    mode = conn.get_execution_options().get(_BEGIN, "DEFERRED")
+    conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def make_engine(url: URL, *, create: bool = True) -> Engine:
+    """An engine for ``url``. For SQLite, ``create`` makes the parent directory; without
+    it a missing file is a :class:`StoreError`."""
+    backend = url.get_backend_name()
+    path = sqlite_path(url)
+    if path is not None:
+        if not create and not path.exists():
+            raise StoreError(f"{path}: no memledger database here (the daemon or "
+                             "`memledger ingest` creates it; --db names another)")
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+            except OSError as exc:
+                raise StoreError(f"{path.parent}: {os.strerror(exc.errno or 0)}") from None
+    try:
+        if backend == "sqlite":
+            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise StoreError(f"{display_url(url)}: {exc}") from None
+    return engine
+
+
+def writer(engine: Engine) -> Connection:
+    """A connection whose transactions take SQLite's write lock at BEGIN."""
+    return engine.connect().execution_options(**{_BEGIN: "IMMEDIATE"})

@@ -1,0 +1,117 @@
+"""The store's tables (SQLAlchemy Core). Alembic migrations in ``migrations/`` create them.
+
+A boot is keyed by (machine id, boot id). It points at the one raw capture it was last
+computed from (the capture file's bytes, already gzip-compressed, with their sha256), and
+owns its events and its ledger. The ledger's headline figures are columns, so fleet
+queries and ``compare`` do not parse JSON; the whole ledger is kept as its JSON document.
+Unknown figures are NULL, never 0.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+__all__ = ("boots", "captures", "events", "hosts", "ledgers", "metadata")
+
+# Named constraints, so that Alembic's batch mode can find them again on SQLite.
+metadata = MetaData(naming_convention={
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+})
+
+# SQLite only makes INTEGER PRIMARY KEY an alias of the rowid (and so autoincrementing).
+Id = BigInteger().with_variant(Integer(), "sqlite")
+
+hosts = Table(
+    "hosts", metadata,
+    Column("id", Id, primary_key=True),
+    Column("machine_id", String(32), nullable=False, unique=True),
+    Column("hostname", String(255)),
+    Column("first_seen", DateTime(timezone=True), nullable=False),
+    Column("last_seen", DateTime(timezone=True), nullable=False),
+)
+
+captures = Table(
+    "captures", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("format_version", Integer, nullable=False),
+    Column("memledger_version", String(64), nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Column("origin", Text),  # the spool file name, "self", or the path given to ingest
+    Column("data", LargeBinary, nullable=False),
+)
+
+boots = Table(
+    "boots", metadata,
+    Column("id", Id, primary_key=True),
+    Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("boot_id", String(36), nullable=False),
+    Column("capture_id", ForeignKey("captures.id"), unique=True),
+    Column("captured_at", DateTime(timezone=True)),
+    Column("ingested_at", DateTime(timezone=True)),
+    Column("kernel_release", String(255)),
+    Column("cmdline", Text),
+    Column("efi", Boolean),
+    Column("firmware_vendor", String(255)),
+    Column("firmware_version", String(255)),
+    Column("product", String(255)),
+    Column("fidelity", JSON),
+    UniqueConstraint("host_id", "boot_id"),
+    Index("ix_boots_kernel_release", "kernel_release"),
+    Index("ix_boots_captured_at", "captured_at"),
+)
+
+ledgers = Table(
+    "ledgers", metadata,
+    Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), primary_key=True),
+    Column("schema_version", Integer, nullable=False),
+    Column("computed_with", String(64), nullable=False),
+    Column("computed_at", DateTime(timezone=True), nullable=False),
+    Column("bs_total_bytes", BigInteger),
+    Column("bs_reclaimed_bytes", BigInteger),
+    Column("bs_kept_bytes", BigInteger),
+    Column("bs_leaked_bytes", BigInteger),
+    Column("low_usable_bytes", BigInteger),
+    Column("low_reserved_bytes", BigInteger),
+    Column("low_boot_services_bytes", BigInteger),
+    Column("low_freed_bytes", BigInteger),
+    Column("anomaly_count", Integer, nullable=False),
+    Column("document", JSON, nullable=False),
+)
+
+events = Table(
+    "events", metadata,
+    Column("id", Id, primary_key=True),
+    Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("ts", Float),
+    Column("function", String(64), nullable=False),
+    Column("phys_start", BigInteger),
+    Column("phys_end", BigInteger),
+    Column("size", BigInteger),
+    Column("caller", String(255)),
+    Column("flags", BigInteger),
+    Column("detail", Text),
+)
