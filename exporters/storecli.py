@@ -13,7 +13,6 @@ from typing import Any
 
 import click
 from memledger.exporters.errors import fail
-from memledger.exporters.render import fmt_bytes
 from memledger.store.db import StoreError, make_engine, resolve_url
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, prepare, reprocess
@@ -22,6 +21,7 @@ from memledger.store.migrate import upgrade
 from memledger.store.queries import list_boots
 from memledger.tracer.capture import CaptureError, record
 from memledger.tracer.reader import FsTree
+from rich import box
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
@@ -148,18 +148,25 @@ def ingest(files: tuple[str, ...], db: str | None) -> None:
         sys.exit(2)
 
 
+def _mib(value: int | None) -> str:
+    return "[dim]?[/dim]" if value is None else f"{value / (1 << 20):.1f}"
+
+
 def _boot_rows(rows: list[dict[str, Any]]) -> Table:
-    t = Table(title="stored boots (newest first)")
-    for name in ("host", "boot", "kernel", "captured (UTC)", "EFI boot services",
-                 "reclaimed", "kept", "leaked", "<1M freed", "anomalies"):
-        t.add_column(name, justify="right" if name not in ("host", "boot", "kernel") else "left")
+    t = Table(title="stored boots, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1), collapse_padding=True, caption="EFI boot services reclaimed, kept and leaked, and memory "
+              "below 1 MiB freed, in MiB; ? = unknown. --json has every figure.")
+    t.add_column("host", no_wrap=True, max_width=12, overflow="ellipsis")
+    t.add_column("boot", no_wrap=True, min_width=8)
+    t.add_column("kernel", no_wrap=True, overflow="ellipsis", max_width=20)
+    for name in ("reclaimed", "kept", "leaked", "<1M", "anom"):
+        t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for r in rows:
         bs = r["efi_boot_services"]
         t.add_row(r["hostname"] or r["machine_id"][:12], r["boot_id"][:8],
-                  r["kernel_release"] or "[dim]unknown[/dim]", r["captured_at"] or "",
-                  fmt_bytes(bs["total_bytes"]), fmt_bytes(bs["reclaimed_bytes"]),
-                  fmt_bytes(bs["kept_bytes"]), fmt_bytes(bs["leaked_bytes"]),
-                  fmt_bytes(r["low_memory"]["freed_bytes"]), str(r["anomalies"]))
+                  r["kernel_release"] or "[dim]?[/dim]",
+                  _mib(bs["reclaimed_bytes"]), _mib(bs["kept_bytes"]), _mib(bs["leaked_bytes"]),
+                  _mib(r["low_memory"]["freed_bytes"]), str(r["anomalies"]))
     return t
 
 

@@ -46,3 +46,23 @@ def kernel_efi_freed_bytes(text: str) -> int | None:
 @pytest.fixture(params=CAPTURE_NAMES)
 def capture(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Any:
+    """One real PostgreSQL server for the session (Debian's postgresql package)."""
+    from pgserver import PgServer
+
+    server = PgServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'memledger.db'}"
+    server = request.getfixturevalue("pg_server")
+    return str(server.new_database())

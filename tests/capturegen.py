@@ -1,0 +1,48 @@
+"""Capture files for the store and daemon tests, built from the real fixture boots.
+
+Each fixture boot (tests/fixtures/boots) is read once; captures of it for many made-up
+hosts differ only in their manifest, which is all the store keys boots on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from memledger.tracer.capture import Manifest, pack
+from memledger.tracer.reader import FsTree, RecordingTree, read_tree
+
+__all__ = ("BOOTS", "BOOT_NAMES", "Key", "T0", "boot_id", "machine_id", "make_capture")
+
+BOOTS = Path(__file__).parent / "fixtures" / "boots"
+BOOT_NAMES = sorted(p.name for p in BOOTS.iterdir() if (p / "root").is_dir())
+T0 = datetime(2026, 11, 1, tzinfo=UTC)
+Key = tuple[str, str]
+
+
+def machine_id(n: int) -> str:
+    return hashlib.md5(f"host-{n}".encode()).hexdigest()
+
+
+def boot_id(n: int, b: int) -> str:
+    return str(uuid.UUID(hashlib.md5(f"boot-{n}-{b}".encode()).hexdigest()))
+
+
+@functools.cache
+def _recorded(name: str) -> tuple[dict[str, bytes], frozenset[str]]:
+    root = BOOTS / name / "root"
+    rec = RecordingTree(FsTree(root))
+    read_tree(rec, str(root))
+    return rec.files, frozenset(rec.dirs)
+
+
+def make_capture(name: str, host: int, boot: int, minutes: int = 0) -> bytes:
+    """Fixture boot ``name`` as boot ``boot`` of host ``host``, captured at T0 + minutes."""
+    files, dirs = _recorded(name)
+    m = Manifest(machine_id=machine_id(host), boot_id=boot_id(host, boot),
+                 captured_at=T0 + timedelta(minutes=minutes), memledger_version="test",
+                 hostname=f"host-{host}")
+    return pack(files, set(dirs), m)

@@ -1,0 +1,214 @@
+"""The store, on a real SQLite file and a real PostgreSQL server alike.
+
+Oracles: the figures the kernel printed (``efi: Freeing EFI boot services memory``), line
+counts of the raw logs taken with plain regular expressions, and ``memledger analyze``
+of the same capture file.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import random
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
+from conftest import kernel_efi_freed_bytes, run_cli
+from memledger.store.db import default_db_path, make_engine, resolve_url
+from memledger.store.ingest import ingest_bytes, reprocess
+from memledger.store.migrate import current_revision, head_revision, upgrade
+from memledger.store.queries import boot_ledger, count_rows
+from memledger.store.schema import boots, captures, events, hosts, ledgers, metadata
+from sqlalchemy import Engine, func, select, text, update
+
+MEMBLOCK_RANGE = re.compile(r"\] _{0,2}memblock_\w+: \[0x[0-9a-f]+-0x[0-9a-f]+\]")
+FREEING = re.compile(r"Freeing .+ memory: \d+K")
+
+
+def engine_for(url: str) -> Engine:
+    engine = make_engine(resolve_url(url))
+    upgrade(engine)
+    return engine
+
+
+@pytest.fixture
+def engine(db_url: str) -> Any:
+    eng = engine_for(db_url)
+    yield eng
+    eng.dispose()
+
+
+def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
+    assert current_revision(engine) == head_revision() == "0001"
+    upgrade(engine)  # a second run is a no-op
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_sqlite_connections_get_the_daemon_pragmas(tmp_path: Path) -> None:
+    eng = engine_for(str(tmp_path / "x.db"))
+    with eng.connect() as conn:
+        got = {p: conn.exec_driver_sql(f"PRAGMA {p}").scalar()
+               for p in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
+    assert got == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 30000,
+                   "foreign_keys": 1}
+
+
+def test_default_database_location() -> None:
+    assert default_db_path({"STATE_DIRECTORY": "/var/lib/memledger:/x"}, 0) == \
+        Path("/var/lib/memledger/memledger.db")
+    assert default_db_path({}, 0) == Path("/var/lib/memledger/memledger.db")
+    assert default_db_path({"XDG_STATE_HOME": "/home/u/.st"}, 1000) == \
+        Path("/home/u/.st/memledger/memledger.db")
+    assert default_db_path({"HOME": "/home/u"}, 1000) == \
+        Path("/home/u/.local/state/memledger/memledger.db")
+
+
+def test_ingest_is_idempotent_and_newer_captures_replace(engine: Engine) -> None:
+    name = "6.1.0-47-amd64-memblock"
+    first = make_capture(name, 1, 1, minutes=10)
+    assert ingest_bytes(engine, first, "t").status == "new"
+    assert ingest_bytes(engine, first, "t").status == "duplicate"
+    assert ingest_bytes(engine, make_capture(name, 1, 1, minutes=5), "t").status == "older"
+    newer = make_capture("6.1.0-47-amd64-default", 1, 1, minutes=20)
+    assert ingest_bytes(engine, newer, "t").status == "replaced"
+    rows = count_rows(engine)
+    assert (rows["hosts"], rows["boots"], rows["captures"], rows["ledgers"]) == (1, 1, 1, 1)
+    with engine.connect() as conn:
+        cap = conn.execute(select(captures.c.data, captures.c.captured_at)).one()
+        n_memblock = conn.execute(select(func.count()).select_from(events)
+                                  .where(events.c.source == "memblock")).scalar_one()
+    assert bytes(cap.data) == newer
+    # The replacing capture is the default boot, which has no memblock=debug lines.
+    assert n_memblock == 0
+    assert cap.captured_at.replace(tzinfo=None) == (T0 + timedelta(minutes=20)).replace(tzinfo=None)
+
+
+@pytest.mark.parametrize("name", BOOT_NAMES)
+def test_stored_boot_agrees_with_the_kernel_and_with_analyze(engine: Engine, name: str,
+                                                             tmp_path: Path) -> None:
+    data = make_capture(name, 7, 3)
+    ingest_bytes(engine, data, "t")
+    dmesg = (BOOTS / name / "root" / "dmesg.txt").read_text()
+    with engine.connect() as conn:
+        led = conn.execute(select(ledgers)).one()
+        boot = conn.execute(select(boots)).one()
+        by_source = dict(conn.execute(select(events.c.source, func.count())
+                                      .group_by(events.c.source)).all())
+    kernel = kernel_efi_freed_bytes(dmesg)
+    if kernel is not None:
+        assert led.bs_reclaimed_bytes == kernel
+    assert by_source.get("memblock", 0) == len(MEMBLOCK_RANGE.findall(dmesg))
+    assert by_source.get("freeing", 0) == len(FREEING.findall(dmesg))
+    release = (BOOTS / name / "root/proc/sys/kernel/osrelease").read_text().strip()
+    assert boot.kernel_release == release
+    assert boot.boot_id == boot_id(7, 3)
+
+    path = tmp_path / "c.tar.gz"
+    path.write_bytes(data)
+    proc = run_cli("analyze", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    analyzed = json.loads(proc.stdout)
+    stored = boot_ledger(engine, machine_id(7), boot_id(7, 3))
+    assert stored is not None
+    for doc in (analyzed, stored):
+        doc["boot"].pop("source")
+    assert stored == analyzed
+
+
+def test_reprocess_rebuilds_identical_ledgers(engine: Engine) -> None:
+    for i, name in enumerate(BOOT_NAMES[:6]):
+        ingest_bytes(engine, make_capture(name, i, 0), "t")
+    with engine.connect() as conn:
+        before = dict(conn.execute(select(ledgers.c.boot_pk, ledgers.c.document)).all())
+        n_events = conn.execute(select(func.count()).select_from(events)).scalar_one()
+    report = reprocess(engine, "t")
+    assert (report.boots, report.changed, report.failed) == (6, 0, [])
+    # Damage one ledger and its events; reprocess must rebuild them from the raw capture.
+    victim = min(before)
+    with engine.begin() as conn:
+        conn.execute(update(ledgers).where(ledgers.c.boot_pk == victim)
+                     .values(document={}, bs_reclaimed_bytes=None))
+        conn.execute(events.delete().where(events.c.boot_pk == victim))
+    report = reprocess(engine, "t")
+    assert (report.boots, report.changed) == (6, 1)
+    with engine.connect() as conn:
+        after = dict(conn.execute(select(ledgers.c.boot_pk, ledgers.c.document)).all())
+        assert conn.execute(select(func.count()).select_from(events)).scalar_one() == n_events
+        assert conn.execute(select(ledgers.c.bs_reclaimed_bytes)
+                            .where(ledgers.c.boot_pk == victim)).scalar_one() is not None
+    assert after == before
+
+
+def _writer(url: str, jobs: list[tuple[str, int, int, int]], seed: int) -> dict[str, int]:
+    eng = make_engine(resolve_url(url))
+    upgrade(eng)
+    order = list(jobs)
+    random.Random(seed).shuffle(order)
+    out: dict[str, int] = {}
+    for name, host, boot, minutes in order:
+        status = ingest_bytes(eng, make_capture(name, host, boot, minutes), "t").status
+        out[status] = out.get(status, 0) + 1
+    eng.dispose()
+    return out
+
+
+def test_concurrent_writers_lose_and_double_nothing(db_url: str) -> None:
+    """Four processes ingest the same 30 boots (each in two versions) in different orders:
+    every boot is stored once, holding its newest capture."""
+    jobs = [(BOOT_NAMES[(h * 5 + b) % len(BOOT_NAMES)], h, b, m)
+            for h in range(6) for b in range(5) for m in (1, 2)]
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(4) as pool:
+        results = pool.starmap(_writer, [(db_url, jobs, seed) for seed in range(4)])
+    eng = make_engine(resolve_url(db_url))
+    with eng.connect() as conn:
+        stored = conn.execute(select(hosts.c.machine_id, boots.c.boot_id, boots.c.captured_at)
+                              .join(hosts, hosts.c.id == boots.c.host_id)).all()
+        n_captures = conn.execute(select(func.count()).select_from(captures)).scalar_one()
+        n_ledgers = conn.execute(select(func.count()).select_from(ledgers)).scalar_one()
+        if eng.dialect.name == "sqlite":
+            assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    eng.dispose()
+    expected = {(machine_id(h), boot_id(h, b)) for h in range(6) for b in range(5)}
+    assert {(r.machine_id, r.boot_id) for r in stored} == expected
+    assert len(stored) == n_captures == n_ledgers == 30
+    newest = (T0 + timedelta(minutes=2)).replace(tzinfo=None)
+    assert all(r.captured_at.replace(tzinfo=None) == newest for r in stored)
+    total = {k: sum(r.get(k, 0) for r in results) for k in ("new", "replaced", "duplicate", "older")}
+    assert sum(total.values()) == 4 * len(jobs)
+    assert total["new"] == 30
+    # Each boot became newest exactly once: from "new" with minute 2, or a "replaced".
+    assert total["replaced"] <= 30
+
+
+def test_boots_command_lists_what_was_stored(tmp_path: Path) -> None:
+    db = tmp_path / "m.db"
+    eng = engine_for(str(db))
+    ingest_bytes(eng, make_capture("6.12.117+deb12-amd64-default", 3, 9), "t")
+    eng.dispose()
+    proc = run_cli("boots", "--db", str(db), "--json")
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    dmesg = (BOOTS / "6.12.117+deb12-amd64-default/root/dmesg.txt").read_text()
+    assert row["boot_id"] == boot_id(3, 9)
+    assert row["hostname"] == "host-3"
+    assert row["efi_boot_services"]["reclaimed_bytes"] == kernel_efi_freed_bytes(dmesg)
+    table = run_cli("boots", "--db", str(db))
+    assert table.returncode == 0 and "host-3" in table.stdout
+
+
+def test_read_commands_need_an_existing_database(tmp_path: Path) -> None:
+    for cmd in ("boots", "reprocess"):
+        proc = run_cli(cmd, "--db", str(tmp_path / "none.db"))
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and "no memledger database here" in proc.stderr
+    proc = run_cli("boots", "--db", "postgresql+psycopg://u@127.0.0.1:1/x")
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1
