@@ -25,8 +25,15 @@ $(BIN)/.installed: pyproject.toml | system-deps
 
 venv: $(BIN)/.installed
 
+# The daemon on this host, in the foreground: SQLite in a local state directory, the
+# spool beside it, this boot captured at start. Ctrl-C stops it.
+RUN_DIR ?= $(CURDIR)/.run
+RUN_LISTEN ?= 127.0.0.1:9031
 run: venv
-	$(BIN)/memledger analyze /
+	@mkdir -p $(RUN_DIR)/state
+	@echo "make run: database $(RUN_DIR)/state/memledger.db, spool $(RUN_DIR)/state/spool;" \
+	      "metrics at http://$(RUN_LISTEN)/metrics (Ctrl-C stops)"
+	@STATE_DIRECTORY=$(RUN_DIR)/state exec $(BIN)/memledger daemon --web.listen-address $(RUN_LISTEN)
 
 lint: venv
 	$(BIN)/ruff check tracer store exporters tests

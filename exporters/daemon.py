@@ -319,8 +319,8 @@ examples:
 \b
 producers drop capture files into the spool atomically:
     memledger capture -o /var/spool/memledger/
-\b
-default listen address: {DEFAULT_LISTEN}
+
+The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of exporter ports.
 """
 
 

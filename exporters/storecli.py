@@ -154,8 +154,9 @@ def _mib(value: int | None) -> str:
 
 def _boot_rows(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="stored boots, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
-              padding=(0, 1), collapse_padding=True, caption="EFI boot services reclaimed, kept and leaked, and memory "
-              "below 1 MiB freed, in MiB; ? = unknown. --json has every figure.")
+              padding=(0, 1), collapse_padding=True,
+              caption="EFI boot services reclaimed, kept and leaked, and memory below 1 MiB "
+              "freed, in MiB; ? = unknown. --json has every figure.")
     t.add_column("host", no_wrap=True, max_width=12, overflow="ellipsis")
     t.add_column("boot", no_wrap=True, min_width=8)
     t.add_column("kernel", no_wrap=True, overflow="ellipsis", max_width=20)

@@ -15,7 +15,7 @@ from pathlib import Path
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 
-__all__ = ("BOOTS", "BOOT_NAMES", "Key", "T0", "boot_id", "machine_id", "make_capture")
+__all__ = ("BOOTS", "BOOT_NAMES", "T0", "Key", "boot_id", "machine_id", "make_capture")
 
 BOOTS = Path(__file__).parent / "fixtures" / "boots"
 BOOT_NAMES = sorted(p.name for p in BOOTS.iterdir() if (p / "root").is_dir())

@@ -158,7 +158,7 @@ def test_sigterm_finishes_the_current_capture_and_exits_0(tmp_path: Path) -> Non
     waiting, done, failed = spool_state(spool)
     assert len(waiting) > 0 and failed == []
     assert len(waiting) + len(done) == 80
-    keys, n_boots, _, _ = stored(db)
+    _, n_boots, _, _ = stored(db)
     assert n_boots == len(done)  # every file that left the spool is stored, and only those
 
 
