@@ -202,9 +202,9 @@ def reprocess_cmd(db: str | None) -> None:
                 bar.update(task, completed=done, total=total)
 
             report = reprocess(engine, VERSION, step)
-    for machine_id, boot_id, why in report.failed or []:
+    for machine_id, boot_id, why in report.failed:
         click.echo(f"memledger: error: boot {boot_id} of {machine_id}: {why}", err=True)
     click.echo(f"reprocessed {report.boots} boots: {report.changed} ledgers changed, "
-               f"{len(report.failed or [])} failed", err=True)
+               f"{len(report.failed)} failed", err=True)
     if report.failed:
         sys.exit(1)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -203,7 +203,7 @@ def ingest_bytes(engine: Engine, data: bytes, version: str, origin: str | None =
 class ReprocessReport:
     boots: int = 0
     changed: int = 0
-    failed: list[tuple[str, str, str]] | None = None  # (machine id, boot id, why)
+    failed: list[tuple[str, str, str]] = field(default_factory=list)  # (machine id, boot id, why)
 
 
 def reprocess(engine: Engine, version: str,
@@ -213,7 +213,7 @@ def reprocess(engine: Engine, version: str,
     One transaction per boot; a boot whose capture no longer parses keeps its old ledger
     and is reported.
     """
-    report = ReprocessReport(failed=[])
+    report = ReprocessReport()
     with engine.connect() as conn:
         todo = conn.execute(select(boots.c.id, boots.c.capture_id, hosts.c.machine_id, boots.c.boot_id)
                             .join(hosts, hosts.c.id == boots.c.host_id)
@@ -229,7 +229,6 @@ def reprocess(engine: Engine, version: str,
             try:
                 p = _computed(bytes(cap.data), cap.sha256, version)
             except BadCapture as exc:
-                assert report.failed is not None
                 report.failed.append((row.machine_id, row.boot_id, str(exc)))
             else:
                 _write_boot(conn, row.id, p, datetime.now(UTC))

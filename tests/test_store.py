@@ -11,7 +11,7 @@ import json
 import multiprocessing
 import random
 import re
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,11 @@ from sqlalchemy import Engine, func, select, text, update
 
 MEMBLOCK_RANGE = re.compile(r"\] _{0,2}memblock_\w+: \[0x[0-9a-f]+-0x[0-9a-f]+\]")
 FREEING = re.compile(r"Freeing .+ memory: \d+K")
+
+
+def _utc(when: datetime) -> datetime:
+    """SQLite returns naive UTC datetimes, PostgreSQL aware ones."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def engine_for(url: str) -> Engine:
@@ -88,7 +93,7 @@ def test_ingest_is_idempotent_and_newer_captures_replace(engine: Engine) -> None
     assert bytes(cap.data) == newer
     # The replacing capture is the default boot, which has no memblock=debug lines.
     assert n_memblock == 0
-    assert cap.captured_at.replace(tzinfo=None) == (T0 + timedelta(minutes=20)).replace(tzinfo=None)
+    assert _utc(cap.captured_at) == T0 + timedelta(minutes=20)
 
 
 @pytest.mark.parametrize("name", BOOT_NAMES)
@@ -180,8 +185,7 @@ def test_concurrent_writers_lose_and_double_nothing(db_url: str) -> None:
     expected = {(machine_id(h), boot_id(h, b)) for h in range(6) for b in range(5)}
     assert {(r.machine_id, r.boot_id) for r in stored} == expected
     assert len(stored) == n_captures == n_ledgers == 30
-    newest = (T0 + timedelta(minutes=2)).replace(tzinfo=None)
-    assert all(r.captured_at.replace(tzinfo=None) == newest for r in stored)
+    assert all(_utc(r.captured_at) == T0 + timedelta(minutes=2) for r in stored)
     total = {k: sum(r.get(k, 0) for r in results) for k in ("new", "replaced", "duplicate", "older")}
     assert sum(total.values()) == 4 * len(jobs)
     assert total["new"] == 30
