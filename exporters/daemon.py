@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
+from pathlib import Path
 from types import FrameType
 
 import click
@@ -30,7 +31,7 @@ from memledger.store.db import StoreError, default_db_path, display_url, resolve
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, IngestResult, ingest, prepare
 from memledger.store.spool import Refused, Spool
-from memledger.tracer.capture import CaptureError, record
+from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import Engine
@@ -86,6 +87,15 @@ class DaemonConfig:
     telemetry_path: str = "/metrics"
     max_bytes: int = 64 << 20
     retention_s: float = 7 * 86400
+    fleet: bool = False
+
+
+def _machine_id(root: str) -> str | None:
+    """This machine's id, naming the boots host-mode metrics describe."""
+    try:
+        return normalise_machine_id(Path(root, "etc/machine-id").read_text())
+    except (OSError, CaptureError):
+        return None
 
 
 class _SpoolEvents(FileSystemEventHandler):
@@ -129,7 +139,7 @@ class Daemon:
         self.stopping = False
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.registry.register(StoreCollector(engine))
+        self.registry.register(StoreCollector(engine, _machine_id(cfg.root), cfg.fleet))
         self.metrics = IngestMetrics(self.registry)
         self.counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0,
                                        "failed": 0}
@@ -344,11 +354,15 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
 @click.option("--spool.retention", "retention", envvar="MEMLEDGER_SPOOL_RETENTION",
               show_envvar=True, default="7d", show_default=True,
               help="Keep files in spool/done/ this long (0: delete once stored).")
+@click.option("--fleet", envvar="MEMLEDGER_FLEET", show_envvar=True, is_flag=True,
+              help="Export aggregates per kernel release and firmware version (for a central "
+                   "store) instead of this host's current boot.")
 @click.option("--log.level", "log_level", envvar="MEMLEDGER_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
-           telemetry_path: str, max_size: str, retention: str, log_level: str) -> None:
+           telemetry_path: str, max_size: str, retention: str, fleet: bool,
+           log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(message)s")
@@ -366,7 +380,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     db_file = sqlite_path(url)
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
-                       retention_s)
+                       retention_s, fleet)
     with open_store(db, create=True) as engine:
         service = Daemon(cfg, engine)
         try:

@@ -1,44 +1,215 @@
-"""Prometheus metrics of the daemon.
+"""Prometheus metrics of the daemon, built from the store at scrape time.
 
-The store's data is read by :class:`StoreCollector` at scrape time (metrics built anew on
-every collect, no sample time stamps). Only the daemon's own work (ingest results) is
-instrumented directly, as the exporter guidelines ask.
+:class:`StoreCollector` makes new metric families on every collect, with no sample time
+stamps, as the exporter guidelines ask (anchors B.1, B.2). Unknown ledger figures are
+left out, never exported as 0. No boot id, address or capture id is a label; host and
+fleet labels come from Prometheus target labels.
+
+- **Host mode** (the default): the current boot of this machine (the newest capture of
+  its machine id, else of the machine captured last), and the previous boot's
+  EFI boot-services figures, so that a rule can compare the two.
+- **Fleet mode** (``--fleet``, on a central store): aggregates per kernel release and
+  firmware version, and never one series per host.
+
+Only the daemon's own work (ingest results) is instrumented directly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import defaultdict
+from collections.abc import Iterator
+from typing import Any
 
+from memledger.store.anomalies import CODES
+from memledger.store.boot_services import KEPT_REASONS
+from memledger.store.queries import fleet_rows, latest_boots
 from memledger.store.schema import boots, hosts
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import GaugeMetricFamily
+from memledger.store.stats import summary
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ("IngestMetrics", "StoreCollector")
+__all__ = ("RESULTS", "IngestMetrics", "StoreCollector")
 
 RESULTS = ("ok", "duplicate", "failed")
+BS_STATES = ("total", "reclaimed", "kept", "leaked")
+LOW_STATES = ("usable", "reserved", "boot_services", "freed")
+ACCOUNTING = ("boot_reserved", "present", "managed", "memtotal", "residual",
+              "unexplained_residual")
+_STATS = ("p10", "median", "p90")
+_CACHE_NOTE = " Read from the store at scrape time."
+
+
+def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc + _CACHE_NOTE, labels=labels)
+
+
+def _fidelity(doc: dict[str, Any]) -> dict[str, bool]:
+    f = doc["fidelity"]
+    out = {k: bool(v) for k, v in f["sources"].items()}
+    out["kernel_log_complete"] = bool(f["log_complete"])
+    out["memblock_debug"] = bool(f["memblock_debug"])
+    out["efi_memmap"] = bool(f["efi_memmap_printed"])
+    out["boot_trace"] = bool(f["boot_trace"])
+    return out
+
+
+def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> Iterator[Metric]:
+    doc = current["document"]
+    efi = {True: "true", False: "false", None: "unknown"}[current["efi"]]
+    info = InfoMetricFamily("memledger_boot", "The current boot: kernel and firmware." + _CACHE_NOTE)
+    info.add_metric([], {"kernel_release": current["kernel_release"] or "", "efi": efi,
+                         "firmware_vendor": current["firmware_vendor"] or "",
+                         "firmware_version": current["firmware_version"] or "",
+                         "product": current["product"] or ""})
+    yield info
+    ts = _g("memledger_boot_captured_timestamp_seconds", "When the current boot was captured.")
+    ts.add_metric([], current["captured_at"].timestamp())
+    yield ts
+
+    bs = doc["efi_boot_services"]
+    m = _g("memledger_efi_boot_services_bytes", "EFI boot-services memory of the current boot: "
+           "what firmware left (total), what the kernel gave back, kept, and leaked.", ["state"])
+    for state in BS_STATES:
+        if bs[f"{state}_bytes"] is not None:
+            m.add_metric([state], bs[f"{state}_bytes"])
+    yield m
+    m = _g("memledger_efi_boot_services_kept_bytes", "EFI boot-services memory the current "
+           "boot kept, by reason.", ["reason"])
+    kept = bs["kept_by_reason"] or {}
+    for reason in KEPT_REASONS:
+        if kept.get(reason) is not None:
+            m.add_metric([reason], kept[reason])
+    yield m
+    m = _g("memledger_previous_boot_efi_boot_services_bytes", "The same figures for this "
+           "machine's boot before the current one.", ["state"])
+    if previous is not None:
+        pbs = previous["document"]["efi_boot_services"]
+        for state in BS_STATES:
+            if pbs[f"{state}_bytes"] is not None:
+                m.add_metric([state], pbs[f"{state}_bytes"])
+    yield m
+    if previous is not None:
+        pinfo = InfoMetricFamily("memledger_previous_boot", "The previous boot's kernel." + _CACHE_NOTE)
+        pinfo.add_metric([], {"kernel_release": previous["kernel_release"] or ""})
+        yield pinfo
+
+    low = doc["low_memory"]
+    m = _g("memledger_low_memory_bytes", "Memory below 1 MiB in the current boot: usable per "
+           "firmware, reserved by the kernel, EFI boot services, and freed.", ["state"])
+    for state in LOW_STATES:
+        if low[f"{state}_bytes"] is not None:
+            m.add_metric([state], low[f"{state}_bytes"])
+    yield m
+    acct = doc["kernel_accounting"]
+    m = _g("memledger_kernel_freed_bytes", "Memory the current boot's kernel freed, by its "
+           "'Freeing <what> memory' lines.", ["what"])
+    for what, n in sorted((acct["freed_by_name"] or {}).items()):
+        m.add_metric([what], n)
+    yield m
+    m = _g("memledger_kernel_accounting_bytes", "The kernel's own memory accounting of the "
+           "current boot (boot_reserved = present - managed at the Memory: line).", ["what"])
+    for what in ACCOUNTING:
+        if acct.get(f"{what}_bytes") is not None:
+            m.add_metric([what], acct[f"{what}_bytes"])
+    yield m
+    counts = dict.fromkeys(CODES, 0)
+    for a in doc["anomalies"]:
+        counts[a["code"]] = counts.get(a["code"], 0) + 1
+    m = _g("memledger_anomalies", "Anomalies in the current boot's ledger, by code.", ["code"])
+    for code, n in counts.items():
+        m.add_metric([code], n)
+    yield m
+    m = _g("memledger_capture_fidelity", "1 when the current boot's capture had this source, "
+           "else 0.", ["source"])
+    for source, present in sorted(_fidelity(doc).items()):
+        m.add_metric([source], int(present))
+    yield m
+
+
+_FLEET_FIGURES = {
+    "memledger_fleet_efi_boot_services_bytes": ("EFI boot-services memory", "state",
+                                                {s: f"bs_{s}_bytes" for s in BS_STATES}),
+    "memledger_fleet_low_memory_bytes": ("Memory below 1 MiB", "state",
+                                         {s: f"low_{s}_bytes" for s in LOW_STATES}),
+}
+
+
+def _fleet_metrics(rows: list[dict[str, Any]]) -> Iterator[Metric]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        groups[(r["kernel_release"] or "", r["firmware_version"] or "")].append(r)
+    keys = ["kernel_release", "firmware_version"]
+    n_boots = _g("memledger_fleet_boots", "Stored boots per kernel release and firmware.", keys)
+    n_hosts = _g("memledger_fleet_hosts", "Hosts with stored boots per kernel release and "
+                 "firmware.", keys)
+    leaking = _g("memledger_fleet_leaking_boots", "Boots whose ledger shows an EFI "
+                 "boot-services leak.", keys)
+    anomalous = _g("memledger_fleet_anomalous_boots", "Boots with at least one anomaly.", keys)
+    lowfreed = _g("memledger_fleet_low_memory_freed_boots", "Boots that freed memory below "
+                  "1 MiB.", keys)
+    figures = {name: _g(name, f"{what} per kernel release and firmware: p10, median and p90 "
+                        "over the boots where it is known.", [*keys, label, "stat"])
+               for name, (what, label, _) in _FLEET_FIGURES.items()}
+    for (release, fw), group in sorted(groups.items()):
+        lv = [release, fw]
+        n_boots.add_metric(lv, len(group))
+        n_hosts.add_metric(lv, len({r["host_id"] for r in group}))
+        leaking.add_metric(lv, sum(1 for r in group if (r["bs_leaked_bytes"] or 0) > 0))
+        anomalous.add_metric(lv, sum(1 for r in group if r["anomaly_count"] > 0))
+        lowfreed.add_metric(lv, sum(1 for r in group if (r["low_freed_bytes"] or 0) > 0))
+        for name, (_, _, columns) in _FLEET_FIGURES.items():
+            for label_value, column in columns.items():
+                s = summary(r[column] for r in group)
+                if s["n"]:
+                    for stat in _STATS:
+                        figures[name].add_metric([*lv, label_value, stat], s[stat] or 0)
+    yield from (n_boots, n_hosts, leaking, anomalous, lowfreed, *figures.values())
 
 
 class StoreCollector(Collector):
     """What the store holds, read at scrape time."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, machine_id: str | None = None, fleet: bool = False) -> None:
         self.engine = engine
+        self.machine_id = machine_id
+        self.fleet = fleet
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        with self.engine.connect() as conn:
-            n_boots = conn.execute(select(func.count()).select_from(boots)).scalar_one()
-            n_hosts = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
-        yield GaugeMetricFamily("memledger_store_boots", "Boots held in the store.", value=n_boots)
-        yield GaugeMetricFamily("memledger_store_hosts", "Hosts with boots in the store.",
-                                value=n_hosts)
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("memledger_store_up", "1 when the store could be read at this "
+                               "scrape, else 0.")
+        try:
+            with self.engine.connect() as conn:
+                n_boots = conn.execute(select(func.count()).select_from(boots)).scalar_one()
+                n_hosts = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
+            if self.fleet:
+                metrics = list(_fleet_metrics(fleet_rows(self.engine)))
+            else:
+                latest = latest_boots(self.engine, self.machine_id, 2)
+                metrics = list(_host_metrics(latest[0], latest[1] if len(latest) > 1 else None)) \
+                    if latest else []
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield _plain("memledger_store_boots", "Boots held in the store.", n_boots)
+        yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts)
+        yield from metrics
+
+
+def _plain(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc + _CACHE_NOTE, value=value)
 
 
 class IngestMetrics:
     """Counters of the daemon's own ingest work."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # _created says nothing here
         self.total = Counter("memledger_ingest", "Capture files ingested, by result "
                              "(ok: stored or replaced; duplicate: already stored or older; "
                              "failed: refused or unreadable).", ["result"], registry=registry)

@@ -10,7 +10,12 @@ from memledger.tracer.evidence import Evidence
 if TYPE_CHECKING:
     from memledger.store.ledger import Ledger
 
-__all__ = ("Anomaly", "find_anomalies")
+__all__ = ("CODES", "Anomaly", "find_anomalies")
+
+# Every code find_anomalies() can emit (metrics export each, 0 when absent).
+CODES = ("efi_debug_set", "log_truncated", "cmdline_truncated", "low_memory_freed", "leak",
+         "accounting_residual", "kept_unexplained", "reclaim_mismatch", "reclaim_unknown",
+         "trace_overflowed", "bad_input")
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ __all__ = (
     "BUSY_TIMEOUT_MS",
     "DB_FILE",
     "StoreError",
+    "as_utc",
     "default_db_path",
     "display_url",
     "make_engine",
@@ -37,6 +39,11 @@ _BEGIN = "memledger_begin"
 
 class StoreError(Exception):
     """The database cannot be used; the message is one line."""
+
+
+def as_utc(when: datetime) -> datetime:
+    """The store writes UTC only; SQLite gives the times back without a zone."""
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def default_db_path(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:

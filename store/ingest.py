@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from memledger.store.db import writer
+from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
 from memledger.store.schema import boots, captures, events, hosts, ledgers
@@ -79,10 +79,6 @@ def _i64(value: Any) -> int | None:
         return None
     return value if _INT64[0] <= value <= _INT64[1] else None
 
-
-def _utc(when: datetime) -> datetime:
-    """SQLite gives back naive datetimes; the store writes UTC only."""
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _computed(data: bytes, sha: str, version: str) -> Prepared:
@@ -175,7 +171,7 @@ def ingest(engine: Engine, p: Prepared, origin: str | None = None,
                                .where(captures.c.id == old_capture)).one()
             if old.sha256 == p.sha256:
                 status = "duplicate"
-            elif _utc(old.captured_at) >= m.captured_at:
+            elif as_utc(old.captured_at) >= m.captured_at:
                 status = "older"
             else:
                 status = "replaced"

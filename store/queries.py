@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledgers
 from sqlalchemy import Engine, func, select
 
-__all__ = ("boot_ledger", "count_rows", "list_boots")
+__all__ = ("FLEET_COLUMNS", "boot_ledger", "count_rows", "fleet_rows", "latest_boots", "list_boots")
+
 
 
 def _iso(when: datetime | None) -> str | None:
-    if when is None:
-        return None
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]:
@@ -66,3 +65,43 @@ def count_rows(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return {t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in (hosts, boots, captures, ledgers, events)}
+
+
+def latest_boots(engine: Engine, machine_id: str | None, n: int = 2) -> list[dict[str, Any]]:
+    """The newest ``n`` boots (by capture time) of ``machine_id`` with their ledger
+    documents; when that machine has none (or None is given), of the machine whose boot
+    was captured last."""
+    with engine.connect() as conn:
+        host_pk = None
+        if machine_id is not None:
+            host_pk = conn.execute(select(hosts.c.id).where(hosts.c.machine_id == machine_id)
+                                   ).scalar_one_or_none()
+        if host_pk is None:
+            host_pk = conn.execute(select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
+                                   .order_by(boots.c.captured_at.desc(), boots.c.id.desc())
+                                   .limit(1)).scalar_one_or_none()
+        if host_pk is None:
+            return []
+        rows = conn.execute(
+            select(boots.c.kernel_release, boots.c.efi, boots.c.firmware_vendor,
+                   boots.c.firmware_version, boots.c.product, boots.c.captured_at,
+                   ledgers.c.document)
+            .join(ledgers, ledgers.c.boot_pk == boots.c.id)
+            .where(boots.c.host_id == host_pk)
+            .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(n)).all()
+    return [{**r._asdict(), "captured_at": as_utc(r.captured_at)} for r in rows]
+
+
+FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_leaked_bytes",
+                 "low_usable_bytes", "low_reserved_bytes", "low_boot_services_bytes",
+                 "low_freed_bytes", "anomaly_count")
+
+
+def fleet_rows(engine: Engine) -> list[dict[str, Any]]:
+    """Every stored boot's release, firmware, host and headline ledger columns."""
+    q = (select(boots.c.kernel_release, boots.c.firmware_version, boots.c.product,
+                boots.c.host_id, boots.c.fidelity,
+                *(ledgers.c[c] for c in FLEET_COLUMNS))
+         .join(ledgers, ledgers.c.boot_pk == boots.c.id))
+    with engine.connect() as conn:
+        return [r._asdict() for r in conn.execute(q)]
