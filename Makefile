@@ -10,7 +10,7 @@ TYPECHECK_ROOT := build/typecheck
 # The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
 # checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
 
-.PHONY: all run test lint typecheck unit e2e lab-kernels boot-fixtures venv system-deps clean
+.PHONY: all run test lint typecheck unit e2e dashboards lab-kernels boot-fixtures venv system-deps clean
 
 all: test
 
@@ -59,6 +59,10 @@ e2e: venv lab-kernels
 boot-fixtures: venv lab-kernels
 	rm -rf tests/fixtures/boots
 	$(BIN)/memledger lab matrix --out tests/fixtures/boots -j 2
+
+# deploy/grafana/memledger.json from exporters/dashboard.py (a test checks it is current).
+dashboards: venv
+	$(BIN)/python -m memledger.exporters.dashboard > deploy/grafana/memledger.json
 
 test: lint typecheck unit e2e
 
