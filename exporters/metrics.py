@@ -16,6 +16,7 @@ Only the daemon's own work (ingest results) is instrumented directly.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +26,7 @@ from memledger.store.boot_services import KEPT_REASONS
 from memledger.store.queries import fleet_rows, latest_boots
 from memledger.store.schema import boots, hosts
 from memledger.store.stats import summary
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
@@ -205,8 +206,9 @@ def _plain(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc + _CACHE_NOTE, value=value)
 
 
-class IngestMetrics:
-    """Counters of the daemon's own ingest work."""
+class IngestMetrics(Collector):
+    """Counters of the daemon's own ingest work, and when it last stored a capture (absent
+    until the first one: unknown is not 0)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         disable_created_metrics()  # type: ignore[no-untyped-call]  # _created says nothing here
@@ -215,10 +217,16 @@ class IngestMetrics:
                              "failed: refused or unreadable).", ["result"], registry=registry)
         for result in RESULTS:
             self.total.labels(result)
-        self.last = Gauge("memledger_last_ingest_timestamp_seconds",
-                          "When the last capture was stored (Unix time).", registry=registry)
+        self.last: float | None = None
+        registry.register(self)
+
+    def collect(self) -> Iterator[Metric]:
+        if self.last is not None:
+            yield GaugeMetricFamily("memledger_last_ingest_timestamp_seconds",
+                                    "When the daemon last stored a capture (Unix time).",
+                                    value=self.last)
 
     def record(self, result: str) -> None:
         self.total.labels(result).inc()
         if result == "ok":
-            self.last.set_to_current_time()
+            self.last = time.time()

@@ -31,17 +31,21 @@ def boot_id(n: int, b: int) -> str:
     return str(uuid.UUID(hashlib.md5(f"boot-{n}-{b}".encode()).hexdigest()))
 
 
-@functools.cache
-def _recorded(name: str) -> tuple[dict[str, bytes], frozenset[str]]:
-    root = BOOTS / name / "root"
+def _record(root: Path) -> tuple[dict[str, bytes], frozenset[str]]:
     rec = RecordingTree(FsTree(root))
     read_tree(rec, str(root))
     return rec.files, frozenset(rec.dirs)
 
 
-def make_capture(name: str, host: int, boot: int, minutes: int = 0) -> bytes:
-    """Fixture boot ``name`` as boot ``boot`` of host ``host``, captured at T0 + minutes."""
-    files, dirs = _recorded(name)
+@functools.cache
+def _recorded(name: str) -> tuple[dict[str, bytes], frozenset[str]]:
+    return _record(BOOTS / name / "root")
+
+
+def make_capture(name: str | Path, host: int, boot: int, minutes: int = 0) -> bytes:
+    """Fixture boot ``name`` (or the tree at a path) as boot ``boot`` of host ``host``,
+    captured at T0 + minutes."""
+    files, dirs = _record(name) if isinstance(name, Path) else _recorded(name)
     m = Manifest(machine_id=machine_id(host), boot_id=boot_id(host, boot),
                  captured_at=T0 + timedelta(minutes=minutes), memledger_version="test",
                  hostname=f"host-{host}")
