@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from memledger.exporters.comparecli import compare_cmd
 from memledger.exporters.daemon import daemon
 from memledger.exporters.errors import fail
 from memledger.exporters.inputs import InputError, load
@@ -60,5 +61,5 @@ def analyze(path: str, as_json: bool) -> None:
         render_ledger(d, console)
 
 
-for command in (capture, ingest, boots, reprocess_cmd, daemon, lab):
+for command in (capture, ingest, boots, reprocess_cmd, daemon, compare_cmd, lab):
     main.add_command(command)
