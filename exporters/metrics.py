@@ -47,6 +47,16 @@ def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamil
     return GaugeMetricFamily(name, doc + _CACHE_NOTE, labels=labels)
 
 
+def _known(name: str, doc: str, label: str, keys: tuple[str, ...], values: dict[str, Any],
+           suffix: str = "_bytes") -> GaugeMetricFamily:
+    """One sample per key whose value is known (None stays out: unknown is not 0)."""
+    m = _g(name, doc, [label])
+    for key in keys:
+        if values.get(key + suffix) is not None:
+            m.add_metric([key], values[key + suffix])
+    return m
+
+
 def _fidelity(doc: dict[str, Any]) -> dict[str, bool]:
     f = doc["fidelity"]
     out = {k: bool(v) for k, v in f["sources"].items()}
@@ -71,51 +81,32 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
     yield ts
 
     bs = doc["efi_boot_services"]
-    m = _g("memledger_efi_boot_services_bytes", "EFI boot-services memory of the current boot: "
-           "what firmware left (total), what the kernel gave back, kept, and leaked.", ["state"])
-    for state in BS_STATES:
-        if bs[f"{state}_bytes"] is not None:
-            m.add_metric([state], bs[f"{state}_bytes"])
-    yield m
-    m = _g("memledger_efi_boot_services_kept_bytes", "EFI boot-services memory the current "
-           "boot kept, by reason.", ["reason"])
-    kept = bs["kept_by_reason"] or {}
-    for reason in KEPT_REASONS:
-        if kept.get(reason) is not None:
-            m.add_metric([reason], kept[reason])
-    yield m
-    m = _g("memledger_previous_boot_efi_boot_services_bytes", "The same figures for this "
-           "machine's boot before the current one.", ["state"])
-    if previous is not None:
-        pbs = previous["document"]["efi_boot_services"]
-        for state in BS_STATES:
-            if pbs[f"{state}_bytes"] is not None:
-                m.add_metric([state], pbs[f"{state}_bytes"])
-    yield m
+    yield _known("memledger_efi_boot_services_bytes", "EFI boot-services memory of the current "
+                 "boot: what firmware left (total), what the kernel gave back, kept, and leaked.",
+                 "state", BS_STATES, bs)
+    yield _known("memledger_efi_boot_services_kept_bytes", "EFI boot-services memory the "
+                 "current boot kept, by reason.", "reason", KEPT_REASONS,
+                 bs["kept_by_reason"] or {}, suffix="")
+    yield _known("memledger_previous_boot_efi_boot_services_bytes", "The same figures for this "
+                 "machine's boot before the current one.", "state", BS_STATES,
+                 previous["document"]["efi_boot_services"] if previous is not None else {})
     if previous is not None:
         pinfo = InfoMetricFamily("memledger_previous_boot", "The previous boot's kernel." + _CACHE_NOTE)
         pinfo.add_metric([], {"kernel_release": previous["kernel_release"] or ""})
         yield pinfo
 
-    low = doc["low_memory"]
-    m = _g("memledger_low_memory_bytes", "Memory below 1 MiB in the current boot: usable per "
-           "firmware, reserved by the kernel, EFI boot services, and freed.", ["state"])
-    for state in LOW_STATES:
-        if low[f"{state}_bytes"] is not None:
-            m.add_metric([state], low[f"{state}_bytes"])
-    yield m
+    yield _known("memledger_low_memory_bytes", "Memory below 1 MiB in the current boot: usable "
+                 "per firmware, reserved by the kernel, EFI boot services, and freed.", "state",
+                 LOW_STATES, doc["low_memory"])
     acct = doc["kernel_accounting"]
     m = _g("memledger_kernel_freed_bytes", "Memory the current boot's kernel freed, by its "
            "'Freeing <what> memory' lines.", ["what"])
     for what, n in sorted((acct["freed_by_name"] or {}).items()):
         m.add_metric([what], n)
     yield m
-    m = _g("memledger_kernel_accounting_bytes", "The kernel's own memory accounting of the "
-           "current boot (boot_reserved = present - managed at the Memory: line).", ["what"])
-    for what in ACCOUNTING:
-        if acct.get(f"{what}_bytes") is not None:
-            m.add_metric([what], acct[f"{what}_bytes"])
-    yield m
+    yield _known("memledger_kernel_accounting_bytes", "The kernel's own memory accounting of "
+                 "the current boot (boot_reserved = present - managed at the Memory: line).",
+                 "what", ACCOUNTING, acct)
     counts = dict.fromkeys(CODES, 0)
     for a in doc["anomalies"]:
         counts[a["code"]] = counts.get(a["code"], 0) + 1
