@@ -88,10 +88,11 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
         if not side["boots"]:
             fail(f"no stored boots match {side['selector']!r}"
                  + (f" with {', '.join(where)}" if where else ""))
-    if fmt == "table":
-        console = Console(file=open(output, "w") if output else None,  # noqa: SIM115
-                          width=120 if output else None)
-        console.print(to_table(result))
+    if fmt == "table" and output:
+        with open(output, "w") as fh:
+            Console(file=fh, width=120).print(to_table(result))
+    elif fmt == "table":
+        Console().print(to_table(result))
     else:
         try:
             text = {"json": to_json, "markdown": to_markdown, "html": to_html}[fmt](result)
