@@ -116,6 +116,8 @@ def test_qemu_command_ovmf_uses_read_only_code_and_a_private_vars_copy(tmp_path:
     assert drives == [f"if=pflash,format=raw,readonly=on,file={ovmf.code}",
                       f"if=pflash,format=raw,file={tmp_path / 'VARS.fd'}"]
     assert cmd[cmd.index("-cpu") + 1] == "max,la57=off"
+    # Single-threaded TCG: multi-threaded TCG let a vCPU run code mid-text_poke (int3 Oops).
+    assert cmd[cmd.index("-accel") + 1] == "tcg,thread=single"
     serials = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-serial"]
     assert serials == [f"file:{tmp_path / 'console.log'}", f"file:{tmp_path / 'handback.log'}"]
     spec.ovmf, spec.accel = None, "kvm"
