@@ -382,13 +382,8 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
                        retention_s, fleet)
     with open_store(db, create=True) as engine:
-        service = Daemon(cfg, engine)
         try:
-            service.spool.ensure()
-        except OSError as exc:
-            fail(f"{spool}: {os.strerror(exc.errno or 0) or exc}")
-        try:
-            code = service.run()
+            code = Daemon(cfg, engine).run()
         except OSError as exc:  # the listen address is taken, or the spool cannot be watched
             where = listen if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else spool
             fail(f"{where}: {os.strerror(exc.errno or 0) or exc}", 1)

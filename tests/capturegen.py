@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
+import tarfile
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +17,16 @@ from pathlib import Path
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 
-__all__ = ("BOOTS", "BOOT_NAMES", "T0", "Key", "boot_id", "machine_id", "make_capture")
+__all__ = (
+    "BOOTS",
+    "BOOT_NAMES",
+    "T0",
+    "Key",
+    "boot_id",
+    "machine_id",
+    "make_capture",
+    "targz",
+)
 
 BOOTS = Path(__file__).parent / "fixtures" / "boots"
 BOOT_NAMES = sorted(p.name for p in BOOTS.iterdir() if (p / "root").is_dir())
@@ -50,3 +61,14 @@ def make_capture(name: str | Path, host: int, boot: int, minutes: int = 0) -> by
                  captured_at=T0 + timedelta(minutes=minutes), memledger_version="test",
                  hostname=f"host-{host}")
     return pack(files, set(dirs), m)
+
+
+def targz(members: dict[str, bytes]) -> bytes:
+    """A gzip-compressed tar of regular files (for hand-built, often broken, captures)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

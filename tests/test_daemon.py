@@ -7,17 +7,15 @@ counters through /metrics; the captures are real fixture boots under made-up hos
 from __future__ import annotations
 
 import gzip
-import io
 import os
 import random
 import signal
 import socket
-import tarfile
 import time
 from datetime import timedelta
 from pathlib import Path
 
-from capturegen import BOOT_NAMES, T0, Key, boot_id, machine_id, make_capture
+from capturegen import BOOT_NAMES, T0, Key, boot_id, machine_id, make_capture, targz
 from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, captures, hosts, ledgers
@@ -26,22 +24,12 @@ from sqlalchemy import func, select, text
 GOOD_ONE = make_capture(BOOT_NAMES[0], 0, 0)
 
 
-def _tar(members: dict[str, bytes]) -> bytes:
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return gzip.compress(raw.getvalue())
-
-
 CORRUPT: list[tuple[bytes, str]] = [
     (GOOD_ONE[: len(GOOD_ONE) // 3], "not a readable tar.gz"),
     (gzip.compress(random.Random(1).randbytes(5000)), "not a readable tar.gz"),
-    (_tar({"dmesg.txt": b"x"}), "no manifest.json"),
-    (_tar({"manifest.json": b"{"}), "is not JSON"),
-    (_tar({"manifest.json": b"{}", "../escape": b"x"}), "path leaves the capture"),
+    (targz({"dmesg.txt": b"x"}), "no manifest.json"),
+    (targz({"manifest.json": b"{"}), "is not JSON"),
+    (targz({"manifest.json": b"{}", "../escape": b"x"}), "path leaves the capture"),
     (b"", "not a memledger capture (not gzip data)"),
     (b"just some text\n", "not a memledger capture (not gzip data)"),
     (b"\x1f" + random.Random(2).randbytes(3000), "not a memledger capture (not gzip data)"),

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from capturegen import targz
 from conftest import run_cli
 from memledger.tracer.lab import bootargs
 from memledger.tracer.lab.boot import LabError, extract_capture
@@ -26,16 +27,6 @@ from memledger.tracer.lab.qemu import QemuSpec, qemu_command
 COMMAND_LINE_SIZE = 2048
 
 
-def _targz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 def _serial(payload: bytes, crlf: bool = True, checksum: str | None = None) -> str:
     """What the guest's /init writes: busybox base64 wraps at 76 columns."""
     body = textwrap.wrap(base64.b64encode(payload).decode(), 76)
@@ -45,13 +36,13 @@ def _serial(payload: bytes, crlf: bool = True, checksum: str | None = None) -> s
 
 
 def test_handback_round_trip_through_a_serial_line() -> None:
-    payload = _targz({"./dmesg.txt": b"[    0.000000] Linux version 6.12\n"})
+    payload = targz({"./dmesg.txt": b"[    0.000000] Linux version 6.12\n"})
     assert decode_capture(_serial(payload)) == payload
     assert decode_capture(_serial(payload, crlf=False)) == payload
 
 
 def test_handback_refuses_a_corrupt_or_cut_capture() -> None:
-    payload = _targz({"./dmesg.txt": b"x" * 5000})
+    payload = targz({"./dmesg.txt": b"x" * 5000})
     with pytest.raises(HandbackError, match="checksum mismatch"):
         decode_capture(_serial(payload, checksum="0" * 64))
     cut = _serial(payload).split("\r\n")[:4]
@@ -65,12 +56,12 @@ def test_handback_refuses_a_corrupt_or_cut_capture() -> None:
 
 
 def test_extract_capture_keeps_files_inside_the_boot_folder(tmp_path: Path) -> None:
-    extract_capture(_targz({"./proc/cmdline": b"console=ttyS0\n"}), tmp_path)
+    extract_capture(targz({"./proc/cmdline": b"console=ttyS0\n"}), tmp_path)
     assert (tmp_path / "proc" / "cmdline").read_bytes() == b"console=ttyS0\n"
     with pytest.raises(LabError, match="unsafe path"):
-        extract_capture(_targz({"../escape": b"x"}), tmp_path / "a")
+        extract_capture(targz({"../escape": b"x"}), tmp_path / "a")
     with pytest.raises(LabError, match="unsafe path"):
-        extract_capture(_targz({"/etc/escape": b"x"}), tmp_path / "b")
+        extract_capture(targz({"/etc/escape": b"x"}), tmp_path / "b")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         link = tarfile.TarInfo("./dmesg.txt")

@@ -186,11 +186,8 @@ def test_concurrent_writers_lose_and_double_nothing(db_url: str) -> None:
     assert {(r.machine_id, r.boot_id) for r in stored} == expected
     assert len(stored) == n_captures == n_ledgers == 30
     assert all(_utc(r.captured_at) == T0 + timedelta(minutes=2) for r in stored)
-    total = {k: sum(r.get(k, 0) for r in results) for k in ("new", "replaced", "duplicate", "older")}
-    assert sum(total.values()) == 4 * len(jobs)
-    assert total["new"] == 30
-    # Each boot became newest exactly once: from "new" with minute 2, or a "replaced".
-    assert total["replaced"] <= 30
+    # Exactly one writer created each boot; every other ingest of it found it stored.
+    assert sum(r.get("new", 0) for r in results) == 30
 
 
 def test_boots_command_lists_what_was_stored(tmp_path: Path) -> None:
