@@ -30,9 +30,11 @@ from memledger.exporters.web import WebServer, parse_listen_address
 from memledger.store.db import StoreError, default_db_path, display_url, resolve_url, sqlite_path
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, IngestResult, ingest, prepare
+from memledger.store.runtime import BatchError, ingest_batch
 from memledger.store.spool import Refused, Spool
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
+from memledger.tracer.runtime import is_batch
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -202,6 +204,9 @@ class Daemon:
             return
         if data is None:
             return  # already handled (a second event for the same file)
+        if is_batch(data):
+            self._process_batch(name, data)
+            return
         try:
             prepared = prepare(data, VERSION)
         except BadCapture as exc:
@@ -214,10 +219,7 @@ class Daemon:
         try:
             result = ingest(self.engine, prepared, origin=name)
         except SQLAlchemyError as exc:
-            reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-            log.error("%s: database error (%s); it stays in the spool, retry in %.0fs",
-                      name, reason, _RETRY_S)
-            self._retry_at = time.monotonic() + _RETRY_S
+            self._db_error(name, exc)
             return
         try:
             self.spool.mark_done(name)
@@ -226,6 +228,32 @@ class Daemon:
         self._count(result)
         log.info("%s: %s boot %s of %s (%s)", name, result.status, result.boot_id,
                  result.machine_id, result.kernel_release or "release unknown")
+
+    def _process_batch(self, name: str, data: bytes) -> None:
+        """A runtime event batch from ``memledger collect``."""
+        try:
+            result = ingest_batch(self.engine, data, origin=name)
+        except BatchError as exc:
+            self._refuse(name, str(exc))
+            return
+        except SQLAlchemyError as exc:
+            self._db_error(name, exc)
+            return
+        try:
+            self.spool.mark_done(name)
+        except OSError as exc:
+            log.error("%s: stored, but could not move it to done/: %s", name, exc)
+        self.counts["new" if result.status == "new" else "duplicate"] += 1
+        self.metrics.record("ok" if result.status == "new" else "duplicate")
+        lost = f", {result.dropped} lost before it" if result.dropped else ""
+        log.info("%s: %s %s batch of boot %s of %s: %d event(s)%s", name, result.status,
+                 result.source, result.boot_id, result.machine_id, result.events, lost)
+
+    def _db_error(self, name: str, exc: SQLAlchemyError) -> None:
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        log.error("%s: database error (%s); it stays in the spool, retry in %.0fs",
+                  name, reason, _RETRY_S)
+        self._retry_at = time.monotonic() + _RETRY_S
 
     def rescan(self) -> None:
         try:

@@ -24,10 +24,11 @@ from typing import Any
 from memledger.store.anomalies import CODES
 from memledger.store.boot_services import KEPT_REASONS
 from memledger.store.queries import fleet_rows, latest_boots
+from memledger.store.runtime import RuntimeTotals, runtime_totals
 from memledger.store.schema import boots, hosts
 from memledger.store.stats import summary
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
-from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -121,6 +122,57 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
     yield m
 
 
+# The functions the probe back ends report as freeing (tracer/probes.py).
+_PROBED_FREE = ("free_reserved_area", "crash_free_reserved_phys_range", "online_pages")
+
+
+def _runtime_metrics(t: RuntimeTotals) -> Iterator[Metric]:
+    """The current boot's runtime events from ``memledger collect``; nothing at all when
+    no collector reported for this boot (unknown, not 0)."""
+    if not t.events:
+        return
+    probed = any(source != "kmsg" for source in t.events)
+    m = CounterMetricFamily("memledger_runtime_freed_bytes", "Memory freed to the page "
+                            "allocator after boot in the current boot, by kernel function, as "
+                            "the collector's probes saw it." + _CACHE_NOTE, labels=["function"])
+    freed = dict.fromkeys(_PROBED_FREE, 0) if probed else {}
+    freed.update(t.freed)
+    for function, n in sorted(freed.items()):
+        m.add_metric([function], n)
+    yield m
+    m = CounterMetricFamily("memledger_runtime_offlined_bytes", "Memory taken offline after "
+                            "boot in the current boot (memory hotplug)." + _CACHE_NOTE,
+                            labels=["function"])
+    offlined = {"offline_pages": 0} if probed else {}
+    offlined.update(t.offlined)
+    for function, n in sorted(offlined.items()):
+        m.add_metric([function], n)
+    yield m
+    g = _g("memledger_runtime_managed_change_bytes", "Net change of the zones' managed memory "
+           "after boot in the current boot, by the function that called "
+           "adjust_managed_page_count.", ["caller"])
+    for caller, n in sorted(t.managed.items()):
+        g.add_metric([caller], n)
+    yield g
+    m = CounterMetricFamily("memledger_runtime_kernel_log_freed_bytes", "What the kernel "
+                            "printed in 'Freeing <what> memory' lines after boot in the current "
+                            "boot." + _CACHE_NOTE, labels=["what"])
+    for what, n in sorted(t.logged.items()):
+        m.add_metric([what.removeprefix("Freeing ")], n)
+    yield m
+    m = CounterMetricFamily("memledger_runtime_events", "Runtime events stored for the current "
+                            "boot, by collector source." + _CACHE_NOTE, labels=["source"])
+    d = CounterMetricFamily("memledger_runtime_dropped", "Records a collector source lost "
+                            "in the current boot (kernel-log records overwritten before they "
+                            "were read, lost perf samples, trace-buffer overruns)." + _CACHE_NOTE,
+                            labels=["source"])
+    for source in sorted(t.events):
+        m.add_metric([source], t.events[source])
+        d.add_metric([source], t.dropped.get(source, 0))
+    yield m
+    yield d
+
+
 _FLEET_FIGURES = {
     "memledger_fleet_efi_boot_services_bytes": ("EFI boot-services memory", "state",
                                                 {s: f"bs_{s}_bytes" for s in BS_STATES}),
@@ -180,8 +232,12 @@ class StoreCollector(Collector):
                 metrics = list(_fleet_metrics(fleet_rows(self.engine)))
             else:
                 latest = latest_boots(self.engine, self.machine_id, 2)
-                metrics = list(_host_metrics(latest[0], latest[1] if len(latest) > 1 else None)) \
-                    if latest else []
+                metrics = []
+                if latest:
+                    metrics = list(_host_metrics(latest[0], latest[1] if len(latest) > 1 else None))
+                    with self.engine.connect() as conn:
+                        totals = runtime_totals(conn, latest[0]["machine_id"], latest[0]["boot_id"])
+                    metrics.extend(_runtime_metrics(totals))
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up

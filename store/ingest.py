@@ -27,11 +27,11 @@ from typing import Any, Literal
 from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
+from memledger.store.rows import dialect_insert, upsert_host
 from memledger.store.schema import boots, captures, events, hosts, ledgers
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import Connection, Engine, delete, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 __all__ = (
     "BadCapture",
@@ -122,24 +122,8 @@ def prepare(data: bytes, version: str) -> Prepared:
     return _computed(data, hashlib.sha256(data).hexdigest(), version)
 
 
-def _insert(conn: Connection) -> Any:
-    return postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-
-
-def _host(conn: Connection, m: Manifest, now: datetime) -> int:
-    conn.execute(_insert(conn)(hosts).values(
-        machine_id=m.machine_id, hostname=m.hostname, first_seen=now, last_seen=now,
-    ).on_conflict_do_nothing(index_elements=["machine_id"]))
-    pk: int = conn.execute(select(hosts.c.id).where(hosts.c.machine_id == m.machine_id)).scalar_one()
-    values: dict[str, Any] = {"last_seen": now}
-    if m.hostname:
-        values["hostname"] = m.hostname
-    conn.execute(update(hosts).where(hosts.c.id == pk).values(**values))
-    return pk
-
-
 def _locked_boot(conn: Connection, host_pk: int, boot_id: str) -> tuple[int, int | None]:
-    conn.execute(_insert(conn)(boots).values(host_id=host_pk, boot_id=boot_id)
+    conn.execute(dialect_insert(conn)(boots).values(host_id=host_pk, boot_id=boot_id)
                  .on_conflict_do_nothing(index_elements=["host_id", "boot_id"]))
     row = conn.execute(select(boots.c.id, boots.c.capture_id)
                        .where(boots.c.host_id == host_pk, boots.c.boot_id == boot_id)
@@ -163,7 +147,7 @@ def ingest(engine: Engine, p: Prepared, origin: str | None = None,
     now = now or datetime.now(UTC)
     m = p.manifest
     with writer(engine) as conn, conn.begin():
-        host_pk = _host(conn, m, now)
+        host_pk = upsert_host(conn, m.machine_id, m.hostname, now)
         boot_pk, old_capture = _locked_boot(conn, host_pk, m.boot_id)
         status: Status = "new"
         if old_capture is not None:

@@ -83,10 +83,11 @@ def latest_boots(engine: Engine, machine_id: str | None, n: int = 2) -> list[dic
         if host_pk is None:
             return []
         rows = conn.execute(
-            select(boots.c.kernel_release, boots.c.efi, boots.c.firmware_vendor,
-                   boots.c.firmware_version, boots.c.product, boots.c.captured_at,
-                   ledgers.c.document)
+            select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, boots.c.efi,
+                   boots.c.firmware_vendor, boots.c.firmware_version, boots.c.product,
+                   boots.c.captured_at, ledgers.c.document)
             .join(ledgers, ledgers.c.boot_pk == boots.c.id)
+            .join(hosts, hosts.c.id == boots.c.host_id)
             .where(boots.c.host_id == host_pk)
             .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(n)).all()
     return [{**r._asdict(), "captured_at": as_utc(r.captured_at)} for r in rows]

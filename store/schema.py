@@ -27,7 +27,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ("boots", "captures", "events", "hosts", "ledgers", "metadata")
+__all__ = ("boots", "captures", "events", "hosts", "ledgers", "metadata", "runtime_batches",
+           "runtime_events")
 
 # Named constraints, so that Alembic's batch mode can find them again on SQLite.
 metadata = MetaData(naming_convention={
@@ -113,5 +114,40 @@ events = Table(
     Column("size", BigInteger),
     Column("caller", String(255)),
     Column("flags", BigInteger),
+    Column("detail", Text),
+)
+
+# Runtime events from ``memledger collect`` (tracer/runtime.py), one batch per spool file.
+# They are keyed by (host, boot id) rather than by a boots row: a batch may arrive before
+# the capture of its boot, and a capture that replaces another must not take them along.
+runtime_batches = Table(
+    "runtime_batches", metadata,
+    Column("id", Id, primary_key=True),
+    Column("sha256", String(64), nullable=False, unique=True),
+    Column("host_id", ForeignKey("hosts.id", ondelete="CASCADE"), nullable=False),
+    Column("boot_id", String(36), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("memledger_version", String(64), nullable=False),
+    Column("written_at", DateTime(timezone=True), nullable=False),
+    Column("ingested_at", DateTime(timezone=True), nullable=False),
+    Column("origin", Text),
+    Column("event_count", Integer, nullable=False),
+    Column("dropped", BigInteger, nullable=False),
+    Index("ix_runtime_batches_host_boot", "host_id", "boot_id"),
+)
+
+runtime_events = Table(
+    "runtime_events", metadata,
+    Column("id", Id, primary_key=True),
+    Column("batch_id", ForeignKey("runtime_batches.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("ts", Float),
+    Column("kind", String(16), nullable=False),
+    Column("function", String(64), nullable=False),
+    Column("phys_start", BigInteger),
+    Column("phys_end", BigInteger),
+    Column("size", BigInteger),
+    Column("caller", String(255)),
     Column("detail", Text),
 )
