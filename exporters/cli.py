@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import click
+from memledger.exporters.bootsetupcli import boot_setup
 from memledger.exporters.collect import collect
 from memledger.exporters.comparecli import compare_cmd
 from memledger.exporters.daemon import daemon
@@ -62,5 +63,6 @@ def analyze(path: str, as_json: bool) -> None:
         render_ledger(d, console)
 
 
-for command in (capture, ingest, boots, reprocess_cmd, daemon, collect, compare_cmd, lab):
+for command in (capture, ingest, boots, reprocess_cmd, daemon, collect, boot_setup, compare_cmd,
+                lab):
     main.add_command(command)
