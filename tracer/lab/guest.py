@@ -1,0 +1,303 @@
+"""A real Debian 12 guest for the live-collection test: built with debootstrap, booted by
+GRUB under OVMF, running memledger's units under systemd.
+
+The image is built in two cached layers under ``CACHE/guest/``:
+
+``rootfs-KEY/``
+    debootstrap of bookworm with systemd, python3, python3-bpfcc, kexec-tools,
+    qemu-guest-agent, the stock kernel and its matching linux-headers (bcc compiles
+    against them), GRUB's EFI modules and update-grub. KEY hashes the package list and
+    this recipe, so it is rebuilt only when they change (about 2 minutes).
+
+``image-KEY.raw``
+    a GPT disk: an ESP holding GRUB (grub-mkimage, with a tiny embedded config that
+    finds the root file system by UUID) and an ext4 root made from a copy of the rootfs
+    with ``mkfs.ext4 -d`` (no loop device or mount needed), plus memledger installed
+    from this checkout's wheel into ``/opt/memledger`` (a venv with
+    ``--system-site-packages``, so it sees Debian's bcc), its units, sysusers and
+    tmpfiles. KEY adds the wheels' and deploy files' hashes.
+
+    Its first boot is the *provisioning* boot, done like an operator would on a host:
+    ``memledger boot-setup --apply --append crashkernel=256M`` writes the GRUB drop-in
+    and runs the real update-grub (grub-mkconfig, grub-probe on /dev/vda2), then the two
+    memledger units are enabled and the guest powers off. Every later boot goes through
+    the grub.cfg that update-grub wrote. Tests boot copies of the provisioned image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from memledger.tracer.lab.boot import LabError
+from memledger.tracer.lab.firmware import Ovmf
+from memledger.tracer.lab.guestvm import GuestVM
+
+__all__ = (
+    "GUEST_PACKAGES",
+    "ROOT_UUID",
+    "build_rootfs",
+    "build_wheels",
+    "guest_image",
+    "provision_boot",
+    "tool_missing",
+)
+
+SUITE = "bookworm"
+MIRROR = "http://deb.debian.org/debian"
+GUEST_PACKAGES = (
+    "systemd", "systemd-sysv", "udev", "dbus", "python3", "python3-venv", "python3-bpfcc",
+    "python3-systemd", "kexec-tools", "qemu-guest-agent", "linux-image-amd64",
+    "linux-headers-amd64", "grub-efi-amd64-bin", "grub2-common", "initramfs-tools",
+    "procps", "kmod", "iproute2", "ca-certificates",
+)
+# Bump when the recipe below changes in a way the package list does not show.
+RECIPE = "guest-2"
+ROOT_UUID = "6d656d6c-6564-4765-a200-000000000001"
+ESP_SECTORS = 131072          # 64 MiB
+ROOT_START = 2048 + ESP_SECTORS
+DISK_BYTES = 4 << 30
+HOST_TOOLS = ("debootstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "mmd", "sfdisk", "chroot")
+_GRUB_MODULES = ("part_gpt", "ext2", "fat", "search", "search_fs_uuid", "normal", "linux",
+                 "configfile", "echo", "test", "gzio", "efi_gop", "all_video", "serial",
+                 "terminal", "boot")
+
+
+def tool_missing() -> str | None:
+    """The first host tool the build needs that is not installed, if any."""
+    for tool in HOST_TOOLS:
+        if shutil.which(tool) is None and not os.path.exists(f"/usr/sbin/{tool}"):
+            return tool
+    return None
+
+
+def _run(cmd: Sequence[str], log: Path, **kw: object) -> None:
+    with open(log, "ab") as out:
+        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        proc = subprocess.run(list(cmd), stdout=out, stderr=subprocess.STDOUT, check=False,
+                              **kw)  # type: ignore[call-overload]
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise LabError(f"{cmd[0]} failed (exit {proc.returncode}); {log}: " + " | ".join(tail))
+
+
+def _write(path: Path, text: str, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    path.chmod(mode)
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _chroot_env() -> dict[str, str]:
+    return {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive",
+            "LANG": "C.UTF-8", "HOME": "/root"}
+
+
+def build_rootfs(cache: Path, log: Path) -> Path:
+    """The debootstrapped and configured root file system (cached)."""
+    key = _key(SUITE, MIRROR, GUEST_PACKAGES, RECIPE)
+    final = cache / "guest" / f"rootfs-{key}"
+    if (final / ".memledger-complete").exists():
+        return final
+    work = final.with_name(final.name + ".tmp")
+    if work.exists():
+        shutil.rmtree(work)
+    work.parent.mkdir(parents=True, exist_ok=True)
+    _run(["debootstrap", "--variant=minbase", f"--include={','.join(GUEST_PACKAGES)}",
+          SUITE, str(work), MIRROR], log)
+    _configure(work, log)
+    (work / ".memledger-complete").write_text(key + "\n")
+    work.rename(final)
+    return final
+
+
+def _configure(root: Path, log: Path) -> None:
+    _write(root / "etc/hostname", "memledger-guest\n")
+    _write(root / "etc/hosts", "127.0.0.1 localhost\n127.0.1.1 memledger-guest\n")
+    _write(root / "etc/fstab", f"UUID={ROOT_UUID} / ext4 errors=remount-ro 0 1\n")
+    # systemd makes and commits the machine id on the first (provisioning) boot.
+    _write(root / "etc/machine-id", "")
+    _write(root / "etc/systemd/network/80-dhcp.network",
+           "[Match]\nName=en*\n\n[Network]\nDHCP=yes\n")
+    # The serial console carries the kernel log; GRUB waits for nothing.
+    _write(root / "etc/default/grub",
+           'GRUB_DEFAULT=0\nGRUB_TIMEOUT=0\nGRUB_DISTRIBUTOR="Debian"\n'
+           'GRUB_CMDLINE_LINUX_DEFAULT="console=ttyS0,115200"\nGRUB_CMDLINE_LINUX=""\n'
+           "GRUB_TERMINAL=console\nGRUB_DISABLE_OS_PROBER=true\n")
+    env = _chroot_env()
+    _run(["chroot", str(root), "systemctl", "enable", "systemd-networkd.service"], log, env=env)
+    _run(["chroot", str(root), "passwd", "--lock", "root"], log, env=env)
+    # GRUB for the ESP: the modules go beside grub.cfg, as grub-install would put them.
+    shutil.copytree(root / "usr/lib/grub/x86_64-efi", root / "boot/grub/x86_64-efi",
+                    dirs_exist_ok=True)
+    early = root / "boot/grub/early.cfg"
+    _write(early, f"search --no-floppy --fs-uuid --set=root {ROOT_UUID}\n"
+                  "set prefix=($root)/boot/grub\n")
+    _run(["chroot", str(root), "grub-mkimage", "-O", "x86_64-efi", "-o", "/boot/grub/BOOTX64.EFI",
+          "-c", "/boot/grub/early.cfg", "-p", "/boot/grub", *_GRUB_MODULES], log, env=env)
+    _run(["chroot", str(root), "apt-get", "clean"], log, env=env)
+
+
+def build_wheels(checkout: Path, out: Path, log: Path, python: str) -> list[Path]:
+    """memledger's wheel and its dependencies' wheels, for ``pip install --no-index``."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    _run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), str(checkout)], log)
+    return sorted(out.glob("*.whl"))
+
+
+def _first_boot_grub(root: Path) -> None:
+    """A hand-written grub.cfg for the provisioning boot only; update-grub replaces it."""
+    kernels = sorted((root / "boot").glob("vmlinuz-*"))
+    if not kernels:
+        raise LabError(f"{root}/boot: no kernel")
+    release = kernels[-1].name.removeprefix("vmlinuz-")
+    _write(root / "boot/grub/grub.cfg",
+           f"search --no-floppy --fs-uuid --set=root {ROOT_UUID}\n"
+           f"linux /boot/vmlinuz-{release} root=UUID={ROOT_UUID} ro console=ttyS0,115200\n"
+           f"initrd /boot/initrd.img-{release}\nboot\n")
+
+
+_PROVISION_UNIT = """\
+[Unit]
+Description=memledger e2e: set the guest up like an operator would, then power off
+ConditionPathExists=!/var/lib/memledger-e2e/provisioned
+After=local-fs.target systemd-sysusers.service systemd-tmpfiles-setup.service
+
+[Service]
+Type=oneshot
+StandardOutput=journal+console
+ExecStart=/usr/local/bin/memledger boot-setup --apply --append crashkernel=256M
+ExecStart=/bin/systemctl enable memledger.service memledger-collector.service
+ExecStart=/bin/mkdir -p /var/lib/memledger-e2e
+ExecStart=/bin/touch /var/lib/memledger-e2e/provisioned
+ExecStartPost=/bin/systemctl --no-block poweroff
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _install_memledger(root: Path, wheels: list[Path], deploy: Path, log: Path) -> None:
+    env = _chroot_env()
+    house = root / "opt/memledger-wheels"
+    house.mkdir(parents=True, exist_ok=True)
+    for w in wheels:
+        shutil.copy2(w, house / w.name)
+    _run(["chroot", str(root), "/usr/bin/python3", "-m", "venv", "--system-site-packages",
+          "/opt/memledger"], log, env=env)
+    _run(["chroot", str(root), "/opt/memledger/bin/pip", "install", "--quiet", "--no-index",
+          "--find-links", "/opt/memledger-wheels", "memledger"], log, env=env)
+    (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
+    link = root / "usr/local/bin/memledger"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to("/opt/memledger/bin/memledger")
+    units = root / "etc/systemd/system"
+    for name in ("memledger.service", "memledger-collector.service"):
+        shutil.copy2(deploy / "systemd" / name, units / name)
+    shutil.copy2(deploy / "systemd/memledger.default", root / "etc/default/memledger")
+    shutil.copy2(deploy / "systemd/memledger-collector.default",
+                 root / "etc/default/memledger-collector")
+    (root / "usr/lib/sysusers.d").mkdir(parents=True, exist_ok=True)
+    (root / "usr/lib/tmpfiles.d").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(deploy / "systemd/memledger.sysusers", root / "usr/lib/sysusers.d/memledger.conf")
+    shutil.copy2(deploy / "systemd/memledger.tmpfiles", root / "usr/lib/tmpfiles.d/memledger.conf")
+    _write(units / "memledger-e2e-provision.service", _PROVISION_UNIT)
+    _run(["chroot", str(root), "systemctl", "enable", "memledger-e2e-provision.service"], log,
+         env=env)
+
+
+def _disk(rootfs: Path, out: Path, log: Path) -> None:
+    """GPT disk image: ESP (GRUB) + ext4 root, built without loop devices."""
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.truncate(DISK_BYTES)
+    layout = (
+        "label: gpt\n"
+        f"start=2048, size={ESP_SECTORS}, type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name=ESP\n"
+        f"start={ROOT_START}, type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, name=root\n"
+    )
+    _run(["sfdisk", "--quiet", str(tmp)], log, input=layout.encode())
+    table = json.loads(subprocess.run(["sfdisk", "--json", str(tmp)], capture_output=True,
+                                      check=True).stdout)
+    root_sectors = table["partitiontable"]["partitions"][1]["size"]
+    with tempfile.TemporaryDirectory(dir=out.parent) as td:
+        esp, ext4 = Path(td) / "esp.img", Path(td) / "root.img"
+        _run(["mkfs.vfat", "-C", "-n", "ESP", str(esp), str(ESP_SECTORS // 2)], log)
+        env = {**os.environ, "MTOOLS_SKIP_CHECK": "1"}
+        _run(["mmd", "-i", str(esp), "::/EFI", "::/EFI/BOOT"], log, env=env)
+        _run(["mcopy", "-i", str(esp), str(rootfs / "boot/grub/BOOTX64.EFI"),
+              "::/EFI/BOOT/BOOTX64.EFI"], log, env=env)
+        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-U", ROOT_UUID, "-d", str(rootfs),
+              str(ext4), f"{root_sectors // 2}k"], log)
+        for part, start in ((esp, 2048), (ext4, ROOT_START)):
+            _run(["dd", f"if={part}", f"of={tmp}", "bs=1M", f"seek={start * 512}",
+                  "oflag=seek_bytes", "conv=notrunc,sparse", "status=none"], log)
+    tmp.rename(out)
+
+
+def guest_image(cache: Path, checkout: Path, python: str, provision: Callable[[Path], None],
+                log: Path) -> Path:
+    """The provisioned guest disk for this checkout (cached by content)."""
+    rootfs = build_rootfs(cache, log)
+    wheels = build_wheels(checkout, cache / "guest" / "wheels", log, python)
+    deploy = checkout / "deploy"
+    deploy_files = sorted(p for p in (deploy / "systemd").iterdir() if p.is_file())
+    key = _key(rootfs.name, [hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels
+                             if w.name.startswith("memledger-")],
+               [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in deploy_files],
+               _PROVISION_UNIT, ROOT_UUID)
+    image = cache / "guest" / f"image-{key}.raw"
+    if image.exists():
+        return image
+    for old in (cache / "guest").glob("image-*.raw"):
+        old.unlink()  # one image at a time: each is a 4 GiB sparse file
+    staging = cache / "guest" / "staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    _run(["cp", "-a", "--reflink=auto", str(rootfs), str(staging)], log)
+    try:
+        _install_memledger(staging, wheels, deploy, log)
+        _first_boot_grub(staging)
+        raw = image.with_name(image.name + ".unprovisioned")
+        _disk(staging, raw, log)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    started = time.monotonic()
+    provision(raw)
+    (cache / "guest" / "provision-seconds").write_text(f"{time.monotonic() - started:.0f}\n")
+    raw.rename(image)
+    return image
+
+
+def provision_boot(ovmf: Ovmf, workdir: Path, timeout: float = 900.0) -> Callable[[Path], None]:
+    """The provisioning boot: boot once, let memledger-e2e-provision.service run
+    ``boot-setup --apply`` and power off; its console must show update-grub ran."""
+    def boot(image: Path) -> None:
+        if workdir.exists():
+            shutil.rmtree(workdir)
+        vm = GuestVM(image, workdir, ovmf)
+        vm.start()
+        try:
+            vm.wait_exit(timeout)
+        finally:
+            vm.stop()
+        console = vm.console.read_text(errors="replace")
+        if "ran update-grub" not in console:
+            raise LabError(f"provisioning boot: no 'ran update-grub' on the console; "
+                           f"{vm.console}: {vm.console_tail()}")
+    return boot
