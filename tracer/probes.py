@@ -85,15 +85,16 @@ def choose_probes(available: set[str] | frozenset[str]) -> tuple[list[Probe], li
     ``available`` holds the traceable function names (available_filter_functions or
     kallsyms). An ``alternative_to`` probe is used only when its primary is missing.
     """
+    covered = {p.alternative_to for p in PROBES
+               if p.alternative_to is not None and p.function in available}
     chosen: list[Probe] = []
     missing: list[str] = []
     for p in PROBES:
         if p.alternative_to is not None and p.alternative_to in available:
-            continue
+            continue  # the primary is there
         if p.function in available:
             chosen.append(p)
-        elif p.function not in missing and (p.alternative_to is None or
-                                            p.alternative_to not in available):
+        elif p.function not in missing and p.function not in covered:
             missing.append(p.function)
     return chosen, missing
 
