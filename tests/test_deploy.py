@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import pytest
 from conftest import MEMLEDGER
 from daemonrun import wait_for
 
@@ -17,19 +18,24 @@ REPO = Path(__file__).parent.parent
 UNIT = REPO / "deploy" / "systemd" / "memledger.service"
 
 
-def _unit() -> configparser.ConfigParser:
+COLLECTOR = UNIT.parent / "memledger-collector.service"
+
+
+def _unit(path: Path = UNIT) -> configparser.ConfigParser:
     cp = configparser.ConfigParser(strict=False, interpolation=None)
     cp.optionxform = str  # type: ignore[assignment,method-assign]
-    cp.read(UNIT)
+    cp.read(path)
     return cp
 
 
-def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("path", "command"), [(UNIT, "daemon $MEMLEDGER_ARGS"),
+                                               (COLLECTOR, "collect $MEMLEDGER_COLLECT_ARGS")])
+def test_units_pass_systemd_analyze_verify(tmp_path: Path, path: Path, command: str) -> None:
     """verify checks every directive and that ExecStart= is executable; the installed
     path (/usr/local/bin/memledger) is swapped for this checkout's, as an installer would."""
-    text = UNIT.read_text()
-    assert "ExecStart=/usr/local/bin/memledger daemon $MEMLEDGER_ARGS" in text
-    unit = tmp_path / "memledger.service"
+    text = path.read_text()
+    assert f"ExecStart=/usr/local/bin/memledger {command}" in text
+    unit = tmp_path / path.name
     unit.write_text(text.replace("/usr/local/bin/memledger", MEMLEDGER))
     proc = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True,
                           text=True, check=False, cwd=tmp_path)
@@ -42,27 +48,44 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "Failed to parse protect home value" in bad.stderr
 
 
-def test_unit_is_a_notify_service_with_least_privilege() -> None:
+def test_daemon_unit_is_a_notify_service_without_privilege() -> None:
     s = _unit()["Service"]
     assert s["Type"] == "notify" and s["StateDirectory"] == "memledger"
     assert s["WatchdogSec"] == "60s"
     assert (s["ProtectSystem"], s["ProtectHome"], s["PrivateTmp"], s["NoNewPrivileges"]) == \
         ("strict", "yes", "yes", "yes")
-    # Reading the kernel log is the only privilege.
-    assert s["CapabilityBoundingSet"] == s["AmbientCapabilities"] == "CAP_SYSLOG"
-    assert "ProtectKernelLogs" not in s and "PrivateDevices" not in s
+    # No capabilities at all: the collector reads the kernel, the daemon only its spool.
+    assert s["CapabilityBoundingSet"] == s["AmbientCapabilities"] == ""
+    assert s["User"] == "memledger" and s["Environment"] == "MEMLEDGER_CAPTURE_SELF=false"
     assert s["EnvironmentFile"] == "-/etc/default/memledger"
 
 
-def test_environment_file_names_real_flags() -> None:
-    """Every variable in memledger.default is one `memledger daemon` reads."""
-    helptext = subprocess.run([MEMLEDGER, "daemon", "--help"], capture_output=True, text=True,
+def test_collector_unit_has_only_the_three_capabilities() -> None:
+    s = _unit(COLLECTOR)["Service"]
+    assert s["Type"] == "notify"
+    assert set(s["CapabilityBoundingSet"].split()) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG"}
+    assert s["SupplementaryGroups"] == "memledger"
+    # The hardening options that break eBPF or the kernel log (anchors A.1) stay out.
+    for option in ("ProtectKernelTunables", "ProtectKernelLogs", "PrivateUsers",
+                   "MemoryDenyWriteExecute", "PrivateDevices"):
+        assert option not in s, option
+    tmpfiles = (UNIT.parent / "memledger.tmpfiles").read_text()
+    assert re.search(r"^d /var/lib/memledger/spool\s+2770 memledger memledger", tmpfiles, re.M)
+    assert s["ReadWritePaths"] == "/var/lib/memledger/spool"
+
+
+@pytest.mark.parametrize(("default", "command", "extra"), [
+    ("memledger.default", "daemon", "MEMLEDGER_ARGS"),
+    ("memledger-collector.default", "collect", "MEMLEDGER_COLLECT_ARGS")])
+def test_environment_files_name_real_flags(default: str, command: str, extra: str) -> None:
+    """Every variable in the environment file is one the command reads."""
+    helptext = subprocess.run([MEMLEDGER, command, "--help"], capture_output=True, text=True,
                               check=True).stdout
     helptext = " ".join(helptext.split())
-    names = re.findall(r"^#?(MEMLEDGER_\w+)=", (UNIT.parent / "memledger.default").read_text(), re.M)
-    assert len(names) >= 7
+    names = re.findall(r"^#?(MEMLEDGER_\w+)=", (UNIT.parent / default).read_text(), re.M)
+    assert len(names) >= 5
     for name in names:
-        assert name == "MEMLEDGER_ARGS" or f"env var: {name}" in helptext, name
+        assert name == extra or f"env var: {name}" in helptext, name
 
 
 def test_make_run_shows_a_live_daemon(tmp_path: Path) -> None:
