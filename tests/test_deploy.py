@@ -67,7 +67,7 @@ def test_collector_unit_has_only_the_three_capabilities() -> None:
     assert s["SupplementaryGroups"] == "memledger"
     # The hardening options that break eBPF or the kernel log (anchors A.1) stay out.
     for option in ("ProtectKernelTunables", "ProtectKernelLogs", "PrivateUsers",
-                   "MemoryDenyWriteExecute", "PrivateDevices"):
+                   "MemoryDenyWriteExecute", "PrivateDevices", "ProtectKernelModules"):
         assert option not in s, option
     tmpfiles = (UNIT.parent / "memledger.tmpfiles").read_text()
     assert re.search(r"^d /var/lib/memledger/spool\s+2770 memledger memledger", tmpfiles, re.M)
