@@ -75,7 +75,8 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
     info.add_metric([], {"kernel_release": current["kernel_release"] or "", "efi": efi,
                          "firmware_vendor": current["firmware_vendor"] or "",
                          "firmware_version": current["firmware_version"] or "",
-                         "product": current["product"] or ""})
+                         "product": current["product"] or "",
+                         "loader": doc["kernel"].get("loader") or ""})
     yield info
     ts = _g("memledger_boot_captured_timestamp_seconds", "When the current boot was captured.")
     ts.add_metric([], current["captured_at"].timestamp())

@@ -15,7 +15,7 @@ __all__ = ("CODES", "Anomaly", "find_anomalies")
 # Every code find_anomalies() can emit (metrics export each, 0 when absent).
 CODES = ("efi_debug_set", "log_truncated", "cmdline_truncated", "low_memory_freed", "leak",
          "accounting_residual", "kept_unexplained", "reclaim_mismatch", "reclaim_unknown",
-         "trace_overflowed", "bad_input")
+         "trace_overflowed", "kexec_boot", "bad_input")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,14 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
         add(Anomaly("reclaim_mismatch", "warning",
                     "the sources of the reclaimed figure disagree: "
                     + ", ".join(f"{k}={v}" for k, v in known.items()), where))
-    if efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
+    kexec = ev.loader is not None and ev.loader.kexec
+    if kexec:
+        add(Anomaly("kexec_boot", "info",
+                    "started by kexec: the firmware's EFI boot-services memory was freed by the "
+                    "kernel before this one, so this boot has no reclaim to measure (not a leak)",
+                    f"sys/kernel/boot_params/data: type_of_loader "
+                    f"{ev.loader.type_of_loader:#04x}" if ev.loader else where))
+    elif efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
         add(Anomaly("reclaim_unknown", "info",
                     "no record of the boot-services free: the kernel predates the "
                     "'Freeing EFI boot services memory' line (a4b0bf6a40f3) and neither "

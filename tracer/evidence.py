@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from memledger.tracer import efimap, memblock, procfs, sysfs
+from memledger.tracer import bootparams, efimap, memblock, procfs, sysfs
 from memledger.tracer import intervals as iv
 from memledger.tracer.bootlog import KernelLog, parse_boot
 from memledger.tracer.ftrace import TraceEvent, TraceLog, parse_trace
@@ -57,6 +57,7 @@ class Evidence:
     memblock_reserved: list[memblock.MemblockRegion] | None = None
     dmi: dict[str, str] | None = None
     efi_sysfs: bool | None = None
+    loader: bootparams.Loader | None = None
     unreadable: dict[str, str] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
 
@@ -144,6 +145,8 @@ def _attach_host(ev: Evidence, snap: Snapshot) -> None:
             efimap.parse_runtime_map_entry(i, f) for i, f in snap.efi_runtime_map or []])
     ev.dmi = snap.dmi
     ev.efi_sysfs = snap.efi_sysfs
+    if snap.boot_params is not None:
+        ev.loader = bootparams.parse_loader(snap.boot_params)
     ev.unreadable = dict(snap.unreadable)
     if snap.traces:
         ev.trace = _merge_traces(snap.traces, ev)

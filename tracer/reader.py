@@ -58,6 +58,7 @@ _TEXT_FILES = {
     "memblock_reserved": "sys/kernel/debug/memblock/reserved",
 }
 _TRACE_DIRS = ("sys/kernel/tracing", "sys/kernel/debug/tracing")
+BOOT_PARAMS = "sys/kernel/boot_params/data"  # binary struct boot_params (tracer/bootparams.py)
 _RUNTIME_MAP_FILES = ("type", "phys_addr", "num_pages", "attribute", "virt_addr")
 
 
@@ -69,6 +70,7 @@ class Snapshot:
     kernel_log: str | None = None
     kernel_log_path: str | None = None
     texts: dict[str, str] = field(default_factory=dict)
+    boot_params: bytes | None = None
     firmware_memmap: list[tuple[int, dict[str, str]]] | None = None
     efi_runtime_map: list[tuple[int, dict[str, str]]] | None = None
     efi_sysfs: bool | None = None
@@ -339,6 +341,8 @@ def read_tree(tree: Tree, root: str) -> Snapshot:
                 snap.traces[rel] = text
         if any(k.startswith(tdir) for k in snap.traces):
             break  # the debugfs path is the same tracefs mounted twice
+
+    snap.boot_params = tree.read(BOOT_PARAMS)
 
     dmi = {f: text.strip() for f in DMI_FIELDS
            if (text := _text(tree.read(f"sys/class/dmi/id/{f}"))) is not None}

@@ -140,6 +140,14 @@ def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int:
     return 0
 
 
+def _paranoid(path: str = "/proc/sys/kernel/perf_event_paranoid") -> int:
+    try:
+        with open(path) as fh:
+            return int(fh.read().strip())
+    except (OSError, ValueError):
+        return -1
+
+
 class _Hit(ctypes.Structure):
     _fields_ = [("ts", ctypes.c_uint64), ("a0", ctypes.c_uint64), ("a1", ctypes.c_uint64),
                 ("a2", ctypes.c_uint64), ("ret", ctypes.c_int64), ("ip", ctypes.c_uint64),
@@ -197,7 +205,13 @@ class BccProbes:
                 continue
             self.attached.append(p)
         if not self.attached:
-            raise BccError("none of the runtime probes could be attached: " + ", ".join(self.missing))
+            hint = ""
+            if _paranoid() > 2:
+                hint = ("kernel.perf_event_paranoid is above 2 (Debian's default of 3 makes "
+                        "perf_event_open need CAP_SYS_ADMIN; install "
+                        "deploy/sysctl/memledger-collector.conf); ")
+            raise BccError(f"none of the runtime probes could be attached: {hint}"
+                           + ", ".join(self.missing))
         self.bpf["hits"].open_perf_buffer(self._on_hit, page_cnt=64, lost_cb=self._on_lost)
 
     def _on_hit(self, _cpu: int, data: Any, _size: int) -> None:
