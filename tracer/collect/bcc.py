@@ -246,8 +246,11 @@ class BccProbes:
                 del table[key]
         out: dict[str, int] = {}
         for key, value in items:
-            name = self.bpf.ksym(key.value).decode(errors="replace")
-            out[name] = out.get(name, 0) + value.value
+            # items() gives ctypes values; items_lookup_and_delete_batch() plain ints
+            # (seen on bcc 0.26 in the e2e guest).
+            addr, pages = getattr(key, "value", key), getattr(value, "value", value)
+            name = self.bpf.ksym(addr).decode(errors="replace")
+            out[name] = out.get(name, 0) + pages
         return out
 
     def close(self) -> None:
