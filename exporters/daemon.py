@@ -29,7 +29,7 @@ from memledger.exporters.storecli import DB_OPTION, open_store
 from memledger.exporters.web import WebServer, parse_listen_address
 from memledger.store.db import StoreError, default_db_path, display_url, resolve_url, sqlite_path
 from memledger.store.files import is_temporary
-from memledger.store.ingest import BadCapture, IngestResult, ingest, prepare
+from memledger.store.ingest import BadCapture, ingest, prepare
 from memledger.store.runtime import BatchError, ingest_batch
 from memledger.store.spool import Refused, Spool
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
@@ -177,14 +177,21 @@ class Daemon:
 
     # -- work -------------------------------------------------------------------------
 
-    def _count(self, result: IngestResult | None) -> None:
-        key = result.status if result is not None else "failed"
+    def _done(self, name: str) -> None:
+        """Stored: move the file to done/ (a failure leaves a duplicate for later, no loss)."""
+        try:
+            self.spool.mark_done(name)
+        except OSError as exc:
+            log.error("%s: stored, but could not move it to done/: %s", name, exc)
+
+    def _count(self, key: str) -> None:
+        """Count one file: new, replaced, duplicate, older or failed."""
         self.counts[key] += 1
         self.metrics.record({"new": "ok", "replaced": "ok", "duplicate": "duplicate",
                              "older": "duplicate", "failed": "failed"}[key])
 
     def _refuse(self, name: str, why: str) -> None:
-        self._count(None)
+        self._count("failed")
         try:
             target = self.spool.mark_failed(name, why)
         except OSError as exc:
@@ -221,11 +228,8 @@ class Daemon:
         except SQLAlchemyError as exc:
             self._db_error(name, exc)
             return
-        try:
-            self.spool.mark_done(name)
-        except OSError as exc:
-            log.error("%s: stored, but could not move it to done/: %s", name, exc)
-        self._count(result)
+        self._done(name)
+        self._count(result.status)
         log.info("%s: %s boot %s of %s (%s)", name, result.status, result.boot_id,
                  result.machine_id, result.kernel_release or "release unknown")
 
@@ -239,12 +243,8 @@ class Daemon:
         except SQLAlchemyError as exc:
             self._db_error(name, exc)
             return
-        try:
-            self.spool.mark_done(name)
-        except OSError as exc:
-            log.error("%s: stored, but could not move it to done/: %s", name, exc)
-        self.counts["new" if result.status == "new" else "duplicate"] += 1
-        self.metrics.record("ok" if result.status == "new" else "duplicate")
+        self._done(name)
+        self._count(result.status)
         lost = f", {result.dropped} lost before it" if result.dropped else ""
         log.info("%s: %s %s batch of boot %s of %s: %d event(s)%s", name, result.status,
                  result.source, result.boot_id, result.machine_id, result.events, lost)
@@ -281,7 +281,7 @@ class Daemon:
         except SQLAlchemyError as exc:
             log.error("capture of this boot: database error: %s", exc)
             return
-        self._count(result)
+        self._count(result.status)
         unreadable = ", ".join(sorted(manifest.unreadable)) or "none"
         log.info("this boot: %s boot %s (%s); unreadable: %s", result.status, result.boot_id,
                  result.kernel_release or "release unknown", unreadable)
