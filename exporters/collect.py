@@ -141,7 +141,8 @@ class Collector:
                 log.warning("%s back end unavailable: %s", name, exc)
                 continue
             attached = sorted({p.function for p in probes.attached})
-            log.info("%s back end: probing %s%s", name, ", ".join(attached),
+            how = f" ({probes.mode})" if isinstance(probes, BccProbes) else ""
+            log.info("%s back end%s: probing %s%s", name, how, ", ".join(attached),
                      f"; not probed: {', '.join(probes.missing)}" if probes.missing else "")
             return probes
         if order:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import uuid
 from datetime import UTC, datetime
@@ -19,6 +20,7 @@ from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.migrate import upgrade
 from memledger.store.runtime import ingest_batch, runtime_totals
+from memledger.tracer.collect.bcc import caller_in, kfunc_text
 from memledger.tracer.ftrace import parse_trace
 from memledger.tracer.kmsg import SeqTracker, memory_event, parse_record
 from memledger.tracer.probes import PROBES, Assembler, choose_probes, hit_from_trace
@@ -184,6 +186,32 @@ def test_probe_ladder_uses_crash_shrink_only_without_the_range_function() -> Non
     assert missing == ["online_pages"]
     assert PROBES[0].definition == ("p:memledger/fra free_reserved_area start=%di:x64 "
                                     "end=%si:x64 s=+0(%cx):string base=@page_offset_base:x64")
+
+
+def test_kfunc_programs_are_written_only_for_the_chosen_probes() -> None:
+    # bcc attaches every kfunc__/kretfunc__ program it loads, so a program for a function
+    # the kernel lacks would fail the whole load.
+    everything = {p.function for p in PROBES}
+    chosen, _ = choose_probes(everything - {"crash_free_reserved_phys_range", "online_pages"})
+    text = kfunc_text(chosen)
+    programs = re.findall(r"^(KFUNC_PROBE|KRETFUNC_PROBE)\((\w+),", text, re.M)
+    assert sorted(programs) == sorted(
+        ("KRETFUNC_PROBE" if p.is_return else "KFUNC_PROBE", p.function) for p in chosen)
+    assert "crash_free_reserved_phys_range" not in text and "online_pages" not in text
+    for p in chosen:
+        assert p.event == "amc" or f"ID_{p.event})" in text  # each program tags its records with its own probe
+
+
+def test_the_caller_is_the_frame_below_the_traced_function() -> None:
+    # A fentry program's kernel stack, innermost first: the program, its trampoline (no
+    # symbol), the traced function at its patched first instruction, then its caller.
+    frames = ["bpf_prog_6deef7357e7b4530_kfunc__adjust_managed_page_count", "[unknown]",
+              "adjust_managed_page_count", "crash_shrink_memory", "kexec_crash_size_store",
+              "kernfs_fop_write_iter"]
+    assert caller_in(frames, "adjust_managed_page_count") == "crash_shrink_memory"
+    assert caller_in(frames, "crash_shrink_memory") == "kexec_crash_size_store"
+    assert caller_in(frames, "free_reserved_area") is None
+    assert caller_in(["x", "kernfs_fop_write_iter"], "kernfs_fop_write_iter") is None
 
 
 # -- the store and the daemon ---------------------------------------------------------

@@ -5,30 +5,41 @@ memledger works where it is missing. (The PyPI package called ``bcc`` is an unre
 lattice library; bcc comes from the distribution, so memledger's venv is made with
 ``--system-site-packages``.)
 
-Entries and returns go to user space through a perf buffer, one record per call: these
-functions run rarely. adjust_managed_page_count runs once per page freed, so it is
-summed in the kernel instead, in a hash map keyed by the calling address, and drained
-at each flush.
+Two ways to attach, tried in this order:
+
+* ``kfunc``: fentry/fexit programs on BPF trampolines (x86-64, v5.5+, kernel BTF)
+  that write to a BPF ring buffer (v5.8+). Neither needs ``perf_event_open``, so this
+  works with CAP_BPF and CAP_PERFMON alone under Debian's ``perf_event_paranoid=3``
+  (Debian's kernel patch makes level 3 the default, and at level 3 perf_event_open
+  needs CAP_SYS_ADMIN). The calling function is taken from a kernel stack id.
+* ``kprobe``: kprobes and kretprobes that write to a perf buffer, for kernels without
+  BTF or trampolines. These go through perf_event_open, so on Debian they need
+  CAP_SYS_ADMIN or ``kernel.perf_event_paranoid`` at 2 or below.
+
+Entries and returns go to user space one record per call: these functions run rarely.
+adjust_managed_page_count runs once per page freed, so it is summed in the kernel
+instead, in a hash map keyed by the caller (kprobe) or the stack id (kfunc), and
+drained at each flush.
 """
 
 from __future__ import annotations
 
 import ctypes
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from memledger.tracer.probes import PROBES, Probe, ProbeHit, choose_probes
 
-__all__ = ("BPF_TEXT", "BccError", "BccProbes", "kallsyms_address")
+__all__ = ("KPROBE_TEXT", "BccError", "BccProbes", "Mode", "kallsyms_address", "kfunc_text")
+
+Mode = Literal["kfunc", "kprobe"]
 
 
 class BccError(Exception):
     """bcc cannot be used; the message says why, in one line."""
 
 
-# One handler per probe; the probe's index in PROBES is its id in the record.
-BPF_TEXT = r"""
-#include <uapi/linux/ptrace.h>
-
+_COMMON = r"""
 struct hit_t {
     u64 ts;
     u64 a0;
@@ -36,13 +47,11 @@ struct hit_t {
     u64 a2;
     s64 ret;
     u64 ip;
+    s64 stack;
     u32 pid;
     u32 probe;
     char s[32];
 };
-
-BPF_PERF_OUTPUT(hits);
-BPF_HASH(managed, u64, s64, 4096);
 
 static inline u64 read_u64(u64 addr) {
     u64 v = 0;
@@ -51,15 +60,22 @@ static inline u64 read_u64(u64 addr) {
     return v;
 }
 
-static inline void start(struct hit_t *h, u32 probe) {
+static inline void begin(struct hit_t *h, u32 probe) {
     h->ts = bpf_ktime_get_ns();
     h->pid = bpf_get_current_pid_tgid();
     h->probe = probe;
+    h->stack = -1;
 }
+"""
+
+# kprobes: one handler per probe; the probe's index in PROBES is its id in the record.
+KPROBE_TEXT = "#include <uapi/linux/ptrace.h>\n" + _COMMON + r"""
+BPF_PERF_OUTPUT(hits);
+BPF_HASH(managed, u64, s64, 4096);
 
 int fra(struct pt_regs *ctx) {
     struct hit_t h = {};
-    start(&h, ID_fra);
+    begin(&h, ID_fra);
     h.a0 = PT_REGS_PARM1(ctx);
     h.a1 = PT_REGS_PARM2(ctx);
     h.a2 = read_u64(PAGE_OFFSET_BASE);
@@ -72,7 +88,7 @@ int fra(struct pt_regs *ctx) {
 
 int crash_free(struct pt_regs *ctx) {
     struct hit_t h = {};
-    start(&h, ID_crash_free);
+    begin(&h, ID_crash_free);
     h.a0 = PT_REGS_PARM1(ctx);
     h.a1 = PT_REGS_PARM2(ctx);
     hits.perf_submit(ctx, &h, sizeof(h));
@@ -81,7 +97,7 @@ int crash_free(struct pt_regs *ctx) {
 
 int crash_shrink(struct pt_regs *ctx) {
     struct hit_t h = {};
-    start(&h, ID_crash_shrink);
+    begin(&h, ID_crash_shrink);
     h.a0 = PT_REGS_PARM1(ctx);
     h.a1 = read_u64(CRASHK_RES);
     h.a2 = read_u64(CRASHK_RES ? CRASHK_RES + 8 : 0);
@@ -91,7 +107,7 @@ int crash_shrink(struct pt_regs *ctx) {
 
 static inline int pages(struct pt_regs *ctx, u32 probe) {
     struct hit_t h = {};
-    start(&h, probe);
+    begin(&h, probe);
     h.a0 = PT_REGS_PARM1(ctx);
     h.a1 = PT_REGS_PARM2(ctx);
     hits.perf_submit(ctx, &h, sizeof(h));
@@ -102,7 +118,7 @@ int offline(struct pt_regs *ctx) { return pages(ctx, ID_offline); }
 
 static inline int ret_long(struct pt_regs *ctx, u32 probe) {
     struct hit_t h = {};
-    start(&h, probe);
+    begin(&h, probe);
     h.ret = (s64)PT_REGS_RC(ctx);
     h.ip = PT_REGS_IP(ctx);   /* a kretprobe sees the real return address here */
     hits.perf_submit(ctx, &h, sizeof(h));
@@ -110,7 +126,7 @@ static inline int ret_long(struct pt_regs *ctx, u32 probe) {
 }
 static inline int ret_int(struct pt_regs *ctx, u32 probe) {
     struct hit_t h = {};
-    start(&h, probe);
+    begin(&h, probe);
     h.ret = (s64)(int)PT_REGS_RC(ctx);
     h.ip = PT_REGS_IP(ctx);
     hits.perf_submit(ctx, &h, sizeof(h));
@@ -128,6 +144,126 @@ int amc(struct pt_regs *ctx) {
     return 0;
 }
 """
+
+# kfunc: the programs are named kfunc__<function> / kretfunc__<function>, and bcc
+# attaches every such program when it loads, so only the chosen probes are written out.
+# Arguments are declared as integers: BPF_PROG casts each ctx slot to the declared type.
+_KFUNC_HEAD = _COMMON + r"""
+BPF_RINGBUF_OUTPUT(hits, 16);
+BPF_HASH(managed, s64, s64, 4096);
+BPF_STACK_TRACE(stacks, 4096);
+BPF_ARRAY(lost, u64, 1);
+
+static inline void emit(struct hit_t *h) {
+    if (hits.ringbuf_output(h, sizeof(*h), 0) != 0) {
+        int zero = 0;
+        u64 *n = lost.lookup(&zero);
+        if (n)
+            __sync_fetch_and_add(n, 1);
+    }
+}
+"""
+
+_KFUNC: dict[str, str] = {
+    "fra": r"""
+KFUNC_PROBE(free_reserved_area, u64 start, u64 end, int poison, u64 s) {
+    struct hit_t h = {};
+    begin(&h, ID_fra);
+    h.a0 = start;
+    h.a1 = end;
+    h.a2 = read_u64(PAGE_OFFSET_BASE);
+    if (s)
+        bpf_probe_read_kernel_str(h.s, sizeof(h.s), (void *)s);
+    emit(&h);
+    return 0;
+}""",
+    "fra_ret": r"""
+KRETFUNC_PROBE(free_reserved_area, u64 start, u64 end, int poison, u64 s, long ret) {
+    struct hit_t h = {};
+    begin(&h, ID_fra_ret);
+    h.ret = ret;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}""",
+    "crash_free": r"""
+KFUNC_PROBE(crash_free_reserved_phys_range, u64 begin_, u64 end) {
+    struct hit_t h = {};
+    begin(&h, ID_crash_free);
+    h.a0 = begin_;
+    h.a1 = end;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}""",
+    "crash_shrink": r"""
+KFUNC_PROBE(crash_shrink_memory, u64 new_size) {
+    struct hit_t h = {};
+    begin(&h, ID_crash_shrink);
+    h.a0 = new_size;
+    h.a1 = read_u64(CRASHK_RES);
+    h.a2 = read_u64(CRASHK_RES ? CRASHK_RES + 8 : 0);
+    emit(&h);
+    return 0;
+}""",
+    "crash_shrink_ret": r"""
+KRETFUNC_PROBE(crash_shrink_memory, u64 new_size, int ret) {
+    struct hit_t h = {};
+    begin(&h, ID_crash_shrink_ret);
+    h.ret = ret;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}""",
+    "online": r"""
+KFUNC_PROBE(online_pages, u64 pfn, u64 nr_pages) {
+    struct hit_t h = {};
+    begin(&h, ID_online);
+    h.a0 = pfn;
+    h.a1 = nr_pages;
+    emit(&h);
+    return 0;
+}""",
+    "online_ret": r"""
+KRETFUNC_PROBE(online_pages, u64 pfn, u64 nr_pages, u64 zone, u64 group, int ret) {
+    struct hit_t h = {};
+    begin(&h, ID_online_ret);
+    h.ret = ret;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}""",
+    "offline": r"""
+KFUNC_PROBE(offline_pages, u64 pfn, u64 nr_pages) {
+    struct hit_t h = {};
+    begin(&h, ID_offline);
+    h.a0 = pfn;
+    h.a1 = nr_pages;
+    emit(&h);
+    return 0;
+}""",
+    "offline_ret": r"""
+KRETFUNC_PROBE(offline_pages, u64 pfn, u64 nr_pages, u64 zone, u64 group, int ret) {
+    struct hit_t h = {};
+    begin(&h, ID_offline_ret);
+    h.ret = ret;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}""",
+    "amc": r"""
+KFUNC_PROBE(adjust_managed_page_count, u64 page, long count) {
+    s64 id = stacks.get_stackid(ctx, 0);
+    managed.atomic_increment(id, count);
+    return 0;
+}""",
+}
+
+
+def kfunc_text(chosen: Sequence[Probe]) -> str:
+    """The kfunc program for these probes (each function gets at most one fentry and
+    one fexit program)."""
+    return _KFUNC_HEAD + "".join(_KFUNC[p.event] for p in chosen) + "\n"
 
 
 def kallsyms_address(name: str, path: str = "/proc/kallsyms") -> int:
@@ -151,7 +287,8 @@ def _paranoid(path: str = "/proc/sys/kernel/perf_event_paranoid") -> int:
 class _Hit(ctypes.Structure):
     _fields_ = [("ts", ctypes.c_uint64), ("a0", ctypes.c_uint64), ("a1", ctypes.c_uint64),
                 ("a2", ctypes.c_uint64), ("ret", ctypes.c_int64), ("ip", ctypes.c_uint64),
-                ("pid", ctypes.c_uint32), ("probe", ctypes.c_uint32), ("s", ctypes.c_char * 32)]
+                ("stack", ctypes.c_int64), ("pid", ctypes.c_uint32), ("probe", ctypes.c_uint32),
+                ("s", ctypes.c_char * 32)]
 
 
 def _args(p: Probe, h: _Hit) -> dict[str, int | str]:
@@ -166,11 +303,27 @@ def _args(p: Probe, h: _Hit) -> dict[str, int | str]:
     return {"ret": h.ret}
 
 
+def caller_in(frames: Sequence[str], function: str) -> str | None:
+    """The function that called ``function``, from a symbolized kernel stack (innermost
+    first). A trampoline program's stack starts in the BPF program and the trampoline;
+    the traced function shows once, at its patched first instruction."""
+    for i, name in enumerate(frames):
+        if name == function:
+            for caller in frames[i + 1:]:
+                if caller not in ("", "[unknown]"):
+                    return caller
+            return None
+    return None
+
+
 class BccProbes:
     source = "bcc"
 
-    def __init__(self, kallsyms: str = "/proc/kallsyms") -> None:
+    def __init__(self, kallsyms: str = "/proc/kallsyms",
+                 modes: Sequence[Mode] = ("kfunc", "kprobe")) -> None:
         self.kallsyms = kallsyms
+        self.modes = tuple(modes)
+        self.mode: Mode | None = None
         self.attached: list[Probe] = []
         self.missing: list[str] = []
         self.hits: list[ProbeHit] = []
@@ -185,15 +338,45 @@ class BccProbes:
                            "the venv with --system-site-packages") from None
         functions = {p.function for p in PROBES}
         available = {f for f in functions if BPF.get_kprobe_functions(f"^{f}$".encode())}
-        chosen, self.missing = choose_probes(available)
+        chosen, missing = choose_probes(available)
+        if not chosen:
+            raise BccError("none of the probed functions is traceable: " + ", ".join(missing))
         ids = {p.event: i for i, p in enumerate(PROBES)}
-        cflags = [f"-DID_{p.event}={i}" for p, i in ((p, ids[p.event]) for p in PROBES)]
+        cflags = [f"-DID_{p.event}={ids[p.event]}" for p in PROBES]
         cflags += [f"-DPAGE_OFFSET_BASE={kallsyms_address('page_offset_base', self.kallsyms)}ULL",
                    f"-DCRASHK_RES={kallsyms_address('crashk_res', self.kallsyms)}ULL"]
+        reasons: list[str] = []
+        for mode in self.modes:
+            try:
+                if mode == "kfunc":
+                    self._open_kfunc(BPF, chosen, cflags)
+                else:
+                    self._open_kprobe(BPF, chosen, cflags)
+            except BccError as exc:
+                reasons.append(f"{mode}: {exc}")
+                self.close()
+                continue
+            self.mode = mode
+            self.missing = missing + self.missing
+            return
+        raise BccError("; ".join(reasons))
+
+    def _open_kfunc(self, bpf_class: Any, chosen: list[Probe], cflags: list[str]) -> None:
+        if not bpf_class.support_kfunc():
+            raise BccError("no BPF trampolines here (needs x86-64, Linux 5.5+ and kernel BTF)")
+        try:  # bcc attaches every kfunc__/kretfunc__ program as it loads them
+            self.bpf = bpf_class(text=kfunc_text(chosen), cflags=cflags)
+        except Exception as exc:  # bcc raises bare Exceptions for compile, load and attach
+            raise BccError(f"could not load the trampoline programs: {exc}") from None
+        self.attached = list(chosen)
+        self.bpf["hits"].open_ring_buffer(self._on_ring)
+
+    def _open_kprobe(self, bpf_class: Any, chosen: list[Probe], cflags: list[str]) -> None:
         try:
-            self.bpf = BPF(text=BPF_TEXT, cflags=cflags)
-        except Exception as exc:  # bcc raises bare Exceptions for compile and load errors
-            raise BccError(f"bcc could not build the probes: {exc}") from None
+            self.bpf = bpf_class(text=KPROBE_TEXT, cflags=cflags)
+        except Exception as exc:
+            raise BccError(f"could not build the probes: {exc}") from None
+        self.missing = []
         for p in chosen:
             try:
                 if p.is_return:
@@ -208,19 +391,33 @@ class BccProbes:
             hint = ""
             if _paranoid() > 2:
                 hint = ("kernel.perf_event_paranoid is above 2 (Debian's default of 3 makes "
-                        "perf_event_open need CAP_SYS_ADMIN; install "
-                        "deploy/sysctl/memledger-collector.conf); ")
-            raise BccError(f"none of the runtime probes could be attached: {hint}"
-                           + ", ".join(self.missing))
-        self.bpf["hits"].open_perf_buffer(self._on_hit, page_cnt=64, lost_cb=self._on_lost)
+                        "perf_event_open need CAP_SYS_ADMIN); ")
+            raise BccError(f"no kprobe could be attached: {hint}" + ", ".join(self.missing))
+        self.bpf["hits"].open_perf_buffer(self._on_perf, page_cnt=64, lost_cb=self._on_lost)
 
-    def _on_hit(self, _cpu: int, data: Any, _size: int) -> None:
-        h = ctypes.cast(data, ctypes.POINTER(_Hit)).contents
+    def _symbols(self, stack_id: int) -> list[str]:
+        if stack_id < 0:
+            return []
+        try:
+            addrs = list(self.bpf["stacks"].walk(stack_id))
+        except Exception:  # KeyError from bcc's table when the id was overwritten
+            return []
+        return [self.bpf.ksym(a).decode(errors="replace") for a in addrs]
+
+    def _on_ring(self, _ctx: Any, data: Any, _size: int) -> None:
+        self._on_hit(ctypes.cast(data, ctypes.POINTER(_Hit)).contents)
+
+    def _on_perf(self, _cpu: int, data: Any, _size: int) -> None:
+        self._on_hit(ctypes.cast(data, ctypes.POINTER(_Hit)).contents)
+
+    def _on_hit(self, h: _Hit) -> None:
         if h.probe >= len(PROBES):
             return
         p = PROBES[h.probe]
-        site = None
-        if p.is_return and h.ip:
+        site: str | None = None
+        if h.stack >= 0:
+            site = caller_in(self._symbols(h.stack), p.function)
+        elif p.is_return and h.ip:
             site = self.bpf.ksym(h.ip).decode(errors="replace")
             site = None if site in ("[unknown]", "") else site
         self.hits.append(ProbeHit(p.event, h.pid, h.ts / 1e9, _args(p, h), site))
@@ -230,7 +427,14 @@ class BccProbes:
 
     def read(self, timeout_ms: int = 0) -> tuple[list[ProbeHit], int]:
         """Hits since the last call (waiting up to ``timeout_ms``), and lost records."""
-        self.bpf.perf_buffer_poll(timeout=timeout_ms)
+        if self.mode == "kfunc":
+            self.bpf.ring_buffer_poll(timeout=timeout_ms)
+            table = self.bpf["lost"]
+            key = table.Key(0)
+            self.lost += table[key].value
+            table[key] = table.Leaf(0)
+        else:
+            self.bpf.perf_buffer_poll(timeout=timeout_ms)
         hits, self.hits = self.hits, []
         lost, self.lost = self.lost, 0
         return hits, lost
@@ -248,8 +452,11 @@ class BccProbes:
         for key, value in items:
             # items() gives ctypes values; items_lookup_and_delete_batch() plain ints
             # (seen on bcc 0.26 in the e2e guest).
-            addr, pages = getattr(key, "value", key), getattr(value, "value", value)
-            name = self.bpf.ksym(addr).decode(errors="replace")
+            k, pages = getattr(key, "value", key), getattr(value, "value", value)
+            if self.mode == "kfunc":
+                name = caller_in(self._symbols(k), "adjust_managed_page_count") or "?"
+            else:
+                name = self.bpf.ksym(k).decode(errors="replace")
             out[name] = out.get(name, 0) + pages
         return out
 
@@ -257,3 +464,4 @@ class BccProbes:
         if self.bpf is not None:
             self.bpf.cleanup()
             self.bpf = None
+        self.attached = []

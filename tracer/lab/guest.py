@@ -215,9 +215,6 @@ def _install_memledger(root: Path, wheels: list[Path], deploy: Path, log: Path) 
     (root / "usr/lib/tmpfiles.d").mkdir(parents=True, exist_ok=True)
     shutil.copy2(deploy / "systemd/memledger.sysusers", root / "usr/lib/sysusers.d/memledger.conf")
     shutil.copy2(deploy / "systemd/memledger.tmpfiles", root / "usr/lib/tmpfiles.d/memledger.conf")
-    (root / "usr/lib/sysctl.d").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(deploy / "sysctl/memledger-collector.conf",
-                 root / "usr/lib/sysctl.d/memledger-collector.conf")
     _write(units / "memledger-e2e-provision.service", _PROVISION_UNIT)
     _run(["chroot", str(root), "systemctl", "enable", "memledger-e2e-provision.service"], log,
          env=env)
@@ -259,7 +256,7 @@ def guest_image(cache: Path, checkout: Path, python: str, provision: Callable[[P
     rootfs = build_rootfs(cache, log)
     wheels = build_wheels(checkout, cache / "guest" / "wheels", log, python)
     deploy = checkout / "deploy"
-    deploy_files = sorted(p for d in ("systemd", "sysctl") for p in (deploy / d).iterdir()
+    deploy_files = sorted(p for d in ("systemd",) for p in (deploy / d).iterdir()
                           if p.is_file())
     key = _key(rootfs.name, [hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels
                              if w.name.startswith("memledger-")],

@@ -1,0 +1,328 @@
+"""Live collection inside a real EFI guest: Debian 12 under OVMF, memledger installed from
+this checkout's wheel and running under systemd, scraped from the host by Prometheus.
+
+One guest boots once per module (TCG: each step is slow, so the scenario runs in order
+in the ``scenario`` fixture and every test checks what it recorded):
+
+1. the boot set up by the real ``memledger boot-setup --apply`` (the provisioning boot
+   ran it and update-grub), with ``crashkernel=256M``;
+2. both units active; the daemon stores its own boot;
+3. a crashkernel shrink through /sys/kernel/kexec_crash_size, seen by the bcc back end
+   (kfunc/fexit programs at Debian's default perf_event_paranoid=3);
+4. the collector restarted with the tracefs back end, and a second shrink;
+5. a kexec reboot, which the second boot's ledger must recognise.
+
+The oracles are what the guest kernel says: its "Freeing EFI boot services memory" line,
+/sys/kernel/kexec_crash_size, MemTotal and boot_params.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from memledger.tracer.bootsetup import plan
+from memledger.tracer.lab.firmware import FirmwareError, find_ovmf
+from memledger.tracer.lab.guest import guest_image, provision_boot, tool_missing
+from memledger.tracer.lab.guestvm import GuestVM, free_port
+from memledger.tracer.lab.kernels import default_cache_dir
+from memledger.tracer.lab.qemu import QEMU
+from promrun import Prometheus
+
+CACHE = default_cache_dir()
+REPO = Path(__file__).resolve().parents[2]
+MiB = 1 << 20
+UNITS = ("memledger.service", "memledger-collector.service")
+GUEST_DB = "/var/lib/memledger/memledger.db"
+
+
+def _missing() -> str | None:
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} not installed (Debian package qemu-system-x86)"
+    try:
+        find_ovmf(CACHE)
+    except FirmwareError:
+        return "OVMF not installed (Debian package ovmf)"
+    if (tool := tool_missing()) is not None:
+        return f"{tool} not installed (scripts/install-system-deps installs the guest tools)"
+    if shutil.which("prometheus") is None:
+        return "prometheus not installed (Debian package prometheus)"
+    return None
+
+
+SKIP_REASON = _missing()
+pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
+
+
+@dataclass
+class Shrink:
+    size_before: int
+    size_after: int
+    memtotal_kib_before: int
+    memtotal_kib_after: int
+    freed_metric: float           # memledger_runtime_freed_bytes_total{crash_shrink_memory}
+    events_metric: float          # memledger_runtime_events_total{source=...}
+    managed_metric: float         # memledger_runtime_managed_change_bytes{crash_shrink_memory}
+    stored: list[tuple[str, int, str]] = field(default_factory=list)  # source, bytes, caller
+
+
+@dataclass
+class Scenario:
+    cmdline: list[str] = field(default_factory=list)
+    paranoid: int = -1
+    active: dict[str, str] = field(default_factory=dict)
+    freeing_kib: int | None = None
+    boot_id: str = ""
+    stored_boots: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    collector_log: str = ""
+    bcc: Shrink | None = None
+    tracefs_active: str = ""
+    tracefs_log: str = ""
+    tracefs: Shrink | None = None
+    prom: dict[str, float] = field(default_factory=dict)
+    kexec_loader_byte: str = ""
+    kexec_boot_id: str = ""
+    kexec_freeing_lines: int = -1
+    kexec_boots: list[dict[str, Any]] = field(default_factory=list)
+    kexec_metrics: dict[str, float] = field(default_factory=dict)
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The guest's /metrics through the forwarded port: sample (with labels) -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if (m := _SAMPLE.match(line)) is not None:
+            out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float, step: float = 3.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(step)
+
+
+@pytest.fixture(scope="module")
+def image() -> Path:
+    log = CACHE / "guest" / "build.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    ovmf = find_ovmf(CACHE)
+    return guest_image(CACHE, REPO, sys.executable, provision_boot(ovmf, CACHE / "guest" / "provision"),
+                       log)
+
+
+@pytest.fixture(scope="module")
+def guest(image: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestVM]:
+    work = tmp_path_factory.mktemp("guest")
+    disk = work / "disk.raw"
+    subprocess.run(["cp", "--sparse=always", str(image), str(disk)], check=True)
+    vm = GuestVM(disk, work / "vm", find_ovmf(CACHE), metrics_port=free_port())
+    vm.start()
+    try:
+        vm.connect(600)
+        yield vm
+    finally:
+        vm.stop()
+
+
+def sh(vm: GuestVM, script: str, timeout: float = 300.0) -> str:
+    return vm.sh(script, timeout=timeout).check(script[:60])
+
+
+def wait_active(vm: GuestVM) -> dict[str, str]:
+    """Each unit's state once neither is still starting (bcc compiles for about a minute
+    under TCG; the collector's TimeoutStartSec is 300 s)."""
+    script = ("for i in $(seq 200); do s=$(systemctl is-active " + " ".join(UNITS) +
+              " | tr '\\n' ' '); case \"$s\" in *activating*|*inactive*) sleep 2;; *) break;; "
+              "esac; done; systemctl is-active " + " ".join(UNITS) + "; true")
+    states = vm.sh(script, timeout=480).out.split()
+    return dict(zip(UNITS, states, strict=False))
+
+
+def meminfo_kib(vm: GuestVM) -> int:
+    m = re.search(r"^MemTotal:\s+(\d+) kB", sh(vm, "cat /proc/meminfo"), re.M)
+    assert m is not None
+    return int(m.group(1))
+
+
+def stored_runtime(vm: GuestVM) -> list[tuple[str, int, str]]:
+    """(batch source, bytes, caller) of every crash_shrink_memory event in the guest's
+    database."""
+    code = ("import json, sqlite3; c = sqlite3.connect('file:" + GUEST_DB + "?mode=ro', uri=True);"
+            " print(json.dumps(c.execute(\"select b.source, e.size, e.caller from runtime_events e join "
+            "runtime_batches b on b.id = e.batch_id where e.function = 'crash_shrink_memory' "
+            "order by e.id\").fetchall()))")
+    return [(s, int(n), c) for s, n, c in json.loads(sh(vm, f'/opt/memledger/bin/python -c "{code}"'))]
+
+
+def shrink(vm: GuestVM, port: int, to_mib: int, source: str, events_before: float) -> Shrink:
+    size_before = int(sh(vm, "cat /sys/kernel/kexec_crash_size"))
+    mem_before = meminfo_kib(vm)
+    sh(vm, f"echo {to_mib * MiB} > /sys/kernel/kexec_crash_size")
+    size_after = int(sh(vm, "cat /sys/kernel/kexec_crash_size"))
+    mem_after = meminfo_kib(vm)
+    key = f'memledger_runtime_events_total{{source="{source}"}}'
+    m = wait_until(f"a {source} runtime event in /metrics",
+                   lambda: (s := scrape(port)).get(key, 0) > events_before and s, 180)
+    return Shrink(size_before, size_after, mem_before, mem_after,
+                  m.get('memledger_runtime_freed_bytes_total{function="crash_shrink_memory"}', -1),
+                  m[key], m.get('memledger_runtime_managed_change_bytes{caller="crash_shrink_memory"}',
+                               -1), stored_runtime(vm))
+
+
+@pytest.fixture(scope="module")
+def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scenario]:
+    vm, port = guest, guest.metrics_port
+    assert port is not None
+    s = Scenario()
+    prom = Prometheus(tmp_path_factory.mktemp("prometheus"), {"guest": f"127.0.0.1:{port}"}, [])
+    try:
+        s.cmdline = sh(vm, "cat /proc/cmdline").split()
+        s.paranoid = int(sh(vm, "cat /proc/sys/kernel/perf_event_paranoid"))
+        s.active = wait_active(vm)
+        m = re.search(r"Freeing EFI boot services memory: (\d+)K", sh(vm, "dmesg"))
+        s.freeing_kib = int(m.group(1)) if m else None
+        s.boot_id = sh(vm, "cat /proc/sys/kernel/random/boot_id").strip()
+        boots = f"memledger boots --json --db {GUEST_DB}"
+        s.stored_boots = wait_until("the guest's boot in its store",
+                                    lambda: json.loads(vm.sh(boots).out or "[]"), 240)
+        s.metrics = wait_until("the ledger in /metrics", lambda: (
+            m := scrape(port)).get('memledger_efi_boot_services_bytes{state="reclaimed"}') and m, 120)
+        s.collector_log = sh(vm, "journalctl -b -u memledger-collector --no-pager")
+
+        s.bcc = shrink(vm, port, 192, "bcc", 0)
+
+        sh(vm, "echo MEMLEDGER_BACKEND=tracefs >> /etc/default/memledger-collector && "
+               "systemctl restart memledger-collector.service")
+        s.tracefs_active = wait_active(vm)["memledger-collector.service"]
+        s.tracefs_log = sh(vm, "journalctl -b -u memledger-collector --no-pager | tail -n 20")
+        s.tracefs = shrink(vm, port, 128, "tracefs", 0)
+
+        def prom_values() -> dict[str, float] | None:
+            out = {}
+            for key, expr in {
+                "reclaimed": 'memledger_efi_boot_services_bytes{instance="guest",state="reclaimed"}',
+                "freed": 'memledger_runtime_freed_bytes_total{instance="guest",'
+                         'function="crash_shrink_memory"}',
+                "bcc": 'memledger_runtime_events_total{instance="guest",source="bcc"}',
+                "tracefs": 'memledger_runtime_events_total{instance="guest",source="tracefs"}',
+            }.items():
+                got = prom.query(expr)
+                if not got:
+                    return None
+                out[key] = float(got[0]["value"][1])
+            return out if out["freed"] >= s.bcc.freed_metric + 64 * MiB else None  # type: ignore[union-attr]
+        s.prom = wait_until("the guest's figures in the host Prometheus", prom_values, 120, 2)
+    finally:
+        prom.stop()
+
+    release = sh(vm, "uname -r").strip()
+    sh(vm, f"kexec -l /boot/vmlinuz-{release} --initrd=/boot/initrd.img-{release} --reuse-cmdline")
+    vm.sh_detached("sleep 1; systemctl kexec")
+    time.sleep(20)
+    vm.connect(600)
+    s.kexec_boot_id = sh(vm, "cat /proc/sys/kernel/random/boot_id").strip()
+    s.kexec_loader_byte = sh(vm, "od -A n -t x1 -j 0x210 -N 1 /sys/kernel/boot_params/data").strip()
+    s.kexec_freeing_lines = len(re.findall("Freeing EFI boot services memory", sh(vm, "dmesg")))
+    wait_active(vm)
+    s.kexec_boots = wait_until("the kexec boot in the store",
+                               lambda: len(b := json.loads(vm.sh(boots).out or "[]")) >= 2 and b,
+                               240)
+    s.kexec_metrics = wait_until("the kexec boot in /metrics", lambda: (
+        m := scrape(port)).get('memledger_anomalies{code="kexec_boot"}') == 1 and m, 120)
+    yield s
+
+
+def test_the_boot_carries_every_boot_setup_argument(scenario: Scenario) -> None:
+    wanted = plan(None, []).args
+    assert wanted and all(a in scenario.cmdline for a in wanted), (wanted, scenario.cmdline)
+    assert "crashkernel=256M" in scenario.cmdline
+    assert not any(a.startswith("efi=") and "debug" in a for a in scenario.cmdline)
+
+
+def test_both_units_are_active_under_systemd(scenario: Scenario) -> None:
+    assert scenario.active == {u: "active" for u in UNITS}, scenario.active
+
+
+def test_the_daemon_stores_its_own_boot_with_the_kernels_reclaim(scenario: Scenario) -> None:
+    assert scenario.freeing_kib is not None and scenario.freeing_kib > 0
+    (boot,) = scenario.stored_boots
+    assert boot["boot_id"] == scenario.boot_id
+    assert boot["efi_boot_services"]["reclaimed_bytes"] == scenario.freeing_kib * 1024
+    assert scenario.metrics['memledger_efi_boot_services_bytes{state="reclaimed"}'] == \
+        scenario.freeing_kib * 1024
+
+
+def test_bcc_attaches_through_trampolines_at_debians_paranoid_level(scenario: Scenario) -> None:
+    # Debian's default perf_event_paranoid=3 (no sysctl installed): kprobes through
+    # perf_event_open would be refused without CAP_SYS_ADMIN; fentry/fexit are not.
+    assert scenario.paranoid == 3
+    assert "bcc back end (kfunc): probing" in scenario.collector_log, scenario.collector_log[-2000:]
+
+
+def _check_shrink(sh_: Shrink | None, source: str, earlier: int) -> None:
+    assert sh_ is not None
+    freed = sh_.size_before - sh_.size_after
+    assert freed == 64 * MiB, (sh_.size_before, sh_.size_after)
+    assert (sh_.memtotal_kib_after - sh_.memtotal_kib_before) * 1024 == freed
+    assert sh_.freed_metric == earlier + freed
+    assert sh_.events_metric >= 1
+    # The zones' managed pages grew by the same amount, page by page from
+    # crash_shrink_memory (free_reserved_page is inlined there): summed in the kernel by
+    # bcc, from each kprobe hit by tracefs.
+    assert sh_.managed_metric == earlier + freed
+    # kernel/ksysfs.c: kexec_crash_size_store() is what calls crash_shrink_memory().
+    assert sh_.stored[-1] == (source, freed, "kexec_crash_size_store"), sh_.stored
+
+
+def test_bcc_sees_the_crashkernel_shrink(scenario: Scenario) -> None:
+    _check_shrink(scenario.bcc, "bcc", 0)
+
+
+def test_the_tracefs_fallback_sees_the_second_shrink(scenario: Scenario) -> None:
+    assert scenario.tracefs_active == "active"
+    assert "tracefs back end: probing" in scenario.tracefs_log, scenario.tracefs_log
+    _check_shrink(scenario.tracefs, "tracefs", 64 * MiB)
+    assert scenario.tracefs is not None and len(scenario.tracefs.stored) == 2
+
+
+def test_the_host_prometheus_scrapes_the_same_figures(scenario: Scenario) -> None:
+    assert scenario.freeing_kib is not None
+    assert scenario.prom["reclaimed"] == scenario.freeing_kib * 1024
+    assert scenario.prom["freed"] == 128 * MiB
+    assert scenario.prom["bcc"] >= 1 and scenario.prom["tracefs"] >= 1
+
+
+def test_a_kexec_boot_is_recognised_and_not_called_a_leak(scenario: Scenario) -> None:
+    assert scenario.kexec_boot_id and scenario.kexec_boot_id != scenario.boot_id
+    assert scenario.kexec_loader_byte == "d0"
+    assert scenario.kexec_freeing_lines == 0
+    newest = scenario.kexec_boots[0]
+    assert newest["boot_id"] == scenario.kexec_boot_id
+    assert newest["efi_boot_services"]["reclaimed_bytes"] is None
+    assert newest["efi_boot_services"]["total_bytes"] is None
+    m = scenario.kexec_metrics
+    assert m['memledger_anomalies{code="leak"}'] == 0
+    assert 'memledger_efi_boot_services_bytes{state="reclaimed"}' not in m
+    assert any(k.startswith("memledger_boot_info{") and 'loader="kexec"' in k for k in m), m
