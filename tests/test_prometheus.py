@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -132,7 +133,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[
             'memledger_ingest_total{result="failed", instance="failing"} == 1') != [], 60)
         wait_for("the lost store to be scraped", lambda: prom.query(
             'memledger_store_up{instance="storedown"} == 0') != [], 60)
-        yield {"prom": prom, "daemons": daemons}
+        yield {"prom": prom, "daemons": daemons, "down_since": time.monotonic()}
     finally:
         prom.stop()
         for d in daemons.values():
@@ -220,11 +221,18 @@ def test_exactly_the_expected_alerts_fire(stack: dict[str, Any]) -> None:
         return {(r["metric"]["alertname"], r["metric"]["instance"])
                 for r in prom.query('ALERTS{alertstate="firing"}')}
 
-    wait_for("the alerts to fire", lambda: firing() >= EXPECTED_ALERTS, 60)
-    assert firing() == EXPECTED_ALERTS
-    pending = {(r["metric"]["alertname"], r["metric"]["instance"])
-               for r in prom.query('ALERTS{alertstate="pending"}')}
-    assert pending == EXPECTED_PENDING
+    def pending() -> set[tuple[str, str]]:
+        return {(r["metric"]["alertname"], r["metric"]["instance"])
+                for r in prom.query('ALERTS{alertstate="pending"}')}
+
+    # The rules are evaluated every second, so the pending alert may show a moment after
+    # the firing ones; and on a slow run the 5 minutes of `for:` may have passed.
+    wait_for("the alerts to fire", lambda: firing() >= EXPECTED_ALERTS
+             and (pending() | firing()) >= EXPECTED_PENDING, 60)
+    late = time.monotonic() - stack["down_since"] > 290
+    assert firing() - (EXPECTED_PENDING if late else set()) == EXPECTED_ALERTS
+    if not late:
+        assert pending() == EXPECTED_PENDING
     # Every alert expression, evaluated directly, returns data exactly for its host.
     import yaml
     rules = yaml.safe_load(ALERTS.read_text())["groups"][0]["rules"]

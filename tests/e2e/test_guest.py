@@ -169,11 +169,13 @@ def meminfo_kib(vm: GuestVM) -> int:
 def stored_runtime(vm: GuestVM) -> list[tuple[str, int, str]]:
     """(batch source, bytes, caller) of every crash_shrink_memory event in the guest's
     database."""
-    code = ("import json, sqlite3; c = sqlite3.connect('file:" + GUEST_DB + "?mode=ro', uri=True);"
-            " print(json.dumps(c.execute(\"select b.source, e.size, e.caller from runtime_events e join "
-            "runtime_batches b on b.id = e.batch_id where e.function = 'crash_shrink_memory' "
-            "order by e.id\").fetchall()))")
-    return [(s, int(n), c) for s, n, c in json.loads(sh(vm, f'/opt/memledger/bin/python -c "{code}"'))]
+    code = ("import json, sqlite3\n"
+            f"c = sqlite3.connect('file:{GUEST_DB}?mode=ro', uri=True)\n"
+            "print(json.dumps(c.execute(\"select b.source, e.size, e.caller from runtime_events e "
+            "join runtime_batches b on b.id = e.batch_id "
+            "where e.function = 'crash_shrink_memory' order by e.id\").fetchall()))\n")
+    out = sh(vm, f"/opt/memledger/bin/python - <<'EOF'\n{code}EOF")
+    return [(s, int(n), c) for s, n, c in json.loads(out)]
 
 
 def shrink(vm: GuestVM, port: int, to_mib: int, source: str, events_before: float) -> Shrink:
