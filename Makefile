@@ -10,7 +10,7 @@ TYPECHECK_ROOT := build/typecheck
 # The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
 # checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
 
-.PHONY: all run test lint typecheck unit e2e dashboards lab-kernels boot-fixtures venv system-deps clean
+.PHONY: all run test lint typecheck unit e2e bench dashboards lab-kernels boot-fixtures venv system-deps clean
 
 all: test
 
@@ -36,12 +36,13 @@ run: venv
 	@STATE_DIRECTORY=$(RUN_DIR)/state exec $(BIN)/memledger daemon --web.listen-address $(RUN_LISTEN)
 
 lint: venv
-	$(BIN)/ruff check tracer store exporters tests
+	$(BIN)/ruff check tracer store exporters tests bench
 
 typecheck: venv
 	mkdir -p $(TYPECHECK_ROOT)/memledger
 	for p in tracer store exporters; do ln -sfn ../../../$$p $(TYPECHECK_ROOT)/memledger/$$p; done
 	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy -p memledger.tracer -p memledger.store -p memledger.exporters
+	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy -p bench
 
 unit: venv
 	$(BIN)/pytest --ignore=tests/e2e
@@ -54,6 +55,11 @@ lab-kernels: venv
 # Boots every configuration on every cached kernel under QEMU (TCG when KVM does not work).
 e2e: venv lab-kernels
 	$(BIN)/pytest tests/e2e
+
+# Benchmarks (bench/): writes bench/results.json and prints a table for BENCHMARKS.md.
+# Never part of `make test`; they fail only when a run breaks or disagrees with analyze.
+bench: venv
+	$(BIN)/python -m bench.run
 
 # Re-make tests/fixtures/boots from the cached kernels (kernel output, committed).
 boot-fixtures: venv lab-kernels

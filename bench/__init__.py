@@ -1,0 +1,1 @@
+"""memledger's benchmarks (``make bench``); never part of ``make test``."""
