@@ -27,6 +27,22 @@ def run_cli(*args: str, input: bytes | None = None, unprivileged: bool = False) 
                           text=True, timeout=120, check=False)
 
 
+def qemu_missing(cache: Path) -> str | None:
+    """Why QEMU with OVMF cannot run here (the e2e tests skip with it), or None."""
+    import shutil
+
+    from memledger.tracer.lab.firmware import FirmwareError, find_ovmf
+    from memledger.tracer.lab.qemu import QEMU
+
+    if shutil.which(QEMU) is None:
+        return f"{QEMU} not installed (Debian package qemu-system-x86)"
+    try:
+        find_ovmf(cache)
+    except FirmwareError:
+        return "OVMF not installed (Debian package ovmf)"
+    return None
+
+
 def analyze_json(path: str | Path) -> Any:
     proc = run_cli("analyze", str(path), "--json")
     assert proc.returncode == 0, proc.stderr

@@ -14,24 +14,18 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import analyze_json, run_cli
+from conftest import analyze_json, qemu_missing, run_cli
 from identities import EXPECTED, check_all, load_boot
-from memledger.tracer.lab.firmware import FirmwareError, find_ovmf
 from memledger.tracer.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
 from memledger.tracer.lab.matrix import MatrixOutcome, plan, run_matrix
-from memledger.tracer.lab.qemu import QEMU
 
 CACHE = default_cache_dir()
 
 
 def _missing_tool() -> str | None:
     """Why the lab cannot run here, or None."""
-    if shutil.which(QEMU) is None:
-        return f"{QEMU} not installed (Debian package qemu-system-x86)"
-    try:
-        find_ovmf(CACHE)
-    except FirmwareError:
-        return "OVMF not installed (Debian package ovmf)"
+    if (why := qemu_missing(CACHE)) is not None:
+        return why
     if not Path("/bin/busybox").is_file():
         return "/bin/busybox not installed (Debian package busybox-static)"
     if shutil.which("cpio") is None:

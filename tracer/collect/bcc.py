@@ -164,6 +164,36 @@ static inline void emit(struct hit_t *h) {
 }
 """
 
+def _fexit(function: str, args: str, event: str) -> str:
+    """An fexit program: the return value (the last of ``args``) and the stack, from which
+    the caller is read."""
+    return f"""
+KRETFUNC_PROBE({function}, {args}) {{
+    struct hit_t h = {{}};
+    begin(&h, ID_{event});
+    h.ret = ret;
+    h.stack = stacks.get_stackid(ctx, 0);
+    emit(&h);
+    return 0;
+}}"""
+
+
+_PAGES_ARGS = "u64 pfn, u64 nr_pages, u64 zone, u64 group, int ret"
+
+
+def _pages(function: str, event: str) -> str:
+    """The fentry program of online_pages/offline_pages(pfn, nr_pages, …)."""
+    return f"""
+KFUNC_PROBE({function}, u64 pfn, u64 nr_pages) {{
+    struct hit_t h = {{}};
+    begin(&h, ID_{event});
+    h.a0 = pfn;
+    h.a1 = nr_pages;
+    emit(&h);
+    return 0;
+}}"""
+
+
 _KFUNC: dict[str, str] = {
     "fra": r"""
 KFUNC_PROBE(free_reserved_area, u64 start, u64 end, int poison, u64 s) {
@@ -177,15 +207,8 @@ KFUNC_PROBE(free_reserved_area, u64 start, u64 end, int poison, u64 s) {
     emit(&h);
     return 0;
 }""",
-    "fra_ret": r"""
-KRETFUNC_PROBE(free_reserved_area, u64 start, u64 end, int poison, u64 s, long ret) {
-    struct hit_t h = {};
-    begin(&h, ID_fra_ret);
-    h.ret = ret;
-    h.stack = stacks.get_stackid(ctx, 0);
-    emit(&h);
-    return 0;
-}""",
+    "fra_ret": _fexit("free_reserved_area", "u64 start, u64 end, int poison, u64 s, long ret",
+                      "fra_ret"),
     "crash_free": r"""
 KFUNC_PROBE(crash_free_reserved_phys_range, u64 begin_, u64 end) {
     struct hit_t h = {};
@@ -206,51 +229,11 @@ KFUNC_PROBE(crash_shrink_memory, u64 new_size) {
     emit(&h);
     return 0;
 }""",
-    "crash_shrink_ret": r"""
-KRETFUNC_PROBE(crash_shrink_memory, u64 new_size, int ret) {
-    struct hit_t h = {};
-    begin(&h, ID_crash_shrink_ret);
-    h.ret = ret;
-    h.stack = stacks.get_stackid(ctx, 0);
-    emit(&h);
-    return 0;
-}""",
-    "online": r"""
-KFUNC_PROBE(online_pages, u64 pfn, u64 nr_pages) {
-    struct hit_t h = {};
-    begin(&h, ID_online);
-    h.a0 = pfn;
-    h.a1 = nr_pages;
-    emit(&h);
-    return 0;
-}""",
-    "online_ret": r"""
-KRETFUNC_PROBE(online_pages, u64 pfn, u64 nr_pages, u64 zone, u64 group, int ret) {
-    struct hit_t h = {};
-    begin(&h, ID_online_ret);
-    h.ret = ret;
-    h.stack = stacks.get_stackid(ctx, 0);
-    emit(&h);
-    return 0;
-}""",
-    "offline": r"""
-KFUNC_PROBE(offline_pages, u64 pfn, u64 nr_pages) {
-    struct hit_t h = {};
-    begin(&h, ID_offline);
-    h.a0 = pfn;
-    h.a1 = nr_pages;
-    emit(&h);
-    return 0;
-}""",
-    "offline_ret": r"""
-KRETFUNC_PROBE(offline_pages, u64 pfn, u64 nr_pages, u64 zone, u64 group, int ret) {
-    struct hit_t h = {};
-    begin(&h, ID_offline_ret);
-    h.ret = ret;
-    h.stack = stacks.get_stackid(ctx, 0);
-    emit(&h);
-    return 0;
-}""",
+    "crash_shrink_ret": _fexit("crash_shrink_memory", "u64 new_size, int ret", "crash_shrink_ret"),
+    "online": _pages("online_pages", "online"),
+    "online_ret": _fexit("online_pages", _PAGES_ARGS, "online_ret"),
+    "offline": _pages("offline_pages", "offline"),
+    "offline_ret": _fexit("offline_pages", _PAGES_ARGS, "offline_ret"),
     "amc": r"""
 KFUNC_PROBE(adjust_managed_page_count, u64 page, long count) {
     s64 id = stacks.get_stackid(ctx, 0);
