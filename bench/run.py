@@ -11,6 +11,7 @@ fail on speed.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -22,9 +23,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.captures import CaptureSet, source_captures, write_captures
 from bench.corpus import Boot, corpus, load_sources
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 WORK = HERE / "work"
 RESULTS = HERE / "results.json"
 MEMLEDGER = str(Path(sys.executable).with_name("memledger"))
@@ -115,7 +118,74 @@ def bench_parse(n: int = 200) -> dict[str, Any]:
     }
 
 
-BENCHES: dict[str, Callable[[], dict[str, Any]]] = {"parse": bench_parse}
+def _pg() -> Any:
+    """tests/pgserver.py's PgServer (Debian's postgresql in a temporary directory)."""
+    spec = importlib.util.spec_from_file_location("pgserver", ROOT / "tests" / "pgserver.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.PgServer()
+
+
+def _stored_headlines(db: str) -> dict[tuple[str, str], tuple[Any, ...]]:
+    rows = json.loads(_sh([MEMLEDGER, "boots", "--db", db, "--json"]).stdout)
+    return {(r["machine_id"], r["boot_id"]): (
+        r["efi_boot_services"]["total_bytes"], r["efi_boot_services"]["reclaimed_bytes"],
+        r["efi_boot_services"]["kept_bytes"], r["efi_boot_services"]["leaked_bytes"],
+        r["low_memory"]["reserved_bytes"]) for r in rows}
+
+
+def _check_backfill(name: str, db: str, caps: CaptureSet, expected: dict[str, tuple[Any, ...]],
+                    summary: str) -> None:
+    """Every capture stored once, new, with its source boot's figures."""
+    if summary != f"{len(caps.files)} new, 0 replaced, 0 duplicate, 0 older, 0 failed":
+        raise SystemExit(f"bench backfill ({name}): ingest said {summary!r}")
+    stored = _stored_headlines(db)
+    if set(stored) != set(caps.source):
+        raise SystemExit(f"bench backfill ({name}): {len(stored)} boots stored for "
+                         f"{len(caps.source)} captures")
+    for key, src in caps.source.items():
+        if stored[key] != expected[src]:
+            raise SystemExit(f"bench backfill ({name}): boot {key[1]} stored {stored[key]}, "
+                             f"its source {src} gives {expected[src]}")
+
+
+def bench_backfill(n: int = 10_000) -> dict[str, Any]:
+    """`memledger ingest` of n capture files into SQLite and PostgreSQL, against reading
+    the same files with `gzip -dc`."""
+    caps = write_captures(WORK / "captures", SEED, n)
+    expected = {}
+    for src, path in source_captures(WORK / "sources", set(caps.source.values())).items():
+        (ledger,) = _ledgers(_sh([MEMLEDGER, "analyze", str(path), "--json"]).stdout)
+        h = _headline(ledger)
+        expected[src] = (h[1], h[2], h[3], h[4], h[5])
+    zcat_s, _ = _best(lambda: subprocess.run(f"cat {caps.directory}/*.tar.gz | gzip -dc >/dev/null",
+                                             shell=True, check=True), 1)
+    out: dict[str, Any] = {"captures": n, "bytes": caps.bytes, "jobs": os.cpu_count(),
+                           "batch": 256, "zcat_seconds": zcat_s}
+
+    def run(name: str, db: str) -> None:
+        t0 = time.perf_counter()
+        proc = _sh([MEMLEDGER, "ingest", "--db", db, str(caps.directory)])
+        seconds = time.perf_counter() - t0
+        _check_backfill(name, db, caps, expected, proc.stderr.decode().strip().splitlines()[-1])
+        out[name] = {"seconds": seconds, "captures_per_s": n / seconds,
+                     "ratio_to_zcat": seconds / zcat_s, "consistent": True}
+
+    sqlite = WORK / "backfill.db"
+    for f in WORK.glob("backfill.db*"):
+        f.unlink()
+    run("sqlite", f"sqlite:///{sqlite}")
+    pg = _pg()
+    pg.start()
+    try:
+        run("postgresql", pg.new_database())
+    finally:
+        pg.stop()
+    return out
+
+
+BENCHES: dict[str, Callable[[], dict[str, Any]]] = {"parse": bench_parse, "backfill": bench_backfill}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -125,6 +195,12 @@ def _table(results: dict[str, Any]) -> str:
                     f"{p['analyze_mb_per_s']:6.1f} MB/s ({p['analyze_mb_per_s_without_startup']:.1f} "
                     f"without start-up), {p['ratio_to_grep']:.1f}x grep -c "
                     f"({p['grep_mb_per_s']:.0f} MB/s)")
+    if b := results.get("backfill"):
+        for db in ("sqlite", "postgresql"):
+            if r := b.get(db):
+                rows.append(f"backfill {b['captures']} captures ({b['bytes'] / 1e6:.0f} MB) into "
+                            f"{db}: {r['seconds']:.1f} s, {r['captures_per_s']:.0f} captures/s, "
+                            f"{r['ratio_to_zcat']:.0f}x gzip -dc ({b['jobs']} parse processes)")
     return "\n".join(rows)
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import multiprocessing
 import os
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -15,16 +18,26 @@ import click
 from memledger.exporters.errors import fail
 from memledger.store.db import StoreError, make_engine, resolve_url
 from memledger.store.files import atomic_write
-from memledger.store.ingest import BadCapture, prepare, reprocess
-from memledger.store.ingest import ingest as store_ingest
+from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
+from memledger.store.ingest import ingest_many as store_ingest_many
 from memledger.store.migrate import upgrade
 from memledger.store.queries import list_boots
 from memledger.tracer.capture import CaptureError, record
 from memledger.tracer.reader import FsTree
 from rich import box
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -111,36 +124,97 @@ def capture(root: str, output: str, machine_id: str | None, boot_id: str | None,
 INGEST_EXAMPLES = """
 \b
 examples:
+    memledger ingest /srv/captures/                  # every *.tar.gz in it
     memledger ingest /srv/captures/*.tar.gz
     memledger ingest --db postgresql+psycopg://memledger@fleetdb/memledger boot.tar.gz
+    memledger ingest -j 1 boot.tar.gz                # parse in this process only
 """
+
+# Captures written per transaction: a few bulk statements each (store/ingest.py).
+INGEST_BATCH = 256
+
+
+def _capture_paths(args: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    for arg in args:
+        if os.path.isdir(arg):
+            out.extend(sorted(os.path.join(arg, n) for n in os.listdir(arg) if n.endswith(".tar.gz")))
+        else:
+            out.append(arg)
+    return out
+
+
+def _prepare_path(path: str) -> tuple[str, Prepared | None, str | None]:
+    """Read and parse one capture file (in a worker process): the result or why not."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+        return path, prepare(data, VERSION), None
+    except OSError as exc:
+        return path, None, f"{path}: {os.strerror(exc.errno or 0) or exc}"
+    except BadCapture as exc:
+        return path, None, f"{path}: {exc}"
+
+
+class _Rate(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed or 0:,.0f} captures/s")
+
+
+def _quiet_worker() -> None:
+    gc.disable()  # see analyze: parsing makes no reference cycles
+
+
+def _prepared(paths: list[str], jobs: int) -> Iterator[tuple[str, Prepared | None, str | None]]:
+    """Each file parsed, in order; by ``jobs`` worker processes when there are enough files
+    to pay for starting them (forkserver: no fork of this process's threads)."""
+    if jobs <= 1 or len(paths) < 2 * INGEST_BATCH:
+        yield from map(_prepare_path, paths)
+        return
+    ctx = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_quiet_worker) as pool:
+        yield from pool.map(_prepare_path, paths, chunksize=16)
 
 
 @click.command(epilog=INGEST_EXAMPLES)
-@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("files", nargs=-1, required=True, type=click.Path())
 @DB_OPTION
-def ingest(files: tuple[str, ...], db: str | None) -> None:
-    """Store capture FILES (one transaction each); a boot already stored is counted, not
-    doubled. Bad files are reported one per line and the rest are still stored."""
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
+              show_default="the number of CPUs",
+              help="Processes that parse captures; one process writes the database.")
+def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
+    """Store capture FILES (files, or directories of *.tar.gz); a boot already stored is
+    counted, not doubled. Bad files are reported one per line and the rest are still
+    stored. Captures are written in batches of 256, one transaction each."""
     counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0, "failed": 0}
     errors: list[str] = []
+    paths = _capture_paths(files)
     err = Console(stderr=True)
+    gc.disable()
+    columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _Rate(),
+               TimeElapsedColumn(), TimeRemainingColumn())
     with open_store(db, create=True) as engine, \
-            Progress(console=err, transient=True, disable=len(files) < 2 or not err.is_terminal) as bar:
-        task = bar.add_task("ingest", total=len(files))
-        for path in files:
-            try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
-                result = store_ingest(engine, prepare(data, VERSION), origin=path)
+            Progress(*columns, console=err, transient=True,
+                     disable=len(paths) < 2 or not err.is_terminal) as bar:
+        task = bar.add_task("ingest", total=len(paths))
+        batch: list[tuple[Prepared, str | None]] = []
+
+        def flush() -> None:
+            for result in store_ingest_many(engine, batch):
                 counts[result.status] += 1
-            except OSError as exc:
+            bar.advance(task, len(batch))
+            batch.clear()
+
+        for path, prepared, why in _prepared(paths, jobs):
+            if prepared is None:
                 counts["failed"] += 1
-                errors.append(f"{path}: {os.strerror(exc.errno or 0) or exc}")
-            except BadCapture as exc:
-                counts["failed"] += 1
-                errors.append(f"{path}: {exc}")
-            bar.advance(task)
+                errors.append(why or path)
+                bar.advance(task)
+                continue
+            batch.append((prepared, path))
+            if len(batch) >= INGEST_BATCH:
+                flush()
+        flush()
     for line in errors:
         click.echo(f"memledger: error: {line}", err=True)
     click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)

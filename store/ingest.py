@@ -1,25 +1,31 @@
 """Ingest capture files into the store, and rebuild ledgers from the stored captures.
 
 :func:`prepare` does the parsing and the ledger outside any transaction (pure).
-:func:`ingest` then writes one capture in one transaction, with bulk inserts:
+:func:`ingest_many` then writes a batch of captures in one transaction, with a fixed
+handful of bulk statements whatever the batch's size (:func:`ingest` is a batch of one).
+For each capture:
 
 - a new boot is stored (``new``);
 - the same file again is a counted no-op (``duplicate``);
 - a capture of a stored boot taken later than the stored one replaces it, ledger and
   events included (``replaced``); an earlier one is a counted no-op (``older``).
 
+Captures of one boot within a batch are decided in the batch's order, as if they had
+come one by one; only the last one that wins is written.
+
 Boots are keyed by (machine id, boot id). On PostgreSQL, many daemons may ingest at once:
-the host and boot rows are created with ``ON CONFLICT DO NOTHING`` and the boot row is
+the host and boot rows are created with ``ON CONFLICT DO NOTHING`` and the boot rows are
 then locked (``SELECT … FOR UPDATE``), so two captures of one boot are decided one after
-the other and no boot is lost or doubled. On SQLite, ``BEGIN IMMEDIATE`` serialises
-writers.
+the other and no boot is lost or doubled. Every keyed statement goes in key order, so two
+batches lock rows in the same order and cannot deadlock. On SQLite, ``BEGIN IMMEDIATE``
+serialises writers.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -27,11 +33,22 @@ from typing import Any, Literal
 from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
-from memledger.store.rows import dialect_insert, upsert_host
+from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledgers
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    tuple_,
+    update,
+)
 
 __all__ = (
     "BadCapture",
@@ -41,6 +58,7 @@ __all__ = (
     "Status",
     "ingest",
     "ingest_bytes",
+    "ingest_many",
     "prepare",
     "reprocess",
 )
@@ -122,55 +140,134 @@ def prepare(data: bytes, version: str) -> Prepared:
     return _computed(data, hashlib.sha256(data).hexdigest(), version)
 
 
-def _locked_boot(conn: Connection, host_pk: int, boot_id: str) -> tuple[int, int | None]:
-    conn.execute(dialect_insert(conn)(boots).values(host_id=host_pk, boot_id=boot_id)
-                 .on_conflict_do_nothing(index_elements=["host_id", "boot_id"]))
-    row = conn.execute(select(boots.c.id, boots.c.capture_id)
-                       .where(boots.c.host_id == host_pk, boots.c.boot_id == boot_id)
-                       .with_for_update()).one()
-    return row.id, row.capture_id
+_BOOT_COLUMNS = ("kernel_release", "cmdline", "efi", "firmware_vendor", "firmware_version",
+                 "product", "fidelity")
 
 
-def _write_boot(conn: Connection, boot_pk: int, p: Prepared, now: datetime) -> None:
-    """Replace the boot's columns, ledger and events with ``p``'s."""
+def _host_pks(conn: Connection, items: Sequence[tuple[Prepared, str | None]],
+              now: datetime) -> dict[str, int]:
+    """Each host's primary key, creating rows for new hosts; ``last_seen`` becomes ``now``
+    and the host name the batch's last one given."""
+    names: dict[str, str | None] = {}
+    for p, _ in items:
+        m = p.manifest
+        names[m.machine_id] = m.hostname or names.get(m.machine_id)
+    mids = sorted(names)
+    conn.execute(dialect_insert(conn)(hosts).on_conflict_do_nothing(index_elements=["machine_id"]),
+                 [{"machine_id": mid, "hostname": names[mid], "first_seen": now, "last_seen": now}
+                  for mid in mids])
+    pks = {r.machine_id: r.id for r in conn.execute(
+        select(hosts.c.machine_id, hosts.c.id).where(hosts.c.machine_id.in_(mids)))}
+    conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id")).values(
+        last_seen=now, hostname=func.coalesce(bindparam("b_hostname", type_=String), hosts.c.hostname)),
+        [{"b_id": pks[mid], "b_hostname": names[mid]} for mid in mids])
+    return pks
+
+
+def _locked_boots(conn: Connection, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Any]:
+    """The boot rows for ``keys`` (host pk, boot id), created when new, locked."""
+    conn.execute(dialect_insert(conn)(boots).on_conflict_do_nothing(index_elements=["host_id", "boot_id"]),
+                 [{"host_id": h, "boot_id": b} for h, b in keys])
+    rows = conn.execute(select(boots.c.id, boots.c.host_id, boots.c.boot_id, boots.c.capture_id)
+                        .where(tuple_(boots.c.host_id, boots.c.boot_id).in_(keys))
+                        .order_by(boots.c.id).with_for_update()).all()
+    return {(r.host_id, r.boot_id): r for r in rows}
+
+
+def _decide(items: Sequence[tuple[Prepared, str | None]], key_of: list[tuple[int, str]],
+            current: dict[tuple[int, str], tuple[str, datetime]]) -> list[Status]:
+    """Each capture's status, in order; ``current`` becomes what each boot ends up with."""
+    out: list[Status] = []
+    for (p, _), key in zip(items, key_of, strict=True):
+        cur = current.get(key)
+        status: Status
+        if cur is None:
+            status = "new"
+        elif cur[0] == p.sha256:
+            status = "duplicate"
+        elif cur[1] >= p.manifest.captured_at:
+            status = "older"
+        else:
+            status = "replaced"
+        if status in ("new", "replaced"):
+            current[key] = (p.sha256, p.manifest.captured_at)
+        out.append(status)
+    return out
+
+
+def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
+           superseded: list[int], now: datetime) -> None:
+    """Store each winning capture and point its boot at it, replacing the boot's columns,
+    ledger and events; then drop the captures they replace."""
+    cap_ids = conn.execute(insert(captures).returning(captures.c.id, sort_by_parameter_order=True), [
+        {"sha256": p.sha256, "size": len(p.data), "format_version": p.manifest.format_version,
+         "memledger_version": p.manifest.memledger_version, "captured_at": p.manifest.captured_at,
+         "ingested_at": now, "origin": origin, "data": p.data}
+        for _, p, origin in winners]).scalars().all()
+    pks = [pk for pk, _, _ in winners]
+    conn.execute(delete(events).where(events.c.boot_pk.in_(pks)))
+    conn.execute(delete(ledgers).where(ledgers.c.boot_pk.in_(pks)))
+    conn.execute(update(boots).where(boots.c.id == bindparam("b_id")).values(
+        capture_id=bindparam("b_capture_id"), captured_at=bindparam("b_captured_at"),
+        ingested_at=now,
+        **{c: bindparam(f"b_{c}", type_=boots.c[c].type) for c in _BOOT_COLUMNS}), [
+        {"b_id": pk, "b_capture_id": cap, "b_captured_at": p.manifest.captured_at,
+         **{f"b_{c}": p.boot[c] for c in _BOOT_COLUMNS}}
+        for (pk, p, _), cap in zip(winners, cap_ids, strict=True)])
+    if superseded:
+        conn.execute(delete(captures).where(captures.c.id.in_(superseded)))
+    conn.execute(insert(ledgers), [{"boot_pk": pk, "computed_at": now, **p.ledger}
+                                   for pk, p, _ in winners])
+    rows = [{"boot_pk": pk, **row} for pk, p, _ in winners for row in p.events]
+    if rows:
+        conn.execute(insert(events), rows)
+
+
+def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
+                now: datetime | None = None) -> list[IngestResult]:
+    """Store prepared captures (each with its origin) in one transaction; their results
+    in order."""
+    if not items:
+        return []
+    now = now or datetime.now(UTC)
+    with writer(engine) as conn, conn.begin():
+        host_pk = _host_pks(conn, items, now)
+        key_of = [(host_pk[p.manifest.machine_id], p.manifest.boot_id) for p, _ in items]
+        rows = _locked_boots(conn, sorted(set(key_of)))
+        old_ids = [r.capture_id for r in rows.values() if r.capture_id is not None]
+        old = {r.id: (r.sha256, as_utc(r.captured_at)) for r in conn.execute(
+            select(captures.c.id, captures.c.sha256, captures.c.captured_at)
+            .where(captures.c.id.in_(old_ids)))} if old_ids else {}
+        current = {k: old[r.capture_id] for k, r in rows.items() if r.capture_id is not None}
+        statuses = _decide(items, key_of, current)
+        # The last capture that won for each boot is the one written.
+        last: dict[tuple[int, str], tuple[Prepared, str | None]] = {}
+        for (p, origin), key, status in zip(items, key_of, statuses, strict=True):
+            if status in ("new", "replaced"):
+                last[key] = (p, origin)
+        if last:
+            winners = [(rows[k].id, p, origin) for k, (p, origin) in sorted(last.items())]
+            superseded = sorted(rows[k].capture_id for k in last if rows[k].capture_id is not None)
+            _write(conn, winners, superseded, now)
+    return [IngestResult(status, p.manifest.machine_id, p.manifest.boot_id, p.sha256,
+                         p.boot["kernel_release"])
+            for (p, _), status in zip(items, statuses, strict=True)]
+
+
+def ingest(engine: Engine, p: Prepared, origin: str | None = None,
+           now: datetime | None = None) -> IngestResult:
+    """Store one prepared capture, in one transaction."""
+    return ingest_many(engine, [(p, origin)], now)[0]
+
+
+def _rewrite_boot(conn: Connection, boot_pk: int, p: Prepared, now: datetime) -> None:
+    """Replace a boot's columns, ledger and events with ``p``'s (its capture stays)."""
     conn.execute(delete(events).where(events.c.boot_pk == boot_pk))
     conn.execute(delete(ledgers).where(ledgers.c.boot_pk == boot_pk))
     conn.execute(update(boots).where(boots.c.id == boot_pk).values(ingested_at=now, **p.boot))
     conn.execute(insert(ledgers).values(boot_pk=boot_pk, computed_at=now, **p.ledger))
     if p.events:
         conn.execute(insert(events), [{"boot_pk": boot_pk, **row} for row in p.events])
-
-
-def ingest(engine: Engine, p: Prepared, origin: str | None = None,
-           now: datetime | None = None) -> IngestResult:
-    """Store one prepared capture, in one transaction."""
-    now = now or datetime.now(UTC)
-    m = p.manifest
-    with writer(engine) as conn, conn.begin():
-        host_pk = upsert_host(conn, m.machine_id, m.hostname, now)
-        boot_pk, old_capture = _locked_boot(conn, host_pk, m.boot_id)
-        status: Status = "new"
-        if old_capture is not None:
-            old = conn.execute(select(captures.c.sha256, captures.c.captured_at)
-                               .where(captures.c.id == old_capture)).one()
-            if old.sha256 == p.sha256:
-                status = "duplicate"
-            elif as_utc(old.captured_at) >= m.captured_at:
-                status = "older"
-            else:
-                status = "replaced"
-        if status in ("new", "replaced"):
-            cap_pk = conn.execute(insert(captures).values(
-                sha256=p.sha256, size=len(p.data), format_version=m.format_version,
-                memledger_version=m.memledger_version, captured_at=m.captured_at,
-                ingested_at=now, origin=origin, data=p.data,
-            ).returning(captures.c.id)).scalar_one()
-            conn.execute(update(boots).where(boots.c.id == boot_pk)
-                         .values(capture_id=cap_pk, captured_at=m.captured_at))
-            if old_capture is not None:
-                conn.execute(delete(captures).where(captures.c.id == old_capture))
-            _write_boot(conn, boot_pk, p, now)
-    return IngestResult(status, m.machine_id, m.boot_id, p.sha256, p.boot["kernel_release"])
 
 
 def ingest_bytes(engine: Engine, data: bytes, version: str, origin: str | None = None,
@@ -211,7 +308,7 @@ def reprocess(engine: Engine, version: str,
             except BadCapture as exc:
                 report.failed.append((row.machine_id, row.boot_id, str(exc)))
             else:
-                _write_boot(conn, row.id, p, datetime.now(UTC))
+                _rewrite_boot(conn, row.id, p, datetime.now(UTC))
                 report.changed += before != json.loads(json.dumps(p.ledger["document"]))
             report.boots += 1
         if progress is not None:

@@ -79,6 +79,18 @@ def test_time_going_back_starts_a_new_boot_without_a_banner() -> None:
 
 
 
+def test_kmsg_sequence_reset_or_time_drop_starts_a_new_boot() -> None:
+    records = _as_kmsg().splitlines()
+    again = _as_kmsg().splitlines()[300:]                  # a wrapped second boot: seq 300+
+    later = [re.sub(r"^(\d+),(\d+),", lambda m: f"{m[1]},{int(m[2]) + 5000},", r) for r in again]
+    # seq goes back (the one continuation line, " SUBSYSTEM=acpi", is in the first 300)
+    assert [len(b.msgs) for b in split_boots("\n".join(records + again))] == [len(G_LINES),
+                                                                             len(again)]
+    boots = split_boots("\n".join(records + later))       # seq goes on, time goes back
+    assert [b.complete for b in boots] == [True, False]
+    assert boots[1].linenos[0] == len(records) + 1
+
+
 # Verbatim from boots under TCG (tests/fixtures/boots): the secondary CPU prints before
 # its clock is set, one line on 6.12.117, two on 6.1.0-47.
 UNSYNCHRONISED_CPU = {

@@ -21,7 +21,7 @@ from alembic.runtime.migration import MigrationContext
 from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.store.db import default_db_path, make_engine, resolve_url
-from memledger.store.ingest import ingest_bytes, reprocess
+from memledger.store.ingest import ingest_bytes, ingest_many, prepare, reprocess
 from memledger.store.migrate import current_revision, head_revision, upgrade
 from memledger.store.queries import boot_ledger, count_rows
 from memledger.store.schema import boots, captures, events, hosts, ledgers, metadata
@@ -152,27 +152,56 @@ def test_reprocess_rebuilds_identical_ledgers(engine: Engine) -> None:
     assert after == before
 
 
-def _writer(url: str, jobs: list[tuple[str, int, int, int]], seed: int) -> dict[str, int]:
+def test_a_batch_decides_each_capture_as_if_it_came_alone(engine: Engine) -> None:
+    """One transaction, eight captures: repeats and versions of one boot among others."""
+    a10, a20, a5 = (make_capture("6.1.0-47-amd64-default", 1, 1, m) for m in (10, 20, 5))
+    b = make_capture("6.12.117+deb12-amd64-memblock", 1, 2, 10)
+    c = make_capture("6.1.0-47-amd64-crashkernel", 2, 1, 10)
+    assert ingest_bytes(engine, c, "before").status == "new"
+    c30 = make_capture("6.1.0-47-amd64-crashkernel", 2, 1, 30)
+    batch = [a10, a10, b, a5, a20, c, c30, a10]
+    results = ingest_many(engine, [(prepare(d, "t"), f"f{i}") for i, d in enumerate(batch)])
+    assert [r.status for r in results] == ["new", "duplicate", "new", "older", "replaced",
+                                           "duplicate", "replaced", "older"]
+    rows = count_rows(engine)
+    assert (rows["hosts"], rows["boots"], rows["captures"], rows["ledgers"]) == (2, 3, 3, 3)
+    with engine.connect() as conn:
+        stored = {bytes(r.data) for r in conn.execute(select(captures.c.data))}
+        origins = {r.origin for r in conn.execute(select(captures.c.origin))}
+        n_memblock = conn.execute(select(func.count()).select_from(events)
+                                  .where(events.c.source == "memblock")).scalar_one()
+    assert stored == {a20, b, c30} and origins == {"f4", "f2", "f6"}
+    # Only b (a memblock=debug boot) has memblock events; one copy of them.
+    assert n_memblock == len(MEMBLOCK_RANGE.findall(
+        (BOOTS / "6.12.117+deb12-amd64-memblock" / "root" / "dmesg.txt").read_text()))
+
+
+def _writer(url: str, jobs: list[tuple[str, int, int, int]], seed: int,
+            batch: int) -> dict[str, int]:
     eng = make_engine(resolve_url(url))
     upgrade(eng)
     order = list(jobs)
     random.Random(seed).shuffle(order)
     out: dict[str, int] = {}
-    for name, host, boot, minutes in order:
-        status = ingest_bytes(eng, make_capture(name, host, boot, minutes), "t").status
-        out[status] = out.get(status, 0) + 1
+    for i in range(0, len(order), batch):
+        items = [(prepare(make_capture(name, host, boot, minutes), "t"), "t")
+                 for name, host, boot, minutes in order[i:i + batch]]
+        for r in ingest_many(eng, items):
+            out[r.status] = out.get(r.status, 0) + 1
     eng.dispose()
     return out
 
 
-def test_concurrent_writers_lose_and_double_nothing(db_url: str) -> None:
-    """Four processes ingest the same 30 boots (each in two versions) in different orders:
-    every boot is stored once, holding its newest capture."""
+@pytest.mark.parametrize("batch", [1, 7])
+def test_concurrent_writers_lose_and_double_nothing(db_url: str, batch: int) -> None:
+    """Four processes ingest the same 30 boots (each in two versions) in different orders,
+    one capture or seven per transaction: every boot is stored once, holding its newest
+    capture."""
     jobs = [(BOOT_NAMES[(h * 5 + b) % len(BOOT_NAMES)], h, b, m)
             for h in range(6) for b in range(5) for m in (1, 2)]
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
-        results = pool.starmap(_writer, [(db_url, jobs, seed) for seed in range(4)])
+        results = pool.starmap(_writer, [(db_url, jobs, seed, batch) for seed in range(4)])
     eng = make_engine(resolve_url(db_url))
     with eng.connect() as conn:
         stored = conn.execute(select(hosts.c.machine_id, boots.c.boot_id, boots.c.captured_at)

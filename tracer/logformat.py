@@ -97,6 +97,8 @@ _ORDER = ("kmsg", "dmesg-raw", "dmesg-decode", "journal", "journal-short", "dmes
 _JOURNAL_MARK = re.compile(r"^-- (?:Boot (?P<boot>[0-9a-f]{32}) --|Reboot --|.*--)$")
 _ANSI = re.compile(r"\x1b(?:\[[0-9;=?]*[A-Za-z]|[()][0-9A-Za-z])")
 _DETECT_LINES = 2000
+# Matches that settle the format (a console log may open with firmware and loader lines).
+_DETECT_ENOUGH = 100
 # A time stamp that goes back by more than this many seconds starts a new boot.
 _TS_RESET = 1.0
 # Records looked at after a time drop before calling it a new boot.
@@ -119,7 +121,8 @@ def _clean_text(text: str) -> str:
 
 
 def detect_format(lines: Sequence[str]) -> str:
-    """The format that matches most of the first lines; ``plain`` when none does."""
+    """The format that matches most of the first lines (it stops at the first format to
+    match ``_DETECT_ENOUGH`` lines); ``plain`` when none does."""
     counts = dict.fromkeys(_ORDER, 0)
     seen = 0
     for raw in lines:
@@ -132,6 +135,8 @@ def detect_format(lines: Sequence[str]) -> str:
         for name in _ORDER:
             if _PATTERNS[name].match(line):
                 counts[name] += 1
+                if counts[name] >= _DETECT_ENOUGH:
+                    return name
                 break
     best = max(_ORDER, key=lambda n: counts[n])
     return best if counts[best] else "plain"
@@ -175,37 +180,51 @@ def _dmesg_prefix(line: str) -> tuple[float, str] | None:
     return ts, line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
 
 
-def _scan_dmesg(lines: list[str]) -> Iterator[_Segment]:
-    """The ``dmesg`` form, by hand: ``[%5lu.%06lu] msg`` (printk's prefix).
+def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
+    """The two common forms by hand, without a regular expression:
 
-    The loop is the hottest in memledger: a few string operations per line, no regular
-    expression, and nothing built per line but the message and its time stamp."""
+    * ``dmesg``: ``[%5lu.%06lu] msg`` (printk's prefix; the space may be missing);
+    * ``kmsg``: ``prio,seq,usec,flags[,…];msg`` (devkmsg_read()); a line that starts with
+      a space is dictionary data of the record before. A sequence number that goes back
+      starts a new boot.
+
+    In both, a banner starts a new boot and a time drop may (see :func:`_cuts`; for kmsg,
+    a later dump of a wrapped ring buffer starts at a higher sequence number). This loop
+    is the hottest in memledger: a few string operations per line, and nothing built per
+    line but the message and its time stamp."""
     seg = _Segment()
     msgs, tss = seg.msgs, seg.ts
-    prev = -1.0
+    prev, prev_seq, seq = -1.0, -1, -1
     ts_max, reset = _TS_MAX, _TS_RESET  # locals: this loop runs once per line
     for lineno, line in enumerate(lines, 1):
-        # The time stamp ends at the first "] ": float() refuses any text with a "]".
-        j = line.find("] ", 2)
         ts = -1.0
-        if j > 0 and line[0] == "[":
-            try:  # noqa: SIM105 (contextlib.suppress costs a context manager per line)
-                ts = float(line[1:j])
-            except ValueError:
-                pass
-        if 0.0 <= ts < ts_max:
-            msg = line[j + 2:]
-        elif (rec := _dmesg_prefix(line)) is not None:
-            ts, msg = rec
+        if kmsg:
+            semi = line.find(";")
+            head = line[:semi].split(",", 3) if semi > 0 else ()
+            if (len(head) == 4 and head[0].isdecimal() and head[1].isdecimal()
+                    and head[2].isdecimal()):
+                seq, ts, msg = int(head[1]), int(head[2]) / 1e6, line[semi + 1:]
         else:
-            if line and not line.isspace():
+            # The time stamp ends at the first "] ": float() refuses any text with a "]".
+            j = line.find("] ", 2)
+            if j > 0 and line[0] == "[":
+                try:  # noqa: SIM105 (contextlib.suppress costs a context manager per line)
+                    ts = float(line[1:j])
+                except ValueError:
+                    pass
+            if 0.0 <= ts < ts_max:
+                msg = line[j + 2:]
+            elif (rec := _dmesg_prefix(line)) is not None:
+                ts, msg = rec
+        if not 0.0 <= ts < ts_max:
+            if line and not line.isspace() and not (kmsg and line[0] == " "):
                 seg.noise.append(lineno)
             if msgs:
                 seg.skipped.append(lineno)
             continue
         if not msgs:
             seg.first = lineno
-        elif msg.startswith("Linux version "):
+        elif seq < prev_seq or msg.startswith("Linux version "):
             yield seg
             seg = _Segment(first=lineno)
             msgs, tss = seg.msgs, seg.ts
@@ -213,19 +232,17 @@ def _scan_dmesg(lines: list[str]) -> Iterator[_Segment]:
             seg.drops.append(len(msgs))
         msgs.append(msg)
         tss.append(ts)
-        prev = ts
+        prev, prev_seq = ts, seq
     yield seg
 
 
 def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
-    """Every other form, with the format's prefix pattern."""
+    """Every other form, with the format's prefix pattern (``plain``: every line)."""
     pattern = _PATTERNS.get(fmt)
     journal = fmt.startswith("journal")
-    kmsg = fmt == "kmsg"
     has_ts = pattern is not None and "ts" in pattern.groupindex
     seg = _Segment()
     prev_ts: float | None = None
-    prev_seq = -1
     for lineno, line in enumerate(lines, 1):
         if journal and line.startswith("-- "):
             mark = _JOURNAL_MARK.match(line)
@@ -238,32 +255,27 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
                     seg.skipped.append(lineno)
                 continue
         m = None
-        if (kmsg and line.startswith(" ")) or not line or line.isspace() or (
-                pattern is not None and (m := pattern.match(line)) is None):
-            # A kmsg line that starts with a space continues the record before it
-            # (dictionary data); blank lines are nothing; anything else is noise.
-            if line and not line.isspace() and not (kmsg and line.startswith(" ")):
+        if not line or line.isspace() or (pattern is not None and (m := pattern.match(line)) is None):
+            if line and not line.isspace():
                 seg.noise.append(lineno)
             if seg.msgs:
                 seg.skipped.append(lineno)
             continue
         if m is None:
-            msg, ts, seq = line, None, -1
-        elif kmsg:
-            msg, seq, ts = line[m.end():], int(m.group("seq")), int(m.group("usec")) / 1e6
+            msg, ts = line, None
         else:
             t = m.group("ts") if has_ts else None
-            msg, seq, ts = line[m.end():], -1, float(t) if t else None
+            msg, ts = line[m.end():], float(t) if t else None
         if not seg.msgs:
             seg.first = lineno
-        elif msg.startswith("Linux version ") or seq < prev_seq:
+        elif msg.startswith("Linux version "):
             yield seg
             seg = _Segment(first=lineno)
         elif ts is not None and prev_ts is not None and ts < prev_ts - _TS_RESET:
             seg.drops.append(len(seg.msgs))
         seg.msgs.append(msg)
         seg.ts.append(ts)
-        prev_ts, prev_seq = ts, seq
+        prev_ts = ts
     yield seg
 
 
@@ -318,7 +330,8 @@ def split_boots(text: str) -> list[BootLog]:
     """Split a kernel log into boots. Returns an empty list when nothing matched."""
     lines = _clean_text(text).split("\n")
     fmt = detect_format(lines[: _DETECT_LINES * 2])
-    segments = _scan_dmesg(lines) if fmt == "dmesg" else _scan(lines, fmt)
+    segments = (_scan_fast(lines, fmt == "kmsg") if fmt in ("dmesg", "kmsg")
+                else _scan(lines, fmt))
     boots: list[BootLog] = []
     for seg in segments:
         for log in _boots(seg, fmt):
