@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ("SOURCES", "Boot", "corpus", "load_sources", "vary")
+__all__ = ("SOURCES", "Boot", "corpus", "load_sources", "release_variant", "vary")
 
 SOURCES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "boots"
 
@@ -58,7 +58,8 @@ def load_sources(root: Path = SOURCES) -> dict[str, str]:
     return out
 
 
-def _release(rng: random.Random, release: str) -> str:
+def release_variant(rng: random.Random, release: str) -> str:
+    """Another Debian ABI or stable number of the same major.minor."""
     m = re.fullmatch(r"(\d+\.\d+)\.(\d+)-(\d+)-(.+)", release)        # 6.1.0-47-amd64
     if m:
         return f"{m[1]}.{m[2]}-{rng.randint(40, 60)}-{m[4]}"
@@ -105,7 +106,7 @@ def _extra_allocations(rng: random.Random, text: str, pairs: int) -> str:
 def vary(rng: random.Random, name: str, text: str, pairs: int) -> Boot:
     m = _RELEASE.search(text)
     old = m.group(1) if m else ""
-    new = _release(rng, old) if old else ""
+    new = release_variant(rng, old) if old else ""
     out = text.replace(old, new) if old else text
     vendor, product = rng.choice(VENDORS)
     bios = f"{rng.randint(1, 3)}.{rng.randint(0, 19)}.{rng.randint(0, 9)}"

@@ -11,6 +11,8 @@ fail on speed.
 
 from __future__ import annotations
 
+import atexit
+import functools
 import importlib.util
 import json
 import os
@@ -25,6 +27,7 @@ from typing import Any
 
 from bench.captures import CaptureSet, source_captures, write_captures
 from bench.corpus import Boot, corpus, load_sources
+from bench.fleet import Fleet, expected_side, populate
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -185,7 +188,79 @@ def bench_backfill(n: int = 10_000) -> dict[str, Any]:
     return out
 
 
-BENCHES: dict[str, Callable[[], dict[str, Any]]] = {"parse": bench_parse, "backfill": bench_backfill}
+FLEET_BOOTS = 100_000
+_FLEET: dict[str, tuple[str, Fleet, float]] = {}
+_PG: list[Any] = []
+
+
+def _fleet_store(backend: str) -> tuple[str, Fleet, float]:
+    """The 100 000-boot store on ``backend`` (made once per run): URL, contents, seconds
+    it took to fill."""
+    if backend not in _FLEET:
+        if backend == "sqlite":
+            path = WORK / "fleet.db"
+            for f in WORK.glob("fleet.db*"):
+                f.unlink()
+            url = f"sqlite:///{path}"
+        else:
+            if not _PG:
+                pg = _pg()
+                pg.start()
+                atexit.register(pg.stop)
+                _PG.append(pg)
+            url = _PG[0].new_database()
+        t0 = time.perf_counter()
+        fleet = populate(url, WORK / "sources", SEED, FLEET_BOOTS)
+        _FLEET[backend] = (url, fleet, time.perf_counter() - t0)
+    return _FLEET[backend]
+
+
+def _compare_once(url: str, base: str, cand: str, docs: list[dict[str, Any]]) -> None:
+    proc = subprocess.run([MEMLEDGER, "compare", "--db", url, "--baseline", base,
+                           "--candidate", cand, "--format", "json"],
+                          capture_output=True, check=False)
+    if proc.returncode not in (0, 1):  # 1: a regression, which is an answer
+        raise SystemExit(f"bench compare: exit {proc.returncode}: {proc.stderr.decode()}")
+    docs.append(json.loads(proc.stdout))
+
+
+COMPARISONS = (("6.1.*", "6.12.*"),               # every boot: two kernel series
+               ("6.1.0-50-amd64", "6.12.117+deb12-amd64"))  # two releases
+
+
+def bench_compare() -> dict[str, Any]:
+    """`memledger compare` over the 100 000-boot store, on SQLite and PostgreSQL; each
+    answer checked against the medians of the stored values (statistics.median)."""
+    out: dict[str, Any] = {"boots": FLEET_BOOTS}
+    startup_s, _ = _best(lambda: _sh([MEMLEDGER, "compare", "--help"]))
+    out["startup_seconds"] = startup_s
+    for backend in ("sqlite", "postgresql"):
+        url, fleet, fill_s = _fleet_store(backend)
+        res: dict[str, Any] = {"fill_seconds": fill_s, "runs": []}
+        for base, cand in COMPARISONS:
+            if base not in fleet.releases and "*" not in base:
+                base = max(r for r in fleet.releases if r.startswith("6.1."))
+            if cand not in fleet.releases and "*" not in cand:
+                cand = max(r for r in fleet.releases if r.startswith("6.12."))
+            docs: list[dict[str, Any]] = []
+            seconds, runs = _best(functools.partial(_compare_once, url, base, cand, docs))
+            doc = docs[-1]
+            for side, sel in (("baseline", base), ("candidate", cand)):
+                want = expected_side(fleet, sel)
+                for f in doc["figures"]:
+                    got = (f[side]["n"], f[side]["median"])
+                    if got != want[f["name"]]:
+                        raise SystemExit(f"bench compare ({backend}): {sel} {f['name']}: "
+                                         f"{got} != {want[f['name']]}")
+            res["runs"].append({"baseline": base, "candidate": cand, "seconds": seconds,
+                                "all_runs": runs, "boots": doc["baseline"]["boots"]
+                                + doc["candidate"]["boots"], "consistent": True})
+        out[backend] = res
+    return out
+
+
+BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
+    "parse": bench_parse, "backfill": bench_backfill, "compare": bench_compare}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -201,6 +276,12 @@ def _table(results: dict[str, Any]) -> str:
                 rows.append(f"backfill {b['captures']} captures ({b['bytes'] / 1e6:.0f} MB) into "
                             f"{db}: {r['seconds']:.1f} s, {r['captures_per_s']:.0f} captures/s, "
                             f"{r['ratio_to_zcat']:.0f}x gzip -dc ({b['jobs']} parse processes)")
+    if c := results.get("compare"):
+        for db in ("sqlite", "postgresql"):
+            for r in c.get(db, {}).get("runs", []):
+                rows.append(f"compare  {db} {c['boots']} boots, {r['baseline']} vs {r['candidate']} "
+                            f"({r['boots']} boots): {r['seconds']:.2f} s "
+                            f"(start-up {c['startup_seconds']:.2f} s)")
     return "\n".join(rows)
 
 

@@ -32,10 +32,10 @@ from types import FrameType
 from typing import Literal
 
 import click
-from memledger.exporters.daemon import parse_duration
 from memledger.exporters.errors import fail
 from memledger.exporters.notify import Notifier
 from memledger.exporters.spoolout import SpoolWriter
+from memledger.exporters.units import parse_duration
 from memledger.store.files import atomic_write
 from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id, record
 from memledger.tracer.collect.bcc import BccError, BccProbes

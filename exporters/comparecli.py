@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-from memledger.exporters.daemon import parse_size
+from memledger.exporters.dboption import DB_OPTION, open_store
 from memledger.exporters.errors import fail
 from memledger.exporters.report import to_html, to_json, to_markdown, to_table
-from memledger.exporters.storecli import DB_OPTION, open_store
+from memledger.exporters.units import parse_size
 from memledger.store.compare import FIGURES, WHERE_KEYS, Thresholds, compare
 from memledger.store.migrate import upgrade
 from rich.console import Console

@@ -12,7 +12,6 @@ import errno
 import logging
 import os
 import queue
-import re
 import signal
 import time
 from dataclasses import dataclass
@@ -22,10 +21,11 @@ from pathlib import Path
 from types import FrameType
 
 import click
+from memledger.exporters.dboption import DB_OPTION, open_store
 from memledger.exporters.errors import fail
 from memledger.exporters.metrics import IngestMetrics, StoreCollector
 from memledger.exporters.notify import Notifier
-from memledger.exporters.storecli import DB_OPTION, open_store
+from memledger.exporters.units import parse_duration, parse_size
 from memledger.exporters.web import WebServer, parse_listen_address
 from memledger.store.db import StoreError, default_db_path, display_url, resolve_url, sqlite_path
 from memledger.store.files import is_temporary
@@ -49,7 +49,7 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-__all__ = ("DEFAULT_LISTEN", "Daemon", "DaemonConfig", "daemon", "parse_duration", "parse_size")
+__all__ = ("DEFAULT_LISTEN", "Daemon", "DaemonConfig", "daemon")
 
 VERSION = version("memledger")
 # Outside the 9100-9999 block of exporter ports, which is fully allocated (anchors B.2).
@@ -59,24 +59,6 @@ _PRUNE_EVERY_S = 600.0
 _TICK_S = 5.0
 
 log = logging.getLogger("memledger.daemon")
-
-
-def parse_duration(text: str) -> float:
-    """Prometheus-style durations: ``0``, ``90s``, ``15m``, ``12h``, ``7d``, ``2w``."""
-    m = re.fullmatch(r"(\d+)(ms|s|m|h|d|w)?", text.strip())
-    if m is None:
-        raise ValueError(f"{text!r} is not a duration (like 90s, 15m, 12h, 7d)")
-    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2) or "s"]
-    return int(m.group(1)) * unit
-
-
-def parse_size(text: str) -> int:
-    """``1048576``, ``512KiB``, ``64MiB``, ``1GiB`` (K/M/G and KB/MB/GB mean the same)."""
-    m = re.fullmatch(r"(\d+)\s*(?:([KMG])i?B?|B)?", text.strip(), re.IGNORECASE)
-    if m is None:
-        raise ValueError(f"{text!r} is not a size (like 64MiB)")
-    shift = {None: 0, "K": 10, "M": 20, "G": 30}[(m.group(2) or "").upper() or None]
-    return int(m.group(1)) << shift
 
 
 @dataclass(slots=True)

@@ -9,14 +9,13 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib.metadata import version
 from typing import Any
 
 import click
+from memledger.exporters.dboption import DB_OPTION, open_store
 from memledger.exporters.errors import fail
-from memledger.store.db import StoreError, make_engine, resolve_url
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
 from memledger.store.ingest import ingest_many as store_ingest_many
@@ -38,40 +37,10 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
-from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ("DB_OPTION", "boots", "capture", "ingest", "open_store", "reprocess_cmd")
+__all__ = ("boots", "capture", "ingest", "reprocess_cmd")
 
 VERSION = version("memledger")
-
-DB_OPTION = click.option(
-    "--db", envvar="MEMLEDGER_DB", show_envvar=True, metavar="URL|PATH",
-    help="SQLAlchemy URL (sqlite:///…, postgresql+psycopg://user@host/db) or a SQLite file. "
-         "Default: $STATE_DIRECTORY/memledger.db under systemd, /var/lib/memledger/memledger.db "
-         "for root, else $XDG_STATE_HOME/memledger/memledger.db.")
-
-
-@contextmanager
-def open_store(db: str | None, *, create: bool) -> Iterator[Engine]:
-    """The engine for ``--db``, migrated when ``create``; StoreError and database errors
-    become one-line failures (exit 2 for a bad location, 1 for a failing server)."""
-    try:
-        engine = make_engine(resolve_url(db), create=create)
-    except StoreError as exc:
-        fail(str(exc))
-    try:
-        if create:
-            upgrade(engine)
-        yield engine
-    except StoreError as exc:
-        fail(str(exc))
-    except SQLAlchemyError as exc:
-        fail(f"{engine.url.render_as_string(hide_password=True)}: "
-             f"{str(exc.orig if hasattr(exc, 'orig') and exc.orig else exc).splitlines()[0]}", 1)
-    finally:
-        engine.dispose()
-
 
 CAPTURE_EXAMPLES = """
 \b

@@ -70,7 +70,19 @@ class Comparison:
     baseline: dict[str, Any]
     candidate: dict[str, Any]
     figures: list[dict[str, Any]]
-    samples: dict[str, dict[str, list[float]]]  # figure name → kernel release → values
+    # Each side's columns: kernel release, then FIGURES in order (see select_boots).
+    columns: dict[str, list[tuple[Any, ...]]] = field(repr=False, default_factory=dict)
+
+    @property
+    def samples(self) -> dict[str, dict[str, list[float]]]:
+        """Figure name → kernel release → known values (for the report's plots; built on
+        demand, as only the HTML report needs them)."""
+        out: dict[str, dict[str, list[float]]] = {}
+        for k, fig in enumerate(FIGURES, 1):
+            out[fig.name] = {}
+            for cols in self.columns.values():
+                out[fig.name].update(_by_release(cols[0], cols[k]))
+        return out
 
     @property
     def regressions(self) -> list[str]:
@@ -82,8 +94,9 @@ class Comparison:
 
 
 def select_boots(engine: Engine, selector: str,
-                 where: dict[str, str]) -> tuple[list[str], list[dict[str, Any]]]:
-    """The releases a selector matches, and their boots' ledger columns."""
+                 where: dict[str, str]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The releases a selector matches, and their boots' ledger columns as tuples
+    (release, then :data:`FIGURES` in order), grouped by release."""
     with engine.connect() as conn:
         releases = sorted({r for (r,) in conn.execute(select(boots.c.kernel_release).distinct())
                            if r is not None and fnmatch.fnmatchcase(r, selector)})
@@ -91,11 +104,30 @@ def select_boots(engine: Engine, selector: str,
             return [], []
         q = (select(boots.c.kernel_release, *(ledgers.c[f.key] for f in FIGURES))
              .join(ledgers, ledgers.c.boot_pk == boots.c.id)
-             .where(boots.c.kernel_release.in_(releases)))
+             .where(boots.c.kernel_release.in_(releases))
+             .order_by(boots.c.kernel_release))
         for key, value in where.items():
             q = q.where(boots.c[key] == value)
-        rows = [r._asdict() for r in conn.execute(q)]
+        rows = [tuple(r) for r in conn.execute(q)]
     return releases, rows
+
+
+def _columns(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows to columns (100 000 rows: a transpose in C, not a dict per row)."""
+    return list(zip(*rows, strict=True)) if rows else [() for _ in range(len(FIGURES) + 1)]
+
+
+def _by_release(releases: tuple[str, ...], column: tuple[Any, ...]) -> dict[str, list[float]]:
+    """Known values per release; ``releases`` is sorted, so each release is one run."""
+    out: dict[str, list[float]] = {}
+    start = 0
+    for i in range(1, len(releases) + 1):
+        if i == len(releases) or releases[i] != releases[start]:
+            known = [v for v in column[start:i] if v is not None]
+            if known:
+                out[releases[start]] = known
+            start = i
+    return out
 
 
 def _verdict(fig: Figure, delta: float | None, threshold: float) -> str:
@@ -113,14 +145,12 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
             thresholds: Thresholds | None = None) -> Comparison:
     where = where or {}
     thresholds = thresholds or Thresholds()
-    sides: dict[str, tuple[list[str], list[dict[str, Any]]]] = {
-        "baseline": select_boots(engine, baseline, where),
-        "candidate": select_boots(engine, candidate, where),
-    }
+    sides = {"baseline": select_boots(engine, baseline, where),
+             "candidate": select_boots(engine, candidate, where)}
+    columns = {side: _columns(rows) for side, (_, rows) in sides.items()}
     figures: list[dict[str, Any]] = []
-    samples: dict[str, dict[str, list[float]]] = {}
-    for fig in FIGURES:
-        stats = {side: summary(r[fig.key] for r in rows) for side, (_, rows) in sides.items()}
+    for k, fig in enumerate(FIGURES, 1):
+        stats = {side: summary(cols[k]) for side, cols in columns.items()}
         b, c = stats["baseline"]["median"], stats["candidate"]["median"]
         delta = c - b if b is not None and c is not None else None
         threshold = thresholds.for_figure(fig, b)
@@ -132,13 +162,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
             "threshold": threshold,
             "verdict": _verdict(fig, delta, threshold),
         })
-        per_release: dict[str, list[float]] = {}
-        for _, rows in sides.values():
-            for r in rows:
-                if r[fig.key] is not None:
-                    per_release.setdefault(r["kernel_release"], []).append(r[fig.key])
-        samples[fig.name] = per_release
     meta = {side: {"selector": sel, "where": where, "releases": sides[side][0],
                    "boots": len(sides[side][1])}
             for side, sel in (("baseline", baseline), ("candidate", candidate))}
-    return Comparison(meta["baseline"], meta["candidate"], figures, samples)
+    return Comparison(meta["baseline"], meta["candidate"], figures, columns)

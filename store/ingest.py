@@ -34,7 +34,7 @@ from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
 from memledger.store.rows import dialect_insert
-from memledger.store.schema import boots, captures, events, hosts, ledgers
+from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import (
@@ -140,6 +140,11 @@ def prepare(data: bytes, version: str) -> Prepared:
     return _computed(data, hashlib.sha256(data).hexdigest(), version)
 
 
+def _columns(p: Prepared) -> dict[str, Any]:
+    """The ledger's headline columns (its document goes to ledger_documents)."""
+    return {k: v for k, v in p.ledger.items() if k != "document"}
+
+
 _BOOT_COLUMNS = ("kernel_release", "cmdline", "efi", "firmware_vendor", "firmware_version",
                  "product", "fidelity")
 
@@ -205,8 +210,8 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
          "ingested_at": now, "origin": origin, "data": p.data}
         for _, p, origin in winners]).scalars().all()
     pks = [pk for pk, _, _ in winners]
-    conn.execute(delete(events).where(events.c.boot_pk.in_(pks)))
-    conn.execute(delete(ledgers).where(ledgers.c.boot_pk.in_(pks)))
+    for table in (events, ledgers, ledger_documents):
+        conn.execute(delete(table).where(table.c.boot_pk.in_(pks)))
     conn.execute(update(boots).where(boots.c.id == bindparam("b_id")).values(
         capture_id=bindparam("b_capture_id"), captured_at=bindparam("b_captured_at"),
         ingested_at=now,
@@ -216,8 +221,10 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
         for (pk, p, _), cap in zip(winners, cap_ids, strict=True)])
     if superseded:
         conn.execute(delete(captures).where(captures.c.id.in_(superseded)))
-    conn.execute(insert(ledgers), [{"boot_pk": pk, "computed_at": now, **p.ledger}
+    conn.execute(insert(ledgers), [{"boot_pk": pk, "computed_at": now, **_columns(p)}
                                    for pk, p, _ in winners])
+    conn.execute(insert(ledger_documents), [{"boot_pk": pk, "document": p.ledger["document"]}
+                                            for pk, p, _ in winners])
     rows = [{"boot_pk": pk, **row} for pk, p, _ in winners for row in p.events]
     if rows:
         conn.execute(insert(events), rows)
@@ -262,10 +269,11 @@ def ingest(engine: Engine, p: Prepared, origin: str | None = None,
 
 def _rewrite_boot(conn: Connection, boot_pk: int, p: Prepared, now: datetime) -> None:
     """Replace a boot's columns, ledger and events with ``p``'s (its capture stays)."""
-    conn.execute(delete(events).where(events.c.boot_pk == boot_pk))
-    conn.execute(delete(ledgers).where(ledgers.c.boot_pk == boot_pk))
+    for table in (events, ledgers, ledger_documents):
+        conn.execute(delete(table).where(table.c.boot_pk == boot_pk))
     conn.execute(update(boots).where(boots.c.id == boot_pk).values(ingested_at=now, **p.boot))
-    conn.execute(insert(ledgers).values(boot_pk=boot_pk, computed_at=now, **p.ledger))
+    conn.execute(insert(ledgers).values(boot_pk=boot_pk, computed_at=now, **_columns(p)))
+    conn.execute(insert(ledger_documents).values(boot_pk=boot_pk, document=p.ledger["document"]))
     if p.events:
         conn.execute(insert(events), [{"boot_pk": boot_pk, **row} for row in p.events])
 
@@ -301,8 +309,8 @@ def reprocess(engine: Engine, version: str,
         with writer(engine) as conn, conn.begin():
             cap = conn.execute(select(captures.c.data, captures.c.sha256)
                                .where(captures.c.id == row.capture_id)).one()
-            before = conn.execute(select(ledgers.c.document)
-                                  .where(ledgers.c.boot_pk == row.id)).scalar_one_or_none()
+            before = conn.execute(select(ledger_documents.c.document)
+                                  .where(ledger_documents.c.boot_pk == row.id)).scalar_one_or_none()
             try:
                 p = _computed(bytes(cap.data), cap.sha256, version)
             except BadCapture as exc:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from memledger.store.db import as_utc
-from memledger.store.schema import boots, captures, events, hosts, ledgers
+from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Engine, func, select
 
 __all__ = ("FLEET_COLUMNS", "boot_ledger", "count_rows", "fleet_rows", "latest_boots", "list_boots")
@@ -52,7 +52,7 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]
 
 def boot_ledger(engine: Engine, machine_id: str, boot_id: str) -> dict[str, Any] | None:
     """The stored ledger document of one boot."""
-    q = (select(ledgers.c.document).join(boots, boots.c.id == ledgers.c.boot_pk)
+    q = (select(ledger_documents.c.document).join(boots, boots.c.id == ledger_documents.c.boot_pk)
          .join(hosts, hosts.c.id == boots.c.host_id)
          .where(hosts.c.machine_id == machine_id, boots.c.boot_id == boot_id))
     with engine.connect() as conn:
@@ -85,8 +85,8 @@ def latest_boots(engine: Engine, machine_id: str | None, n: int = 2) -> list[dic
         rows = conn.execute(
             select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, boots.c.efi,
                    boots.c.firmware_vendor, boots.c.firmware_version, boots.c.product,
-                   boots.c.captured_at, ledgers.c.document)
-            .join(ledgers, ledgers.c.boot_pk == boots.c.id)
+                   boots.c.captured_at, ledger_documents.c.document)
+            .join(ledger_documents, ledger_documents.c.boot_pk == boots.c.id)
             .join(hosts, hosts.c.id == boots.c.host_id)
             .where(boots.c.host_id == host_pk)
             .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(n)).all()

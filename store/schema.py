@@ -3,7 +3,8 @@
 A boot is keyed by (machine id, boot id). It points at the one raw capture it was last
 computed from (the capture file's bytes, already gzip-compressed, with their sha256), and
 owns its events and its ledger. The ledger's headline figures are columns, so fleet
-queries and ``compare`` do not parse JSON; the whole ledger is kept as its JSON document.
+queries and ``compare`` do not parse JSON; the whole ledger is kept as its JSON document,
+in a table of its own.
 Unknown figures are NULL, never 0.
 """
 
@@ -27,8 +28,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-__all__ = ("boots", "captures", "events", "hosts", "ledgers", "metadata", "runtime_batches",
-           "runtime_events")
+__all__ = ("boots", "captures", "events", "hosts", "ledger_documents", "ledgers", "metadata",
+           "runtime_batches", "runtime_events")
 
 # Named constraints, so that Alembic's batch mode can find them again on SQLite.
 metadata = MetaData(naming_convention={
@@ -98,6 +99,14 @@ ledgers = Table(
     Column("low_boot_services_bytes", BigInteger),
     Column("low_freed_bytes", BigInteger),
     Column("anomaly_count", Integer, nullable=False),
+)
+
+# The whole ledger document, beside its headline columns: SQLite stores a row whole, and a
+# 4 KB document inline would make every scan of the headline figures read a page per boot
+# (migration 0003).
+ledger_documents = Table(
+    "ledger_documents", metadata,
+    Column("boot_pk", ForeignKey("boots.id", ondelete="CASCADE"), primary_key=True),
     Column("document", JSON, nullable=False),
 )
 

@@ -22,9 +22,17 @@ from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.store.db import default_db_path, make_engine, resolve_url
 from memledger.store.ingest import ingest_bytes, ingest_many, prepare, reprocess
-from memledger.store.migrate import current_revision, head_revision, upgrade
+from memledger.store.migrate import HEAD, current_revision, head_revision, upgrade
 from memledger.store.queries import boot_ledger, count_rows
-from memledger.store.schema import boots, captures, events, hosts, ledgers, metadata
+from memledger.store.schema import (
+    boots,
+    captures,
+    events,
+    hosts,
+    ledger_documents,
+    ledgers,
+    metadata,
+)
 from sqlalchemy import Engine, func, select, text, update
 
 MEMBLOCK_RANGE = re.compile(r"\] _{0,2}memblock_\w+: \[0x[0-9a-f]+-0x[0-9a-f]+\]")
@@ -50,11 +58,30 @@ def engine(db_url: str) -> Any:
 
 
 def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == "0002"
+    assert current_revision(engine) == head_revision() == HEAD == "0003"
     upgrade(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+def test_0003_moves_each_ledger_document_to_its_own_table(db_url: str) -> None:
+    eng = make_engine(resolve_url(db_url))
+    upgrade(eng, "0002")
+    doc = {"schema_version": 1, "efi_boot_services": {"reclaimed_bytes": 48037888}}
+    with eng.begin() as conn:
+        conn.execute(text("INSERT INTO hosts (id, machine_id, first_seen, last_seen) "
+                          "VALUES (1, :m, :t, :t)"), {"m": "a" * 32, "t": T0})
+        conn.execute(text("INSERT INTO boots (id, host_id, boot_id) VALUES (7, 1, 'b')"))
+        conn.execute(text("INSERT INTO ledgers (boot_pk, schema_version, computed_with, "
+                          "computed_at, anomaly_count, document) VALUES (7, 1, 'x', :t, 0, :d)"),
+                     {"t": T0, "d": json.dumps(doc)})
+    upgrade(eng)
+    with eng.connect() as conn:
+        assert conn.execute(select(ledger_documents.c.boot_pk, ledger_documents.c.document)
+                            ).all() == [(7, doc)]
+        assert conn.execute(select(ledgers.c.boot_pk, ledgers.c.anomaly_count)).all() == [(7, 0)]
+    eng.dispose()
 
 
 def test_sqlite_connections_get_the_daemon_pragmas(tmp_path: Path) -> None:
@@ -132,7 +159,8 @@ def test_reprocess_rebuilds_identical_ledgers(engine: Engine) -> None:
     for i, name in enumerate(BOOT_NAMES[:6]):
         ingest_bytes(engine, make_capture(name, i, 0), "t")
     with engine.connect() as conn:
-        before = dict(conn.execute(select(ledgers.c.boot_pk, ledgers.c.document)).all())
+        before = dict(conn.execute(select(ledger_documents.c.boot_pk,
+                                          ledger_documents.c.document)).all())
         n_events = conn.execute(select(func.count()).select_from(events)).scalar_one()
     report = reprocess(engine, "t")
     assert (report.boots, report.changed, report.failed) == (6, 0, [])
@@ -140,12 +168,15 @@ def test_reprocess_rebuilds_identical_ledgers(engine: Engine) -> None:
     victim = min(before)
     with engine.begin() as conn:
         conn.execute(update(ledgers).where(ledgers.c.boot_pk == victim)
-                     .values(document={}, bs_reclaimed_bytes=None))
+                     .values(bs_reclaimed_bytes=None))
+        conn.execute(update(ledger_documents).where(ledger_documents.c.boot_pk == victim)
+                     .values(document={}))
         conn.execute(events.delete().where(events.c.boot_pk == victim))
     report = reprocess(engine, "t")
     assert (report.boots, report.changed) == (6, 1)
     with engine.connect() as conn:
-        after = dict(conn.execute(select(ledgers.c.boot_pk, ledgers.c.document)).all())
+        after = dict(conn.execute(select(ledger_documents.c.boot_pk,
+                                         ledger_documents.c.document)).all())
         assert conn.execute(select(func.count()).select_from(events)).scalar_one() == n_events
         assert conn.execute(select(ledgers.c.bs_reclaimed_bytes)
                             .where(ledgers.c.boot_pk == victim)).scalar_one() is not None
