@@ -17,6 +17,7 @@ import importlib.util
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -25,9 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench.captures import CaptureSet, source_captures, write_captures
+from bench.captures import BOOTS_PER_HOST, CaptureSet, source_captures, write_captures
 from bench.corpus import Boot, corpus, load_sources
 from bench.fleet import Fleet, expected_side, populate
+from bench.scrape import DaemonProc, Samples, cpu_seconds, rss_bytes, samples, wrk
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -259,8 +261,118 @@ def bench_compare() -> dict[str, Any]:
     return out
 
 
+WRK_SECONDS = 10
+
+
+def _source_headlines_of(caps: CaptureSet) -> dict[str, tuple[Any, ...]]:
+    """(total, reclaimed, kept, leaked, low reserved) of each source boot, by analyze."""
+    out = {}
+    for src, path in source_captures(WORK / "sources", set(caps.source.values())).items():
+        (ledger,) = _ledgers(_sh([MEMLEDGER, "analyze", str(path), "--json"]).stdout)
+        out[src] = _headline(ledger)[1:]
+    return out
+
+
+def _host_store() -> tuple[str, Path, CaptureSet, dict[str, tuple[Any, ...]]]:
+    """One host's four boots, ingested: the store a fleet host's daemon keeps."""
+    caps = write_captures(WORK / "host-captures", SEED, BOOTS_PER_HOST)
+    db = WORK / "host.db"
+    for f in WORK.glob("host.db*"):
+        f.unlink()
+    _sh([MEMLEDGER, "ingest", "--db", str(db), str(caps.directory)])
+    root = WORK / "host-root"
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    machine_id = next(iter(caps.source))[0]
+    (root / "etc" / "machine-id").write_text(machine_id + "\n")
+    return f"sqlite:///{db}", root, caps, _source_headlines_of(caps)
+
+
+def _check_host(got: Samples, caps: CaptureSet, expected: dict[str, tuple[Any, ...]]) -> None:
+    newest = list(caps.source.values())[-1]   # the last capture has the latest time
+    want = expected[newest][1]
+    have = got.get(("memledger_efi_boot_services_bytes", (("state", "reclaimed"),)))
+    if got.get(("memledger_store_boots", ())) != len(caps.files) or have != want:
+        raise SystemExit(f"bench scrape (host): {len(caps.files)} boots and reclaimed {want} "
+                         f"expected, /metrics says {got.get(('memledger_store_boots', ()))} "
+                         f"and {have}")
+
+
+def _check_fleet(got: Samples, fleet: Fleet) -> None:
+    per_release: dict[str, float] = {}
+    for (name, labels), value in got.items():
+        if name == "memledger_fleet_boots":
+            release = dict(labels)["kernel_release"]
+            per_release[release] = per_release.get(release, 0) + value
+    if got.get(("memledger_store_boots", ())) != fleet.boots or per_release != fleet.releases:
+        raise SystemExit("bench scrape (fleet): /metrics does not count the stored boots "
+                         "per release")
+
+
+def bench_scrape() -> dict[str, Any]:
+    """/metrics latency under wrk on loopback: host mode (one host's store) and fleet
+    mode (the 100 000-boot store, SQLite and PostgreSQL); one connection, as a
+    Prometheus server scrapes, and ten."""
+    out: dict[str, Any] = {"wrk_seconds": WRK_SECONDS}
+    url, root, caps, expected = _host_store()
+    spool = WORK / "host-spool"
+    spool.mkdir(exist_ok=True)
+    d = DaemonProc(MEMLEDGER, WORK / "daemon-host.log", "--db", url, "--spool", str(spool),
+                   "--root", str(root), "--no-capture-self")
+    try:
+        _check_host(samples(d.url), caps, expected)
+        out["host"] = {"c1": wrk(d.url, 1, WRK_SECONDS), "c10": wrk(d.url, 10, WRK_SECONDS)}
+        _check_host(samples(d.url), caps, expected)   # and still right after the load
+    finally:
+        d.stop()
+    for backend in ("sqlite", "postgresql"):
+        furl, fleet, _ = _fleet_store(backend)
+        fspool = WORK / f"fleet-spool-{backend}"
+        fspool.mkdir(exist_ok=True)
+        d = DaemonProc(MEMLEDGER, WORK / f"daemon-fleet-{backend}.log", "--db", furl, "--spool",
+                       str(fspool), "--no-capture-self", "--fleet")
+        try:
+            got = samples(d.url)
+            _check_fleet(got, fleet)
+            out[f"fleet_{backend}"] = {
+                "c1": wrk(d.url, 1, WRK_SECONDS), "c10": wrk(d.url, 10, WRK_SECONDS),
+                "refresh_seconds": got[("memledger_fleet_refresh_duration_seconds", ())],
+                "series": sum(1 for k in got if k[0].startswith("memledger_fleet_"))}
+            _check_fleet(samples(d.url), fleet)
+        finally:
+            d.stop()
+    return out
+
+
+IDLE_SECONDS = 60
+
+
+def bench_footprint() -> dict[str, Any]:
+    """The host-mode daemon at rest: RSS and CPU over a minute, from /proc, and its peak
+    RSS from GNU time -v."""
+    url, root, caps, expected = _host_store()
+    spool = WORK / "host-spool"
+    spool.mkdir(exist_ok=True)
+    d = DaemonProc(MEMLEDGER, WORK / "daemon-idle.log", "--db", url, "--spool", str(spool),
+                   "--root", str(root), "--no-capture-self", timed=True)
+    try:
+        _check_host(samples(d.url), caps, expected)   # one scrape, as Prometheus would
+        time.sleep(5)                                  # let start-up settle
+        cpu0, t0 = cpu_seconds(d.pid), time.monotonic()
+        time.sleep(IDLE_SECONDS)
+        cpu1, t1 = cpu_seconds(d.pid), time.monotonic()
+        mem = rss_bytes(d.pid)
+    finally:
+        log = d.stop()
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+    return {"idle_seconds": t1 - t0, "cpu_seconds": cpu1 - cpu0,
+            "cpu_percent": 100 * (cpu1 - cpu0) / (t1 - t0),
+            "rss_bytes": mem["VmRSS"], "peak_rss_bytes_proc": mem["VmHWM"],
+            "peak_rss_bytes_time": int(m.group(1)) * 1024 if m else None}
+
+
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
-    "parse": bench_parse, "backfill": bench_backfill, "compare": bench_compare}
+    "parse": bench_parse, "backfill": bench_backfill, "compare": bench_compare,
+    "scrape": bench_scrape, "footprint": bench_footprint}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -282,6 +394,17 @@ def _table(results: dict[str, Any]) -> str:
                 rows.append(f"compare  {db} {c['boots']} boots, {r['baseline']} vs {r['candidate']} "
                             f"({r['boots']} boots): {r['seconds']:.2f} s "
                             f"(start-up {c['startup_seconds']:.2f} s)")
+    if sc := results.get("scrape"):
+        for mode in ("host", "fleet_sqlite", "fleet_postgresql"):
+            if r := sc.get(mode):
+                rows.append(f"scrape   {mode}: p50 {r['c1']['p50_ms']:.2f} ms, p99 "
+                            f"{r['c1']['p99_ms']:.2f} ms (1 connection); p99 "
+                            f"{r['c10']['p99_ms']:.2f} ms at {r['c10']['requests_per_s']:.0f}/s "
+                            "(10 connections)")
+    if f := results.get("footprint"):
+        rows.append(f"idle     RSS {f['rss_bytes'] / 2**20:.1f} MiB (peak "
+                    f"{f['peak_rss_bytes_proc'] / 2**20:.1f} MiB), CPU {f['cpu_percent']:.3f} % "
+                    f"over {f['idle_seconds']:.0f} s")
     return "\n".join(rows)
 
 

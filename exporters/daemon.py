@@ -23,6 +23,7 @@ from types import FrameType
 import click
 from memledger.exporters.dboption import DB_OPTION, open_store
 from memledger.exporters.errors import fail
+from memledger.exporters.fleetview import FleetView
 from memledger.exporters.metrics import IngestMetrics, StoreCollector
 from memledger.exporters.notify import Notifier
 from memledger.exporters.units import parse_duration, parse_size
@@ -72,6 +73,7 @@ class DaemonConfig:
     max_bytes: int = 64 << 20
     retention_s: float = 7 * 86400
     fleet: bool = False
+    fleet_refresh_s: float = 60.0
 
 
 def _machine_id(root: str) -> str | None:
@@ -124,6 +126,7 @@ class Daemon:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(StoreCollector(engine, _machine_id(cfg.root), cfg.fleet))
+        self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
         self.counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0,
                                        "failed": 0}
@@ -168,6 +171,8 @@ class Daemon:
 
     def _count(self, key: str) -> None:
         """Count one file: new, replaced, duplicate, older or failed."""
+        if key in ("new", "replaced") and self.fleet is not None:
+            self.fleet.changed()  # before the counter: a scrape that sees it waits for both
         self.counts[key] += 1
         self.metrics.record({"new": "ok", "replaced": "ok", "duplicate": "duplicate",
                              "older": "duplicate", "failed": "failed"}[key])
@@ -279,8 +284,10 @@ class Daemon:
 
     def run(self) -> int:
         self.spool.ensure()
+        if self.fleet is not None:
+            self.fleet.start()
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,
-                             self._landing)
+                             self._landing, self.fleet.body if self.fleet is not None else None)
         self.web.start()
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -325,6 +332,8 @@ class Daemon:
             observer.stop()
             observer.join()
             self.web.stop()
+            if self.fleet is not None:
+                self.fleet.stop()
         log.info("stopped: %s", self._status())
         return 0
 
@@ -367,12 +376,16 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
 @click.option("--fleet", envvar="MEMLEDGER_FLEET", show_envvar=True, is_flag=True,
               help="Export aggregates per kernel release and firmware version (for a central "
                    "store) instead of this host's current boot.")
+@click.option("--fleet.refresh", "fleet_refresh", envvar="MEMLEDGER_FLEET_REFRESH",
+              show_envvar=True, default="60s", show_default=True,
+              help="With --fleet: read the aggregates again this often (and after every boot "
+                   "this daemon stores); scrapes serve the last reading.")
 @click.option("--log.level", "log_level", envvar="MEMLEDGER_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
            telemetry_path: str, max_size: str, retention: str, fleet: bool,
-           log_level: str) -> None:
+           fleet_refresh: str, log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(message)s")
@@ -381,6 +394,9 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
         parse_listen_address(listen)
         max_bytes = parse_size(max_size)
         retention_s = parse_duration(retention)
+        fleet_refresh_s = parse_duration(fleet_refresh)
+        if fleet_refresh_s <= 0:
+            raise ValueError(f"--fleet.refresh {fleet_refresh!r}: must be more than 0")
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -390,7 +406,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     db_file = sqlite_path(url)
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
-                       retention_s, fleet)
+                       retention_s, fleet, fleet_refresh_s)
     with open_store(db, create=True) as engine:
         try:
             code = Daemon(cfg, engine).run()

@@ -17,23 +17,21 @@ Only the daemon's own work (ingest results) is instrumented directly.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from memledger.store.anomalies import CODES
 from memledger.store.boot_services import KEPT_REASONS
-from memledger.store.queries import fleet_rows, latest_boots
+from memledger.store.queries import STORE_COUNTS, FleetGroup, latest_boots
 from memledger.store.runtime import RuntimeTotals, runtime_totals
-from memledger.store.schema import boots, hosts
 from memledger.store.stats import summary
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ("RESULTS", "IngestMetrics", "StoreCollector")
+__all__ = ("RESULTS", "IngestMetrics", "StoreCollector", "fleet_metrics")
 
 RESULTS = ("ok", "duplicate", "failed")
 BS_STATES = ("total", "reclaimed", "kept", "leaked")
@@ -42,6 +40,7 @@ ACCOUNTING = ("boot_reserved", "present", "managed", "memtotal", "residual",
               "unexplained_residual")
 _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
+_PROBE = select(literal(1))
 
 
 def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -182,13 +181,11 @@ _FLEET_FIGURES = {
 }
 
 
-def _fleet_metrics(rows: list[dict[str, Any]]) -> Iterator[Metric]:
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        groups[(r["kernel_release"] or "", r["firmware_version"] or "")].append(r)
+def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None) -> Iterator[Metric]:
+    """The fleet families over every stored boot, grouped by release and firmware."""
     keys = ["kernel_release", "firmware_version"]
     n_boots = _g("memledger_fleet_boots", "Stored boots per kernel release and firmware.", keys)
-    n_hosts = _g("memledger_fleet_hosts", "Hosts with stored boots per kernel release and "
+    hosts_g = _g("memledger_fleet_hosts", "Hosts with stored boots per kernel release and "
                  "firmware.", keys)
     leaking = _g("memledger_fleet_leaking_boots", "Boots whose ledger shows an EFI "
                  "boot-services leak.", keys)
@@ -198,24 +195,30 @@ def _fleet_metrics(rows: list[dict[str, Any]]) -> Iterator[Metric]:
     figures = {name: _g(name, f"{what} per kernel release and firmware: p10, median and p90 "
                         "over the boots where it is known.", [*keys, label, "stat"])
                for name, (what, label, _) in _FLEET_FIGURES.items()}
-    for (release, fw), group in sorted(groups.items()):
-        lv = [release, fw]
-        n_boots.add_metric(lv, len(group))
-        n_hosts.add_metric(lv, len({r["host_id"] for r in group}))
-        leaking.add_metric(lv, sum(1 for r in group if (r["bs_leaked_bytes"] or 0) > 0))
-        anomalous.add_metric(lv, sum(1 for r in group if r["anomaly_count"] > 0))
-        lowfreed.add_metric(lv, sum(1 for r in group if (r["low_freed_bytes"] or 0) > 0))
+    for g in groups:
+        lv = [g.kernel_release, g.firmware_version]
+        cols = g.columns
+        n_boots.add_metric(lv, len(g.host_ids))
+        hosts_g.add_metric(lv, len(set(g.host_ids)))
+        leaking.add_metric(lv, sum(1 for v in cols["bs_leaked_bytes"] if (v or 0) > 0))
+        anomalous.add_metric(lv, sum(1 for v in cols["anomaly_count"] if v > 0))
+        lowfreed.add_metric(lv, sum(1 for v in cols["low_freed_bytes"] if (v or 0) > 0))
         for name, (_, _, columns) in _FLEET_FIGURES.items():
             for label_value, column in columns.items():
-                s = summary(r[column] for r in group)
+                s = summary(cols[column])
                 if s["n"]:
                     for stat in _STATS:
                         figures[name].add_metric([*lv, label_value, stat], s[stat] or 0)
-    yield from (n_boots, n_hosts, leaking, anomalous, lowfreed, *figures.values())
+    yield from (n_boots, hosts_g, leaking, anomalous, lowfreed, *figures.values())
+    if n_hosts is not None:
+        yield _plain("memledger_store_boots", "Boots held in the store.",
+                     sum(len(g.host_ids) for g in groups))
+        yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts)
 
 
 class StoreCollector(Collector):
-    """What the store holds, read at scrape time."""
+    """What the store holds, read at scrape time. In fleet mode only ``memledger_store_up``
+    is: the rest comes from :class:`~memledger.exporters.fleetview.FleetView`."""
 
     def __init__(self, engine: Engine, machine_id: str | None = None, fleet: bool = False) -> None:
         self.engine = engine
@@ -225,28 +228,28 @@ class StoreCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("memledger_store_up", "1 when the store could be read at this "
                                "scrape, else 0.")
+        metrics: list[Metric] = []
         try:
             with self.engine.connect() as conn:
-                n_boots = conn.execute(select(func.count()).select_from(boots)).scalar_one()
-                n_hosts = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
-            if self.fleet:
-                metrics = list(_fleet_metrics(fleet_rows(self.engine)))
-            else:
-                latest = latest_boots(self.engine, self.machine_id, 2)
-                metrics = []
-                if latest:
-                    metrics = list(_host_metrics(latest[0], latest[1] if len(latest) > 1 else None))
-                    with self.engine.connect() as conn:
-                        totals = runtime_totals(conn, latest[0]["machine_id"], latest[0]["boot_id"])
-                    metrics.extend(_runtime_metrics(totals))
+                if self.fleet:
+                    conn.execute(_PROBE).scalar_one()  # only: can it be read?
+                else:
+                    n_boots, n_hosts = conn.execute(STORE_COUNTS).one()
+                    metrics = [_plain("memledger_store_boots", "Boots held in the store.", n_boots),
+                               _plain("memledger_store_hosts", "Hosts with boots in the store.",
+                                      n_hosts)]
+                    latest = latest_boots(conn, self.machine_id, 2)
+                    if latest:
+                        metrics.extend(_host_metrics(latest[0], latest[1] if len(latest) > 1
+                                                     else None))
+                        metrics.extend(_runtime_metrics(runtime_totals(
+                            conn, latest[0]["machine_id"], latest[0]["boot_id"])))
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up
             return
         up.add_metric([], 1)
         yield up
-        yield _plain("memledger_store_boots", "Boots held in the store.", n_boots)
-        yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts)
         yield from metrics
 
 

@@ -46,7 +46,8 @@ class WebServer:
     """Binds at construction (so READY=1 can follow), serves on a thread after start()."""
 
     def __init__(self, listen: str, telemetry_path: str, registry: CollectorRegistry,
-                 landing: Callable[[], dict[str, str]]) -> None:
+                 landing: Callable[[], dict[str, str]],
+                 rendered: Callable[[], bytes] | None = None) -> None:
         host, port = parse_listen_address(listen)
         path = telemetry_path if telemetry_path.startswith("/") else "/" + telemetry_path
 
@@ -68,7 +69,8 @@ class WebServer:
                 route = self.path.split("?", 1)[0]
                 if route == path:
                     try:
-                        body = generate_latest(registry)
+                        # Families rendered ahead of time (fleet mode) follow the live ones.
+                        body = generate_latest(registry) + (rendered() if rendered else b"")
                     except Exception as exc:  # a failing collector is a 500, not a dead thread
                         self._send(500, "text/plain; charset=utf-8", f"{exc}\n".encode())
                         return

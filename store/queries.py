@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
+from itertools import groupby
 from typing import Any
 
 from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 
-__all__ = ("FLEET_COLUMNS", "boot_ledger", "count_rows", "fleet_rows", "latest_boots", "list_boots")
+__all__ = ("FLEET_COLUMNS", "STORE_COUNTS", "FleetGroup", "boot_ledger", "count_rows", "fleet_rows",
+           "latest_boots", "list_boots")
 
 
 
@@ -67,29 +70,34 @@ def count_rows(engine: Engine) -> dict[str, int]:
                 for t in (hosts, boots, captures, ledgers, events)}
 
 
-def latest_boots(engine: Engine, machine_id: str | None, n: int = 2) -> list[dict[str, Any]]:
+# Built once: these run at every host-mode scrape, and building a statement costs more
+# than SQLite takes to run it.
+_HOST_BY_MACHINE = select(hosts.c.id).where(hosts.c.machine_id == bindparam("machine_id"))
+_LAST_CAPTURED_HOST = (select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
+                       .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(1))
+_LATEST = (select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, boots.c.efi,
+                  boots.c.firmware_vendor, boots.c.firmware_version, boots.c.product,
+                  boots.c.captured_at, ledger_documents.c.document)
+           .join(ledger_documents, ledger_documents.c.boot_pk == boots.c.id)
+           .join(hosts, hosts.c.id == boots.c.host_id)
+           .where(boots.c.host_id == bindparam("host_pk"))
+           .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(bindparam("n")))
+STORE_COUNTS = select(select(func.count()).select_from(boots).scalar_subquery(),
+                      select(func.count()).select_from(hosts).scalar_subquery())
+
+
+def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[dict[str, Any]]:
     """The newest ``n`` boots (by capture time) of ``machine_id`` with their ledger
     documents; when that machine has none (or None is given), of the machine whose boot
     was captured last."""
-    with engine.connect() as conn:
-        host_pk = None
-        if machine_id is not None:
-            host_pk = conn.execute(select(hosts.c.id).where(hosts.c.machine_id == machine_id)
-                                   ).scalar_one_or_none()
-        if host_pk is None:
-            host_pk = conn.execute(select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
-                                   .order_by(boots.c.captured_at.desc(), boots.c.id.desc())
-                                   .limit(1)).scalar_one_or_none()
-        if host_pk is None:
-            return []
-        rows = conn.execute(
-            select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, boots.c.efi,
-                   boots.c.firmware_vendor, boots.c.firmware_version, boots.c.product,
-                   boots.c.captured_at, ledger_documents.c.document)
-            .join(ledger_documents, ledger_documents.c.boot_pk == boots.c.id)
-            .join(hosts, hosts.c.id == boots.c.host_id)
-            .where(boots.c.host_id == host_pk)
-            .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(n)).all()
+    host_pk = None
+    if machine_id is not None:
+        host_pk = conn.execute(_HOST_BY_MACHINE, {"machine_id": machine_id}).scalar_one_or_none()
+    if host_pk is None:
+        host_pk = conn.execute(_LAST_CAPTURED_HOST).scalar_one_or_none()
+    if host_pk is None:
+        return []
+    rows = conn.execute(_LATEST, {"host_pk": host_pk, "n": n}).all()
     return [{**r._asdict(), "captured_at": as_utc(r.captured_at)} for r in rows]
 
 
@@ -98,11 +106,29 @@ FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_le
                  "low_freed_bytes", "anomaly_count")
 
 
-def fleet_rows(engine: Engine) -> list[dict[str, Any]]:
-    """Every stored boot's release, firmware, host and headline ledger columns."""
-    q = (select(boots.c.kernel_release, boots.c.firmware_version, boots.c.product,
-                boots.c.host_id, boots.c.fidelity,
-                *(ledgers.c[c] for c in FLEET_COLUMNS))
-         .join(ledgers, ledgers.c.boot_pk == boots.c.id))
+@dataclass(frozen=True, slots=True)
+class FleetGroup:
+    """The stored boots of one (kernel release, firmware version): their hosts, and each
+    headline column's values (None where unknown)."""
+
+    kernel_release: str
+    firmware_version: str
+    host_ids: tuple[int, ...]
+    columns: dict[str, tuple[Any, ...]]
+
+
+def fleet_rows(engine: Engine) -> list[FleetGroup]:
+    """Every stored boot's headline ledger columns, grouped by release and firmware (the
+    database sorts; each group is transposed into columns at C speed)."""
+    release = func.coalesce(boots.c.kernel_release, "")
+    firmware = func.coalesce(boots.c.firmware_version, "")
+    q = (select(release, firmware, boots.c.host_id, *(ledgers.c[c] for c in FLEET_COLUMNS))
+         .join(ledgers, ledgers.c.boot_pk == boots.c.id)
+         .order_by(release, firmware))
     with engine.connect() as conn:
-        return [r._asdict() for r in conn.execute(q)]
+        rows = conn.execute(q).all()
+    out = []
+    for (rel, fw), group in groupby(rows, key=lambda r: (r[0], r[1])):
+        cols = list(zip(*group, strict=True))
+        out.append(FleetGroup(rel, fw, cols[2], dict(zip(FLEET_COLUMNS, cols[3:], strict=True))))
+    return out

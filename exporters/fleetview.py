@@ -1,0 +1,119 @@
+"""Fleet-mode metrics, rendered ahead of the scrapes that read them.
+
+On a central store the fleet metrics summarise every stored boot: 100 000 boots take
+about a second of queries and order statistics (BENCHMARKS.md), far more than a scrape
+may (Prometheus's default timeout is 10 s, and the target here is 50 ms at p99). So a
+thread renders them, in the exposition format, whenever the daemon has stored a boot and
+otherwise every ``--fleet.refresh`` (for other writers to the same store), and a scrape
+appends the last rendering to the live metrics. A scrape that follows this daemon's own
+ingest waits for the rendering that includes it, so what it reports is never older than
+what this daemon stored. ``memledger_fleet_refresh_timestamp_seconds`` says how fresh the
+figures are, as the exporter guidelines ask of cached metrics (anchors B.1).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+from memledger.exporters.metrics import fleet_metrics
+from memledger.store.queries import fleet_rows
+from memledger.store.schema import hosts
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+__all__ = ("FleetView",)
+
+log = logging.getLogger("memledger.fleet")
+
+
+class _Fixed(Collector):
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.metrics
+
+
+class FleetView:
+    """The fleet metrics' last rendering, and the thread that keeps it current."""
+
+    def __init__(self, engine: Engine, interval_s: float = 60.0) -> None:
+        self.engine = engine
+        self.interval_s = interval_s
+        self._cond = threading.Condition()
+        self._wanted = 1   # bumped by changed(); a rendering is current when it saw this
+        self._built = 0
+        self._body = b""
+        self._stop = False
+        self._thread: threading.Thread | None = None
+
+    def changed(self) -> None:
+        """The store has changed (this daemon stored a boot): render again."""
+        with self._cond:
+            self._wanted += 1
+            self._cond.notify_all()
+
+    def body(self, timeout_s: float = 30.0) -> bytes:
+        """The exposition text of the fleet metrics, waiting (at most ``timeout_s``) for a
+        rendering that includes every change reported so far."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._built >= self._wanted or self._stop, timeout_s)
+            return self._body
+
+    def render(self) -> None:
+        """Read the store and render, now (the thread's work; callable directly)."""
+        with self._cond:
+            wanted = self._wanted
+        t0 = time.monotonic()
+        registry = CollectorRegistry(auto_describe=False)
+        try:
+            groups = fleet_rows(self.engine)
+            with self.engine.connect() as conn:
+                n_hosts = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
+            metrics = list(fleet_metrics(groups, n_hosts))
+            ok = 1
+        except SQLAlchemyError as exc:
+            log.warning("fleet metrics: cannot read the store: %s", str(exc).splitlines()[0])
+            metrics, ok = [], 0
+        took = time.monotonic() - t0
+        for name, doc, value in (
+                ("memledger_fleet_refresh_timestamp_seconds",
+                 "When the fleet metrics were last read from the store (Unix time).", time.time()),
+                ("memledger_fleet_refresh_duration_seconds",
+                 "How long reading the fleet metrics from the store took.", took),
+                ("memledger_fleet_refresh_success",
+                 "1 when the last reading of the fleet metrics succeeded, else 0.", ok)):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            metrics.append(g)
+        registry.register(_Fixed(metrics))
+        body = generate_latest(registry)
+        with self._cond:
+            self._body, self._built = body, max(self._built, wanted)
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._built < self._wanted or self._stop,
+                                    self.interval_s)
+                if self._stop:
+                    return
+            self.render()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="fleet", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join()

@@ -1,0 +1,49 @@
+"""Fleet metrics rendered ahead of scrapes: a scrape after this daemon's ingest sees it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from capturegen import make_capture
+from memledger.exporters.fleetview import FleetView
+from memledger.store.db import make_engine, resolve_url
+from memledger.store.ingest import ingest_bytes
+from memledger.store.migrate import upgrade
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def _values(body: bytes, name: str) -> list[float]:
+    return [s.value for f in text_string_to_metric_families(body.decode())
+            for s in f.samples if s.name == name]
+
+
+def test_a_scrape_waits_for_the_rendering_that_holds_the_new_boot(tmp_path: Path) -> None:
+    engine = make_engine(resolve_url(str(tmp_path / "m.db")))
+    upgrade(engine)
+    ingest_bytes(engine, make_capture("6.1.0-47-amd64-default", 1, 1), "t")
+    view = FleetView(engine, interval_s=3600)   # no periodic reading during the test
+    view.start()
+    try:
+        assert _values(view.body(), "memledger_store_boots") == [1]
+        first = _values(view.body(), "memledger_fleet_refresh_timestamp_seconds")
+        assert view.body() == view.body()       # nothing changed: the same rendering
+        ingest_bytes(engine, make_capture("6.12.117+deb12-amd64-default", 2, 1), "t")
+        view.changed()
+        body = view.body()
+        assert _values(body, "memledger_store_boots") == [2]
+        assert sum(_values(body, "memledger_fleet_boots")) == 2
+        assert _values(body, "memledger_fleet_refresh_timestamp_seconds") > first
+        assert _values(body, "memledger_fleet_refresh_success") == [1]
+    finally:
+        view.stop()
+        engine.dispose()
+
+
+def test_an_unreadable_store_is_a_failed_reading_not_a_crash(tmp_path: Path) -> None:
+    engine = make_engine(resolve_url(str(tmp_path / "m.db")))   # no schema: every query fails
+    view = FleetView(engine)
+    view.render()
+    body = view.body(timeout_s=1)
+    assert _values(body, "memledger_fleet_refresh_success") == [0]
+    assert _values(body, "memledger_fleet_boots") == []
+    engine.dispose()
