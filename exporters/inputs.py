@@ -63,7 +63,7 @@ def load(path: str) -> list[Evidence]:
             except CaptureError as exc:
                 raise InputError(f"{path}: {exc}") from None
         text = _decode(path, data)
-        if not text.strip():
+        if not text or text.isspace():  # not strip(): that copies the whole text
             raise InputError(f"{path}: empty file")
         snap = Snapshot(root=path)
         if is_trace_text(text):

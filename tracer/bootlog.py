@@ -247,8 +247,9 @@ def parse_boot(boot: BootLog) -> KernelLog:
             log.bad_lines.append((linenos[index], str(exc)))
     if ranges:
         events, bad = memblock.parse_ranges([msgs[i] for i in ranges])
+        at = [ranges[pos] for pos, _ in events]
         log.memblock = [(Positioned(i, linenos[i], tss[i]), ev)
-                        for i, ev in ((ranges[pos], ev) for pos, ev in events)]
+                        for i, (_, ev) in zip(at, events, strict=True)]
         log.bad_lines.extend((linenos[ranges[pos]], why) for pos, why in bad)
         log.bad_lines.sort()
     return log
