@@ -58,7 +58,10 @@ e2e: venv lab-kernels
 
 # Benchmarks (bench/): writes bench/results.json and prints a table for BENCHMARKS.md.
 # Never part of `make test`; they fail only when a run breaks or disagrees with analyze.
+# The modules are byte-compiled first, as pip and dpkg do at install time (this
+# environment sets PYTHONDONTWRITEBYTECODE, so nothing would be cached otherwise).
 bench: venv
+	$(BIN)/python -m compileall -q tracer store exporters bench
 	$(BIN)/python -m bench.run
 
 # Re-make tests/fixtures/boots from the cached kernels (kernel output, committed).

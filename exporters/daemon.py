@@ -9,6 +9,7 @@ rescans the spool. A database error leaves the file in the spool and retries lat
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
 import queue
@@ -284,6 +285,9 @@ class Daemon:
 
     def run(self) -> int:
         self.spool.ensure()
+        # Everything imported and built so far lives as long as the process: a full
+        # collection need not walk it again at every scrape's garbage (a p99 outlier).
+        gc.freeze()
         if self.fleet is not None:
             self.fleet.start()
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,

@@ -16,7 +16,7 @@ from memledger.store.db import writer
 from memledger.store.rows import dialect_insert, upsert_host
 from memledger.store.schema import hosts, runtime_batches, runtime_events
 from memledger.tracer.runtime import Batch, BatchError, parse_batch
-from sqlalchemy import Connection, Engine, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 
 __all__ = ("BatchError", "BatchResult", "RuntimeTotals", "ingest_batch", "runtime_totals")
 
@@ -69,25 +69,31 @@ class RuntimeTotals:
     dropped: dict[str, int]          # source -> records lost
 
 
+# Built once, with bound parameters: the daemon runs them at every host-mode scrape, and
+# building the subquery cost more than running both statements.
+_BATCHES = (select(runtime_batches.c.id, runtime_batches.c.source)
+            .join(hosts, hosts.c.id == runtime_batches.c.host_id)
+            .where(hosts.c.machine_id == bindparam("machine_id"),
+                   runtime_batches.c.boot_id == bindparam("boot_id"))
+            .subquery())
+_PER_SOURCE = (select(_BATCHES.c.source, func.count(runtime_batches.c.id),
+                      func.sum(runtime_batches.c.dropped), func.sum(runtime_batches.c.event_count))
+               .join(runtime_batches, runtime_batches.c.id == _BATCHES.c.id)
+               .group_by(_BATCHES.c.source))
+_SIZES = (select(runtime_events.c.kind, runtime_events.c.function, runtime_events.c.caller,
+                 func.sum(runtime_events.c.size))
+          .join(_BATCHES, _BATCHES.c.id == runtime_events.c.batch_id)
+          .where(runtime_events.c.size.is_not(None))
+          .group_by(runtime_events.c.kind, runtime_events.c.function, runtime_events.c.caller))
+
+
 def runtime_totals(conn: Connection, machine_id: str, boot_id: str) -> RuntimeTotals:
-    batch = (select(runtime_batches.c.id, runtime_batches.c.source)
-             .join(hosts, hosts.c.id == runtime_batches.c.host_id)
-             .where(hosts.c.machine_id == machine_id, runtime_batches.c.boot_id == boot_id)
-             .subquery())
+    params = {"machine_id": machine_id, "boot_id": boot_id}
     out = RuntimeTotals({}, {}, {}, {}, {}, {})
-    for row in conn.execute(select(batch.c.source, func.count(runtime_batches.c.id),
-                                   func.sum(runtime_batches.c.dropped),
-                                   func.sum(runtime_batches.c.event_count))
-                            .join(runtime_batches, runtime_batches.c.id == batch.c.id)
-                            .group_by(batch.c.source)):
+    for row in conn.execute(_PER_SOURCE, params):
         out.dropped[row[0]] = int(row[2] or 0)
         out.events[row[0]] = int(row[3] or 0)
-    rows = conn.execute(select(runtime_events.c.kind, runtime_events.c.function,
-                               runtime_events.c.caller, func.sum(runtime_events.c.size))
-                        .join(batch, batch.c.id == runtime_events.c.batch_id)
-                        .where(runtime_events.c.size.is_not(None))
-                        .group_by(runtime_events.c.kind, runtime_events.c.function,
-                                  runtime_events.c.caller))
+    rows = conn.execute(_SIZES, params)
     for kind, function, caller, total in rows:
         target = {"freed": out.freed, "offlined": out.offlined, "log": out.logged}.get(kind)
         if kind == "managed":
