@@ -148,8 +148,8 @@ def _prepared(paths: list[str], jobs: int) -> Iterator[tuple[str, Prepared | Non
 @click.command(epilog=INGEST_EXAMPLES)
 @click.argument("files", nargs=-1, required=True, type=click.Path())
 @DB_OPTION
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=os.cpu_count() or 1,
-              show_default="the number of CPUs",
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=min(os.cpu_count() or 1, 8),
+              show_default="the number of CPUs, at most 8",
               help="Processes that parse captures; one process writes the database.")
 def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
     """Store capture FILES (files, or directories of *.tar.gz); a boot already stored is
@@ -173,6 +173,7 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
                 counts[result.status] += 1
             bar.advance(task, len(batch))
             batch.clear()
+            gc.collect()  # the cyclic collector is off while parsing; one pass per batch
 
         for path, prepared, why in _prepared(paths, jobs):
             if prepared is None:
