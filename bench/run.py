@@ -180,11 +180,7 @@ def bench_backfill(n: int = 10_000) -> dict[str, Any]:
     """`memledger ingest` of n capture files into SQLite and PostgreSQL, against reading
     the same files with `gzip -dc`."""
     caps = write_captures(WORK / "captures", SEED, n)
-    expected = {}
-    for src, path in source_captures(WORK / "sources", set(caps.source.values())).items():
-        (ledger,) = _ledgers(_sh([MEMLEDGER, "analyze", str(path), "--json"]).stdout)
-        h = _headline(ledger)
-        expected[src] = (h[1], h[2], h[3], h[4], h[5])
+    expected = _source_headlines_of(caps)
     zcat_s, _ = _best(lambda: subprocess.run(f"cat {caps.directory}/*.tar.gz | gzip -dc >/dev/null",
                                              shell=True, check=True), 1)
     out: dict[str, Any] = {"captures": n, "bytes": caps.bytes, "jobs": os.cpu_count(),

@@ -200,34 +200,40 @@ def _decide(items: Sequence[tuple[Prepared, str | None]], key_of: list[tuple[int
     return out
 
 
+def _replace_derived(conn: Connection, items: list[tuple[int, Prepared]], now: datetime) -> None:
+    """Give each boot (pk) the columns, ledger, document and events of its prepared
+    capture, dropping the ones it had."""
+    pks = [pk for pk, _ in items]
+    for table in (events, ledgers, ledger_documents):
+        conn.execute(delete(table).where(table.c.boot_pk.in_(pks)))
+    conn.execute(update(boots).where(boots.c.id == bindparam("b_id")).values(
+        ingested_at=now, **{c: bindparam(f"b_{c}", type_=boots.c[c].type) for c in _BOOT_COLUMNS}),
+        [{"b_id": pk, **{f"b_{c}": p.boot[c] for c in _BOOT_COLUMNS}} for pk, p in items])
+    conn.execute(insert(ledgers), [{"boot_pk": pk, "computed_at": now, **_columns(p)}
+                                   for pk, p in items])
+    conn.execute(insert(ledger_documents), [{"boot_pk": pk, "document": p.ledger["document"]}
+                                            for pk, p in items])
+    rows = [{"boot_pk": pk, **row} for pk, p in items for row in p.events]
+    if rows:
+        conn.execute(insert(events), rows)
+
+
 def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
            superseded: list[int], now: datetime) -> None:
-    """Store each winning capture and point its boot at it, replacing the boot's columns,
+    """Store each winning capture and point its boot at it, with the capture's columns,
     ledger and events; then drop the captures they replace."""
     cap_ids = conn.execute(insert(captures).returning(captures.c.id, sort_by_parameter_order=True), [
         {"sha256": p.sha256, "size": len(p.data), "format_version": p.manifest.format_version,
          "memledger_version": p.manifest.memledger_version, "captured_at": p.manifest.captured_at,
          "ingested_at": now, "origin": origin, "data": p.data}
         for _, p, origin in winners]).scalars().all()
-    pks = [pk for pk, _, _ in winners]
-    for table in (events, ledgers, ledger_documents):
-        conn.execute(delete(table).where(table.c.boot_pk.in_(pks)))
     conn.execute(update(boots).where(boots.c.id == bindparam("b_id")).values(
-        capture_id=bindparam("b_capture_id"), captured_at=bindparam("b_captured_at"),
-        ingested_at=now,
-        **{c: bindparam(f"b_{c}", type_=boots.c[c].type) for c in _BOOT_COLUMNS}), [
-        {"b_id": pk, "b_capture_id": cap, "b_captured_at": p.manifest.captured_at,
-         **{f"b_{c}": p.boot[c] for c in _BOOT_COLUMNS}}
+        capture_id=bindparam("b_capture_id"), captured_at=bindparam("b_captured_at")), [
+        {"b_id": pk, "b_capture_id": cap, "b_captured_at": p.manifest.captured_at}
         for (pk, p, _), cap in zip(winners, cap_ids, strict=True)])
     if superseded:
         conn.execute(delete(captures).where(captures.c.id.in_(superseded)))
-    conn.execute(insert(ledgers), [{"boot_pk": pk, "computed_at": now, **_columns(p)}
-                                   for pk, p, _ in winners])
-    conn.execute(insert(ledger_documents), [{"boot_pk": pk, "document": p.ledger["document"]}
-                                            for pk, p, _ in winners])
-    rows = [{"boot_pk": pk, **row} for pk, p, _ in winners for row in p.events]
-    if rows:
-        conn.execute(insert(events), rows)
+    _replace_derived(conn, [(pk, p) for pk, p, _ in winners], now)
 
 
 def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
@@ -265,17 +271,6 @@ def ingest(engine: Engine, p: Prepared, origin: str | None = None,
            now: datetime | None = None) -> IngestResult:
     """Store one prepared capture, in one transaction."""
     return ingest_many(engine, [(p, origin)], now)[0]
-
-
-def _rewrite_boot(conn: Connection, boot_pk: int, p: Prepared, now: datetime) -> None:
-    """Replace a boot's columns, ledger and events with ``p``'s (its capture stays)."""
-    for table in (events, ledgers, ledger_documents):
-        conn.execute(delete(table).where(table.c.boot_pk == boot_pk))
-    conn.execute(update(boots).where(boots.c.id == boot_pk).values(ingested_at=now, **p.boot))
-    conn.execute(insert(ledgers).values(boot_pk=boot_pk, computed_at=now, **_columns(p)))
-    conn.execute(insert(ledger_documents).values(boot_pk=boot_pk, document=p.ledger["document"]))
-    if p.events:
-        conn.execute(insert(events), [{"boot_pk": boot_pk, **row} for row in p.events])
 
 
 def ingest_bytes(engine: Engine, data: bytes, version: str, origin: str | None = None,
@@ -316,7 +311,7 @@ def reprocess(engine: Engine, version: str,
             except BadCapture as exc:
                 report.failed.append((row.machine_id, row.boot_id, str(exc)))
             else:
-                _rewrite_boot(conn, row.id, p, datetime.now(UTC))
+                _replace_derived(conn, [(row.id, p)], datetime.now(UTC))
                 report.changed += before != json.loads(json.dumps(p.ledger["document"]))
             report.boots += 1
         if progress is not None:

@@ -122,11 +122,11 @@ def _clean_text(text: str) -> str:
 
 def detect_format(lines: Sequence[str]) -> str:
     """The format that matches most of the first lines (it stops at the first format to
-    match ``_DETECT_ENOUGH`` lines); ``plain`` when none does."""
+    match ``_DETECT_ENOUGH`` lines); ``plain`` when none does. The lines are cleaned
+    already (see :func:`split_boots`)."""
     counts = dict.fromkeys(_ORDER, 0)
     seen = 0
-    for raw in lines:
-        line = _clean_text(raw)
+    for line in lines:
         if not line.strip():
             continue
         seen += 1
