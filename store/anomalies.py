@@ -109,6 +109,17 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
         add(Anomaly("trace_overflowed", "warning",
                     "the trace ring buffer overwrote entries; raise trace_buf_size",
                     ", ".join(ev.trace_paths)))
+    efi_lines = [f for f in (log.freeing if log else []) if f.name == "EFI boot services"]
+    if len(efi_lines) > 1:
+        # a4b0bf6a40f3: efi_free_boot_services() prints its total once per boot.
+        values = sorted({f.kib for f in efi_lines})
+        add(Anomaly("bad_input", "warning",
+                    f"'Freeing EFI boot services memory' appears {len(efi_lines)} times in one "
+                    "boot; the kernel prints it once: repeated log lines"
+                    + (" (counted once)" if len(values) == 1 else
+                       f" with different totals ({', '.join(f'{v}K' for v in values)}): "
+                       "reclaimed is unknown"),
+                    ", ".join(f"{where}:{f.at.lineno}" for f in efi_lines[:5])))
     for src, msg in ev.problems:
         add(Anomaly("bad_input", "warning", msg, src))
     return out

@@ -173,14 +173,20 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
     efi_lines = [f for f in (log.freeing if log else []) if f.name == "EFI boot services"]
     late = [m for _, m in (log.memblock if log else [])
             if m.op == "free_late" and m.caller_fn == "efi_free_boot_services"]
-    cc["freeing_line_bytes"] = sum(f.kib for f in efi_lines) * 1024 if efi_lines else None
-    cc["memblock_free_late_bytes"] = (sum(whole_pages_bytes(m.start, m.end) for m in late)
-                                      if late else None)
+    # a4b0bf6a40f3: efi_free_boot_services() prints its total once per boot, and frees each
+    # region once. More lines than that are repeated log lines (a shipper's retry, a
+    # console's replay): a value seen again counts once; two different totals are unknown
+    # (find_anomalies says which lines).
+    efi_kib = {f.kib for f in efi_lines}
+    cc["freeing_line_bytes"] = next(iter(efi_kib)) * 1024 if len(efi_kib) == 1 else None
+    cc["memblock_free_late_bytes"] = (sum(whole_pages_bytes(s, e) for s, e in
+                                          {(m.start, m.end) for m in late}) if late else None)
     cc["trace_freed_bytes"] = tf.pages * PAGE if tf and tf.pages is not None else None
     cc["trace_free_calls"] = tf.calls if tf else None
     if efi_lines:
         # a4b0bf6a40f3 (v7.0; Debian 6.1.170+ and 6.12.117): arch_initcall prints the total.
-        bs.reclaimed_bytes, bs.reclaimed_source = cc["freeing_line_bytes"], "kernel_log"
+        if cc["freeing_line_bytes"] is not None:
+            bs.reclaimed_bytes, bs.reclaimed_source = cc["freeing_line_bytes"], "kernel_log"
     elif late:
         # Before a4b0bf6a40f3: one memblock_free_late line per region with memblock=debug.
         bs.reclaimed_bytes, bs.reclaimed_source = cc["memblock_free_late_bytes"], "memblock_free_late"
