@@ -40,6 +40,7 @@ ACCOUNTING = ("boot_reserved", "present", "managed", "memtotal", "residual",
               "unexplained_residual")
 _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
+_FLEET_NOTE = " Read at the last fleet refresh (memledger_fleet_refresh_timestamp_seconds)."
 _PROBE = select(literal(1))
 
 
@@ -211,9 +212,11 @@ def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None) -> Itera
                         figures[name].add_metric([*lv, label_value, stat], s[stat] or 0)
     yield from (n_boots, hosts_g, leaking, anomalous, lowfreed, *figures.values())
     if n_hosts is not None:
+        # Rendered with the fleet figures, not at the scrape: the HELP says so.
         yield _plain("memledger_store_boots", "Boots held in the store.",
-                     sum(len(g.host_ids) for g in groups))
-        yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts)
+                     sum(len(g.host_ids) for g in groups), _FLEET_NOTE)
+        yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts,
+                     _FLEET_NOTE)
 
 
 class StoreCollector(Collector):
@@ -253,8 +256,8 @@ class StoreCollector(Collector):
         yield from metrics
 
 
-def _plain(name: str, doc: str, value: float) -> GaugeMetricFamily:
-    return GaugeMetricFamily(name, doc + _CACHE_NOTE, value=value)
+def _plain(name: str, doc: str, value: float, note: str = _CACHE_NOTE) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc + note, value=value)
 
 
 class IngestMetrics(Collector):

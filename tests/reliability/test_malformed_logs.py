@@ -9,7 +9,6 @@ are either the kernel's "efi: Freeing EFI boot services memory: NK" or unknown (
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from collections.abc import Callable
@@ -97,7 +96,7 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
     "a 10 MB line in the middle": (
         lambda: ("".join(LINES[:100]) + "[    0.100000] " + "x" * 10_000_000 + "\n"
                  + "".join(LINES[100:])).encode(), "kernel"),
-    "a new memblock flag name": (
+    "an unknown memblock function name": (
         lambda: TEXT.replace("memblock_reserve: [", "memblock_reserve_kho_scratch: [", 3).encode(),
         "kernel"),
     "a range that ends before it starts": (
@@ -138,6 +137,6 @@ def test_malformed_log_is_a_ledger_or_one_line_exit_2(case: str, tmp_path: Path)
         assert reclaimed[-1] is None
 
 
-def test_the_big_boot_is_the_oracle() -> None:
+def test_the_oracle_is_there() -> None:
+    # Without the kernel's figure every "kernel" case above would compare None with None.
     assert FREED is not None and FREED > 40 << 20
-    assert os.path.getsize(BOOT / "dmesg.txt") > 10_000
