@@ -33,7 +33,7 @@ from memledger.store.db import StoreError, default_db_path, display_url, resolve
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
 from memledger.store.runtime import BatchError, ingest_batch
-from memledger.store.spool import Refused, Spool
+from memledger.store.spool import Refused, Spool, UnsafeSpool
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
 from memledger.tracer.runtime import is_batch
@@ -414,6 +414,8 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     with open_store(db, create=True) as engine:
         try:
             code = Daemon(cfg, engine).run()
+        except UnsafeSpool as exc:
+            fail(str(exc))
         except OSError as exc:  # the listen address is taken, or the spool cannot be watched
             where = listen if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else spool
             fail(f"{where}: {os.strerror(exc.errno or 0) or exc}", 1)

@@ -52,6 +52,16 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     "the kernel log does not start at 'Linux version': early messages were "
                     "lost (ring buffer wrapped or capture started late)",
                     f"{where}:{log.first_lineno}"))
+    # free_initmem() prints "Freeing unused kernel image (initmem) memory" (before 5.0:
+    # "unused kernel memory") once every initcall has run, efi_free_boot_services() too
+    # (an arch_initcall since a4b0bf6a40f3; earlier, in efi_enter_virtual_mode()).
+    ends_early = log is not None and log.message_count > 0 and not any(
+        f.name.startswith("unused kernel") for f in log.freeing)
+    if ends_early and log is not None:
+        add(Anomaly("log_truncated", "warning",
+                    "the kernel log ends before the end of kernel init (no 'Freeing unused "
+                    "kernel image' line): later messages were lost (log cut short)",
+                    f"{where}:{log.last_lineno}"))
     if ledger.kernel["cmdline_truncated"]:
         add(Anomaly("cmdline_truncated", "info",
                     "the command line comes from the log, where printk cuts it at about 1 KiB; "
@@ -101,10 +111,19 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     f"sys/kernel/boot_params/data: type_of_loader "
                     f"{ev.loader.type_of_loader:#04x}" if ev.loader else where))
     elif efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
-        add(Anomaly("reclaim_unknown", "info",
-                    "no record of the boot-services free: the kernel predates the "
-                    "'Freeing EFI boot services memory' line (a4b0bf6a40f3) and neither "
-                    "memblock=debug nor a boot trace was captured", where))
+        if ends_early:
+            why = "the log ends before the kernel had finished booting (see log_truncated)"
+        elif ledger.fidelity.get("memblock_debug") or ledger.fidelity.get("boot_trace"):
+            # a4b0bf6a40f3 frees with free_reserved_area(), which memblock=debug does not
+            # log, and prints its total only when it freed something.
+            why = ("neither a 'Freeing EFI boot services memory' line nor any "
+                   "memblock_free_late from efi_free_boot_services: nothing was freed, or "
+                   "freed by a path this log does not show")
+        else:
+            why = ("the kernel predates the 'Freeing EFI boot services memory' line "
+                   "(a4b0bf6a40f3) and neither memblock=debug nor a boot trace was captured")
+        add(Anomaly("reclaim_unknown", "info", f"no record of the boot-services free: {why}",
+                    where))
     if ledger.fidelity.get("trace_overflowed"):
         add(Anomaly("trace_overflowed", "warning",
                     "the trace ring buffer overwrote entries; raise trace_buf_size",

@@ -160,7 +160,7 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
     elif memblock_seen and log is not None and log.complete:
         total_span = owned | runtime_all
         bs.total_source = "memblock+runtime_map" if ev.runtime_map is not None else "memblock"
-        bs.regions = len(efi_reserves) + sum(1 for e in runtime_entries
+        bs.regions = len({(m.start, m.end) for _, m in efi_reserves}) + sum(1 for e in runtime_entries
                                              if iv.span(e.start, e.end) not in owned)
         if ev.runtime_map is None:
             bs.notes.append("runtime-map unreadable or absent: regions the kernel kept as "
@@ -244,7 +244,9 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
         reasons["runtime"] = iv.length(runtime_only)
         bs.runtime_by_cause = _runtime_causes(ev, runtime_only, reserved_before)
     if total_span is not None:
-        low = iv.clip(total_span, 0, SZ_1M) - runtime_only - emr
+        # Minus what a kernel without f1d4d47c5851's clamp freed there (low_memory_freed).
+        low = iv.clip(total_span, 0, SZ_1M) - runtime_only - emr - iv.spans(
+            (m.start, m.end) for m in late)
         reasons["below_1m"] = iv.length(low)
     if bs.kept_bytes is not None:
         known = sum(v for k, v in reasons.items() if k != "unexplained" and v is not None)

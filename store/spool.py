@@ -10,6 +10,13 @@ A file leaves the spool only after the database committed it, so a crash at any 
 leaves it in place for the next start; a second ingest of it is a counted duplicate.
 Symlinks, FIFOs, devices, directories and files over the size cap are refused without
 being opened for reading.
+
+Who may drop files: the spool trusts only this process's user and root (the collector
+runs as root's uid without CAP_DAC_OVERRIDE; memledger.tmpfiles makes the spool setgid
+memledger, mode 2770). A file owned by anyone else, or writable by everyone, is refused
+into failed/. A spool directory that is world-writable or owned by anyone else is not
+read at all (:class:`UnsafeSpool`): anybody could have put anything there. This is the
+rule OpenSSH's StrictModes applies to authorized_keys, and cron to its spool.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from dataclasses import dataclass
 
 from memledger.store.files import atomic_write, fsync_dir, is_temporary
 
-__all__ = ("DONE", "FAILED", "Refused", "Spool")
+__all__ = ("DONE", "FAILED", "Refused", "Spool", "UnsafeSpool")
 
 DONE = "done"
 FAILED = "failed"
@@ -31,6 +38,14 @@ _ERROR_SUFFIX = ".error"
 
 class Refused(Exception):
     """The spool entry is not something memledger reads; the message says what it is."""
+
+
+class UnsafeSpool(OSError):
+    """The spool directory itself cannot be trusted; nothing in it is read. One line."""
+
+
+def _trusted_uids() -> frozenset[int]:
+    return frozenset((os.geteuid(), 0))
 
 
 def _kind(mode: int) -> str:
@@ -56,11 +71,27 @@ class Spool:
         return os.path.join(self.path, FAILED)
 
     def ensure(self) -> None:
+        """Create the spool (and done/, failed/) if needed; raises :class:`UnsafeSpool`."""
         for d in (self.path, self.done, self.failed):
             os.makedirs(d, mode=0o750, exist_ok=True)
+        self.check()
+
+    def check(self) -> None:
+        """Raise :class:`UnsafeSpool` when the directory is world-writable or owned by
+        anyone but this user or root (a symlink to a directory is followed)."""
+        st = os.stat(self.path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafeSpool(f"{self.path}: not a directory")
+        if st.st_mode & stat.S_IWOTH:
+            raise UnsafeSpool(f"{self.path}: world-writable (mode {stat.S_IMODE(st.st_mode):04o}), "
+                              "so anyone could drop files; refusing to read it (chmod o-w)")
+        if st.st_uid not in _trusted_uids():
+            raise UnsafeSpool(f"{self.path}: owned by uid {st.st_uid}, not by this user "
+                              f"(uid {os.geteuid()}) or root; refusing to read it")
 
     def waiting(self) -> list[str]:
-        """Names waiting in the spool, oldest first."""
+        """Names waiting in the spool, oldest first. Raises :class:`UnsafeSpool`."""
+        self.check()
         out: list[tuple[int, str]] = []
         with os.scandir(self.path) as it:
             for entry in it:
@@ -74,7 +105,9 @@ class Spool:
         return [name for _, name in sorted(out)]
 
     def read(self, name: str) -> bytes | None:
-        """The file's bytes; None when it is gone. Raises :class:`Refused`."""
+        """The file's bytes; None when it is gone. Raises :class:`Refused` for the file,
+        :class:`UnsafeSpool` for the directory."""
+        self.check()
         path = os.path.join(self.path, name)
         try:
             st = os.lstat(path)
@@ -82,6 +115,11 @@ class Spool:
             return None
         if not stat.S_ISREG(st.st_mode):
             raise Refused(f"{_kind(st.st_mode)}, not a regular file")
+        if st.st_uid not in _trusted_uids():
+            raise Refused(f"owned by uid {st.st_uid}, not by this user (uid {os.geteuid()}) "
+                          "or root")
+        if st.st_mode & stat.S_IWOTH:
+            raise Refused(f"world-writable (mode {stat.S_IMODE(st.st_mode):04o})")
         if st.st_size > self.max_bytes:
             raise Refused(f"{st.st_size} bytes is over the {self.max_bytes}-byte cap")
         try:
@@ -90,7 +128,8 @@ class Spool:
             return None
         with os.fdopen(fd, "rb") as fh:
             now = os.fstat(fh.fileno())
-            if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino:
+            if not stat.S_ISREG(now.st_mode) or now.st_ino != st.st_ino \
+                    or now.st_uid != st.st_uid or now.st_mode & stat.S_IWOTH:
                 raise Refused("replaced while being opened")
             data = fh.read(self.max_bytes + 1)
         if len(data) > self.max_bytes:

@@ -42,10 +42,15 @@ MEMBLOCK_RSRV_KERN = 0x20  # v6.16, "memblock: add MEMBLOCK_RSRV_KERN flag"
 
 # Function names are matched as [a-z0-9_] rather than \w, and 0x outside the groups: the
 # same lines, twice as fast (a memblock=debug boot has 10⁵ of them).
+# Between the range and the caller, v6.16+ prints " nid=%d flags=%x"; any other
+# "key=value" a later kernel adds is read past, so the range is never lost to it.
 _RANGE = re.compile(
     r"(_{0,2}memblock_[a-z0-9_]+): \[0x([0-9a-fA-F]+)-0x([0-9a-fA-F]+)\]"
-    r"(?: nid=(-?\d+) flags=([0-9a-fA-F]+))?(?: (\S+))?\s*$"
+    r"((?: [a-z_]+=\S*)*)(?: ([^\s=]+))?\s*$"
 )
+# What every range line starts with: a line like this that _RANGE does not read is
+# reported, not dropped.
+_RANGE_START = re.compile(r"_{0,2}memblock_[a-z0-9_]+: \[0x")
 _ALLOC = re.compile(
     r"^(?P<fn>_{0,2}memblock_\w+): (?P<size>\d+) bytes align=(?P<align>0x[0-9a-fA-F]+)"
     r"(?: nid=(?P<nid>-?\d+))? from=(?P<frm>0x[0-9a-fA-F]+) max_addr=(?P<max>0x[0-9a-fA-F]+)"
@@ -130,13 +135,19 @@ ALLOC_MARK = " bytes align="
 
 
 def _event(m: re.Match[str], msg: str) -> MemblockEvent:
-    fn, s, e, nid, flags, caller = m.groups()
+    fn, s, e, keys, caller = m.groups()
     start, last = int(s, 16), int(e, 16)
     if last < start:
         raise ValueError(f"memblock range ends before it starts: {msg!r}")
-    return MemblockEvent(_OPS.get(fn) or _op(fn), start, last + 1, caller,
-                         None if nid is None else int(nid),
-                         None if flags is None else int(flags, 16))
+    nid = flags = None
+    if keys:
+        fields = dict(kv.partition("=")[::2] for kv in keys.split())
+        try:
+            nid = int(fields["nid"]) if "nid" in fields else None
+            flags = int(fields["flags"], 16) if "flags" in fields else None
+        except ValueError:
+            raise ValueError(f"memblock nid or flags is not a number: {msg!r}") from None
+    return MemblockEvent(_OPS.get(fn) or _op(fn), start, last + 1, caller, nid, flags)
 
 
 def parse_range(msg: str) -> MemblockEvent | None:
@@ -157,6 +168,9 @@ def parse_ranges(msgs: list[str]) -> tuple[list[tuple[int, MemblockEvent]], list
                 events.append((pos, _event(m, msgs[pos])))
             except ValueError as exc:
                 bad.append((pos, str(exc)))
+        elif _RANGE_START.match(msgs[pos]):
+            bad.append((pos, f"memblock range line in a format this memledger does not read: "
+                             f"{msgs[pos][:120]!r}"))
     return events, bad
 
 
