@@ -10,7 +10,7 @@ TYPECHECK_ROOT := build/typecheck
 # The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
 # checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
 
-.PHONY: all run test lint typecheck unit e2e bench dashboards lab-kernels boot-fixtures venv system-deps clean
+.PHONY: all run test lint typecheck unit e2e fuzz bench dashboards lab-kernels boot-fixtures venv system-deps clean
 
 all: test
 
@@ -55,6 +55,13 @@ lab-kernels: venv
 # Boots every configuration on every cached kernel under QEMU (TCG when KVM does not work).
 e2e: venv lab-kernels
 	$(BIN)/pytest tests/e2e
+
+# Fuzzing (tests/fuzz): every parser entry point under atheris for FUZZ_SECONDS each,
+# two at a time. .ci/run runs it after `make test`; a crash writes
+# tests/fuzz/crashers/TARGET/crash-… (commit it with the fix: the unit suite replays it).
+FUZZ_SECONDS ?= 60
+fuzz: venv
+	$(BIN)/python tests/fuzz/fuzzrun.py --seconds $(FUZZ_SECONDS) -j 2
 
 # Benchmarks (bench/): writes bench/results.json and prints a table for BENCHMARKS.md.
 # Never part of `make test`; they fail only when a run breaks or disagrees with analyze.
