@@ -29,7 +29,14 @@ from memledger.exporters.metrics import IngestMetrics, StoreCollector
 from memledger.exporters.notify import Notifier
 from memledger.exporters.units import parse_duration, parse_size
 from memledger.exporters.web import WebServer, parse_listen_address
-from memledger.store.db import StoreError, default_db_path, display_url, resolve_url, sqlite_path
+from memledger.store.db import (
+    StoreError,
+    default_db_path,
+    describe_error,
+    display_url,
+    resolve_url,
+    sqlite_path,
+)
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
 from memledger.store.runtime import BatchError, ingest_batch
@@ -238,7 +245,7 @@ class Daemon:
                  result.source, result.boot_id, result.machine_id, result.events, lost)
 
     def _db_error(self, name: str, exc: SQLAlchemyError) -> None:
-        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        reason = describe_error(self.engine.url, exc)
         log.error("%s: database error (%s); it stays in the spool, retry in %.0fs",
                   name, reason, _RETRY_S)
         self._retry_at = time.monotonic() + _RETRY_S

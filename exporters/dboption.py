@@ -8,7 +8,7 @@ from contextlib import contextmanager
 
 import click
 from memledger.exporters.errors import fail
-from memledger.store.db import StoreError, make_engine, resolve_url
+from memledger.store.db import StoreError, describe_error, make_engine, resolve_url
 from memledger.store.migrate import upgrade
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,7 +37,6 @@ def open_store(db: str | None, *, create: bool) -> Iterator[Engine]:
     except StoreError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
-        fail(f"{engine.url.render_as_string(hide_password=True)}: "
-             f"{str(exc.orig if hasattr(exc, 'orig') and exc.orig else exc).splitlines()[0]}", 1)
+        fail(f"{engine.url.render_as_string(hide_password=True)}: {describe_error(engine.url, exc)}", 1)
     finally:
         engine.dispose()

@@ -1,21 +1,27 @@
 """The daemon's HTTP side: ``--web.telemetry-path`` (default /metrics) and a landing page.
 
 A ThreadingHTTPServer serves each request on its own thread, so one slow client does not
-hold up the others; metrics come from the registry's collectors at scrape time.
+hold up the others, and drops a client silent for CLIENT_TIMEOUT_S; metrics come from the
+registry's collectors at scrape time.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import socket
+import sys
 import threading
+import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ("WebServer", "parse_listen_address")
+__all__ = ("CLIENT_TIMEOUT_S", "WebServer", "parse_listen_address")
+
+log = logging.getLogger(__name__)
 
 
 def parse_listen_address(text: str) -> tuple[str, int]:
@@ -31,8 +37,21 @@ def parse_listen_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+CLIENT_TIMEOUT_S = 10.0
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or stalls is its own business (socketserver would print a
+        traceback to stderr, the journal); anything else is one log line."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, ConnectionError | TimeoutError):
+            log.debug("HTTP client %s: %s", client_address, exc)
+        else:
+            log.error("HTTP request from %s failed: %s: %s", client_address,
+                      type(exc).__name__, exc)
     allow_reuse_address = True
 
 
@@ -53,6 +72,10 @@ class WebServer:
 
         class Handler(BaseHTTPRequestHandler):
             server_version = "memledger"
+            protocol_version = "HTTP/1.1"  # keep-alive, as Prometheus scrapes
+            # A client that sends nothing (or reads nothing) for this long is dropped, so
+            # stalled connections cannot pile up threads (slowloris).
+            timeout = CLIENT_TIMEOUT_S
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # access logs would flood the journal at every scrape
@@ -69,8 +92,7 @@ class WebServer:
                 route = self.path.split("?", 1)[0]
                 if route == path:
                     try:
-                        # Families rendered ahead of time (fleet mode) follow the live ones.
-                        body = generate_latest(registry) + (rendered() if rendered else b"")
+                        body = server._metrics()
                     except Exception as exc:  # a failing collector is a 500, not a dead thread
                         self._send(500, "text/plain; charset=utf-8", f"{exc}\n".encode())
                         return
@@ -82,9 +104,28 @@ class WebServer:
 
             do_HEAD = do_GET
 
+        server = self
+        self._registry, self._rendered = registry, rendered
+        self._render_lock = threading.Lock()
+        self._last: tuple[float, bytes] | None = None  # (when its rendering started, body)
         self.path = path
         self.httpd = _server_class(host)((host, port), Handler)
         self._thread: threading.Thread | None = None
+
+    def _metrics(self) -> bytes:
+        """The /metrics body. Scrapes that arrive while one is being rendered share the
+        next rendering (single flight): a response always reflects a rendering that began
+        after its request arrived, so nothing is stale, and a burst of scrapes costs a
+        few renderings instead of one each (tests/reliability/test_http.py)."""
+        asked = time.monotonic()
+        with self._render_lock:
+            if self._last is not None and self._last[0] >= asked:
+                return self._last[1]
+            started = time.monotonic()
+            # Families rendered ahead of time (fleet mode) follow the live ones.
+            body = generate_latest(self._registry) + (self._rendered() if self._rendered else b"")
+            self._last = (started, body)
+            return body
 
     @property
     def address(self) -> str:

@@ -25,6 +25,7 @@ __all__ = (
     "StoreError",
     "as_utc",
     "default_db_path",
+    "describe_error",
     "display_url",
     "make_engine",
     "resolve_url",
@@ -71,6 +72,23 @@ def resolve_url(db: str | None) -> URL:
         return make_url(db)
     except ArgumentError:
         raise StoreError(f"--db {db!r}: not a database URL") from None
+
+
+def describe_error(url: URL, exc: BaseException) -> str:
+    """One line for a database error. SQLite reports a full disk as "database or disk is
+    full" while writing but as "disk I/O error" when it cannot even create its -wal or
+    -journal file; in both cases the line says which file system has no room left."""
+    orig = getattr(exc, "orig", None) or exc
+    text = (str(orig).splitlines() or [type(orig).__name__])[0]
+    path = sqlite_path(url)
+    if path is not None:
+        try:
+            full = os.statvfs(path.parent).f_bavail == 0
+        except OSError:
+            full = False
+        if full:
+            text += f" (no space left on the file system of {path.parent})"
+    return text
 
 
 def sqlite_path(url: URL) -> Path | None:

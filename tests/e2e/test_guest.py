@@ -91,6 +91,36 @@ class Scenario:
     kexec_freeing_lines: int = -1
     kexec_boots: list[dict[str, Any]] = field(default_factory=list)
     kexec_metrics: dict[str, float] = field(default_factory=dict)
+    security: dict[str, str] = field(default_factory=dict)  # unit -> systemd-analyze security
+    caps: dict[str, dict[str, int]] = field(default_factory=dict)  # unit -> CapEff/CapPrm/CapBnd
+    writes: dict[str, str] = field(default_factory=dict)  # "unit path" -> "ok" or the error
+
+
+# capability(7) numbers: CAP_SYSLOG 34, CAP_PERFMON 38, CAP_BPF 39.
+COLLECTOR_CAPS = (1 << 34) | (1 << 38) | (1 << 39)
+# Where each unit may write (StateDirectory=, ReadWritePaths=); everything else must fail.
+WRITE_PROBES = {
+    "memledger.service": {"/var/lib/memledger/probe": True, "/var/lib/memledger/spool/.probe": True,
+                          "/etc/memledger-probe": False, "/usr/local/probe": False,
+                          "/var/tmp/memledger-probe": False, "/root/probe": False},
+    "memledger-collector.service": {"/var/lib/memledger/spool/.probe": True,
+                                    "/var/lib/memledger/memledger.db-probe": False,
+                                    "/etc/memledger-probe": False, "/usr/local/probe": False},
+}
+
+
+def privileges(vm: GuestVM, s: Scenario) -> None:
+    """What each running unit can do: systemd-analyze security, the capability sets of
+    its main process, and writes from inside its mount namespace (nsenter; as root, so
+    only the read-only mounts can refuse them)."""
+    for unit in UNITS:
+        s.security[unit] = vm.sh(f"systemd-analyze security --no-pager {unit}", timeout=120).out
+        pid = sh(vm, f"systemctl show -p MainPID --value {unit}").strip()
+        status = sh(vm, f"cat /proc/{pid}/status")
+        s.caps[unit] = {k: int(v, 16) for k, v in re.findall(r"^(Cap\w+):\s+([0-9a-f]+)$", status, re.M)}
+        for path in WRITE_PROBES[unit]:
+            r = vm.sh(f"nsenter -t {pid} -m sh -c 'touch {path} && rm -f {path}' 2>&1")
+            s.writes[f"{unit} {path}"] = "ok" if r.rc == 0 else r.out.strip()
 
 
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*(?:\{[^}]*\})?) (\S+)$")
@@ -208,6 +238,7 @@ def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         s.metrics = wait_until("the ledger in /metrics", lambda: (
             m := scrape(port)).get('memledger_efi_boot_services_bytes{state="reclaimed"}') and m, 120)
         s.collector_log = sh(vm, "journalctl -b -u memledger-collector --no-pager")
+        privileges(vm, s)
 
         s.bcc = shrink(vm, port, 192, "bcc")
 
@@ -324,3 +355,43 @@ def test_a_kexec_boot_is_recognised_and_not_called_a_leak(scenario: Scenario) ->
     assert m['memledger_anomalies{code="leak"}'] == 0
     assert 'memledger_efi_boot_services_bytes{state="reclaimed"}' not in m
     assert any(k.startswith("memledger_boot_info{") and 'loader="kexec"' in k for k in m), m
+
+
+def _exposure(report: str) -> float:
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", report)
+    assert m, report[-1500:]
+    return float(m.group(1))
+
+
+def test_systemd_analyze_security_scores(scenario: Scenario) -> None:
+    """The README's Reliability section records these scores (0 is best, 10 worst)."""
+    daemon = _exposure(scenario.security["memledger.service"])
+    collector = _exposure(scenario.security["memledger-collector.service"])
+    print(f"\nsystemd-analyze security: memledger.service {daemon}, "
+          f"memledger-collector.service {collector}")
+    assert daemon <= 2.0, scenario.security["memledger.service"]  # "OK" starts below 5
+    # The collector needs root's uid for tracefs and CAP_BPF/PERFMON/SYSLOG for eBPF and
+    # /dev/kmsg, and cannot have ProtectKernelTunables= and friends (the unit says why).
+    assert collector <= 6.0, scenario.security["memledger-collector.service"]
+
+
+def test_the_daemon_has_no_capabilities(scenario: Scenario) -> None:
+    caps = scenario.caps["memledger.service"]
+    assert caps["CapEff"] == caps["CapPrm"] == caps["CapBnd"] == caps["CapAmb"] == 0, caps
+
+
+def test_the_collector_has_only_bpf_perfmon_and_syslog(scenario: Scenario) -> None:
+    caps = scenario.caps["memledger-collector.service"]
+    assert caps["CapBnd"] == COLLECTOR_CAPS, f"{caps['CapBnd']:#x}"
+    assert caps["CapEff"] == caps["CapPrm"] == COLLECTOR_CAPS, caps
+
+
+def test_each_unit_writes_only_its_own_directories(scenario: Scenario) -> None:
+    for unit, probes in WRITE_PROBES.items():
+        for path, allowed in probes.items():
+            got = scenario.writes[f"{unit} {path}"]
+            if allowed:
+                assert got == "ok", (unit, path, got)
+            else:
+                assert "Read-only file system" in got or "No such file" in got \
+                    or "Permission denied" in got, (unit, path, got)
