@@ -98,11 +98,12 @@ class Scenario:
 
 # capability(7) numbers: CAP_SYSLOG 34, CAP_PERFMON 38, CAP_BPF 39.
 COLLECTOR_CAPS = (1 << 34) | (1 << 38) | (1 << 39)
-# Where each unit may write (StateDirectory=, ReadWritePaths=); everything else must fail.
+# Where each unit may write (StateDirectory=, ReadWritePaths=); everything else must fail
+# (PrivateTmp= gives each its own empty /tmp and /var/tmp, not probed here).
 WRITE_PROBES = {
     "memledger.service": {"/var/lib/memledger/probe": True, "/var/lib/memledger/spool/.probe": True,
                           "/etc/memledger-probe": False, "/usr/local/probe": False,
-                          "/var/tmp/memledger-probe": False, "/root/probe": False},
+                          "/var/log/memledger-probe": False, "/root/probe": False},
     "memledger-collector.service": {"/var/lib/memledger/spool/.probe": True,
                                     "/var/lib/memledger/memledger.db-probe": False,
                                     "/etc/memledger-probe": False, "/usr/local/probe": False},
@@ -203,20 +204,27 @@ def stored_runtime(vm: GuestVM) -> list[tuple[str, int, str]]:
     return [(s, int(n), c) for s, n, c in json.loads(out)]
 
 
-def shrink(vm: GuestVM, port: int, to_mib: int, source: str) -> Shrink:
-    """Shrink the crash kernel to ``to_mib`` and wait for ``source``'s first event."""
+def shrink(vm: GuestVM, port: int, to_mib: int, source: str, earlier: float) -> Shrink:
+    """Shrink the crash kernel to ``to_mib`` and wait for ``source``'s event of it (the
+    freed metric was ``earlier`` before)."""
     size_before = int(sh(vm, "cat /sys/kernel/kexec_crash_size"))
     mem_before = meminfo_kib(vm)
     sh(vm, f"echo {to_mib * MiB} > /sys/kernel/kexec_crash_size")
     size_after = int(sh(vm, "cat /sys/kernel/kexec_crash_size"))
     mem_after = meminfo_kib(vm)
-    key = f'memledger_runtime_events_total{{source="{source}"}}'
-    m = wait_until(f"a {source} runtime event in /metrics",
-                   lambda: (s := scrape(port)).get(key, 0) > 0 and s, 180)
-    return Shrink(size_before, size_after, mem_before, mem_after,
-                  m.get('memledger_runtime_freed_bytes_total{function="crash_shrink_memory"}', -1),
+    # Wait for the crash_shrink_memory event itself, not for any event of ``source``: the
+    # collector may flush while the kernel is still freeing the range page by page under
+    # TCG, and that batch honestly holds only part of the managed-page change (seen in CI:
+    # 38.4 MiB of 64). The batch with the function's return also holds the rest, since
+    # every adjust_managed_page_count call precedes the return.
+    events = f'memledger_runtime_events_total{{source="{source}"}}'
+    freed = 'memledger_runtime_freed_bytes_total{function="crash_shrink_memory"}'
+    m = wait_until(f"the {source} crash_shrink_memory event in /metrics",
+                   lambda: (s := scrape(port)).get(events, 0) > 0
+                   and s.get(freed, 0) > earlier and s, 180)
+    return Shrink(size_before, size_after, mem_before, mem_after, m.get(freed, -1),
                   m.get('memledger_runtime_managed_change_bytes{caller="crash_shrink_memory"}',
-                               -1), stored_runtime(vm))
+                        -1), stored_runtime(vm))
 
 
 @pytest.fixture(scope="module")
@@ -240,14 +248,14 @@ def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         s.collector_log = sh(vm, "journalctl -b -u memledger-collector --no-pager")
         privileges(vm, s)
 
-        s.bcc = shrink(vm, port, 192, "bcc")
+        s.bcc = shrink(vm, port, 192, "bcc", 0)
 
         sh(vm, "echo MEMLEDGER_BACKEND=tracefs >> /etc/default/memledger-collector && "
                "systemctl restart memledger-collector.service")
         s.tracefs_active = wait_active(vm)["memledger-collector.service"]
         s.tracefs_log = sh(vm, "journalctl -b -u memledger-collector --no-pager | tail -n 20")
-        s.tracefs = shrink(vm, port, 128, "tracefs")
         after_bcc = s.bcc.freed_metric
+        s.tracefs = shrink(vm, port, 128, "tracefs", after_bcc)
 
         def prom_values() -> dict[str, float] | None:
             out = {}
@@ -369,10 +377,10 @@ def test_systemd_analyze_security_scores(scenario: Scenario) -> None:
     collector = _exposure(scenario.security["memledger-collector.service"])
     print(f"\nsystemd-analyze security: memledger.service {daemon}, "
           f"memledger-collector.service {collector}")
-    assert daemon <= 2.0, scenario.security["memledger.service"]  # "OK" starts below 5
+    assert daemon <= 1.5, scenario.security["memledger.service"]  # 1.2 when written
     # The collector needs root's uid for tracefs and CAP_BPF/PERFMON/SYSLOG for eBPF and
     # /dev/kmsg, and cannot have ProtectKernelTunables= and friends (the unit says why).
-    assert collector <= 6.0, scenario.security["memledger-collector.service"]
+    assert collector <= 3.0, scenario.security["memledger-collector.service"]  # 2.3 then
 
 
 def test_the_daemon_has_no_capabilities(scenario: Scenario) -> None:
