@@ -106,7 +106,8 @@ WRITE_PROBES = {
                           "/var/log/memledger-probe": False, "/root/probe": False},
     "memledger-collector.service": {"/var/lib/memledger/spool/.probe": True,
                                     "/var/lib/memledger/memledger.db-probe": False,
-                                    "/etc/memledger-probe": False, "/usr/local/probe": False},
+                                    "/etc/memledger-probe": False, "/usr/local/probe": False,
+                                    "/var/log/memledger-probe": False, "/root/probe": False},
 }
 
 
