@@ -223,8 +223,8 @@ class Daemon:
         except SQLAlchemyError as exc:
             self._db_error(name, exc)
             return
+        self._count(result.status)  # first: whoever sees the file in done/ sees the count
         self._done(name)
-        self._count(result.status)
         log.info("%s: %s boot %s of %s (%s)", name, result.status, result.boot_id,
                  result.machine_id, result.kernel_release or "release unknown")
 
@@ -238,8 +238,8 @@ class Daemon:
         except SQLAlchemyError as exc:
             self._db_error(name, exc)
             return
+        self._count(result.status)  # first: whoever sees the file in done/ sees the count
         self._done(name)
-        self._count(result.status)
         lost = f", {result.dropped} lost before it" if result.dropped else ""
         log.info("%s: %s %s batch of boot %s of %s: %d event(s)%s", name, result.status,
                  result.source, result.boot_id, result.machine_id, result.events, lost)
