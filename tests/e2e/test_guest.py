@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 from conftest import qemu_missing
 from memledger.tracer.bootsetup import plan
+from memledger.tracer.lab.boot import LabError
 from memledger.tracer.lab.firmware import find_ovmf
 from memledger.tracer.lab.guest import guest_image, provision_boot, tool_missing
 from memledger.tracer.lab.guestvm import GuestVM, free_port
@@ -279,9 +280,21 @@ def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     release = sh(vm, "uname -r").strip()
     sh(vm, f"kexec -l /boot/vmlinuz-{release} --initrd=/boot/initrd.img-{release} --reuse-cmdline")
     vm.sh_detached("sleep 1; systemctl kexec")
-    time.sleep(20)
-    vm.connect(600)
-    s.kexec_boot_id = sh(vm, "cat /proc/sys/kernel/random/boot_id").strip()
+
+    def kexeced() -> str | None:
+        """The new kernel's boot_id once its guest agent answers. The old system's agent
+        can still answer while systemd shuts down, slowly under TCG: it is not enough to
+        connect."""
+        if not vm.running():
+            raise AssertionError(f"QEMU exited during kexec; console: {vm.console_tail()}")
+        try:
+            vm.connect(60)
+            boot = sh(vm, "cat /proc/sys/kernel/random/boot_id", timeout=30).strip()
+        except (LabError, OSError):
+            return None
+        return boot if boot != s.boot_id else None
+
+    s.kexec_boot_id = wait_until("the kexec'd kernel's guest agent", kexeced, 900, 5)
     s.kexec_loader_byte = sh(vm, "od -A n -t x1 -j 0x210 -N 1 /sys/kernel/boot_params/data").strip()
     s.kexec_freeing_lines = len(re.findall("Freeing EFI boot services memory", sh(vm, "dmesg")))
     wait_active(vm)
