@@ -41,6 +41,16 @@ def test_handback_round_trip_through_a_serial_line() -> None:
     assert decode_capture(_serial(payload, crlf=False)) == payload
 
 
+def test_handback_found_behind_the_firmwares_console_bytes() -> None:
+    """OVMF writes its console to every serial port and ends with no newline; with a 7.x
+    EFI stub, which prints nothing, the begin marker shares that line (Debian 7.2.13)."""
+    payload = targz({"./dmesg.txt": b"[    0.000000] Linux version 7.2.13+deb14-amd64\n"})
+    ovmf = "\x1b[2J\x1b[01;01H\x1b[=3h\x1b[2J\x1b[01;01H"
+    serial = ovmf + _serial(payload).split("\r\n", 1)[1]
+    assert serial.startswith(ovmf + BEGIN)
+    assert decode_capture(serial) == payload
+
+
 def test_handback_refuses_a_corrupt_or_cut_capture() -> None:
     payload = targz({"./dmesg.txt": b"x" * 5000})
     with pytest.raises(HandbackError, match="checksum mismatch"):

@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from memledger.tracer.lab import accel as lab_accel
 from memledger.tracer.lab import bootargs
 from memledger.tracer.lab.firmware import FIRMWARES, find_ovmf
 from memledger.tracer.lab.handback import HandbackError, decode_capture
 from memledger.tracer.lab.initramfs import build_initramfs
-from memledger.tracer.lab.qemu import QEMU, QemuSpec, qemu_command, resolve_accel
+from memledger.tracer.lab.qemu import QEMU, QemuSpec, qemu_command
 
 __all__ = ("BootRequest", "BootResult", "LabError", "extract_capture", "run_boot")
 
@@ -52,6 +53,8 @@ class BootRequest:
     accel: str = "auto"
     timeout: float = 600.0
     qemu: str = QEMU
+    kvm_device: str = "/dev/kvm"
+    silent_seconds: float = lab_accel.SILENT_SECONDS  # under auto-chosen KVM, then TCG
     package: dict[str, Any] | None = None  # the cached kernel's package.json, when known
     config: str | None = None  # the matrix configuration's name, when run from the matrix
 
@@ -127,7 +130,7 @@ def run_boot(req: BootRequest) -> BootResult:
         raise LabError(f"{req.qemu}: not found (install Debian's qemu-system-x86)")
     initrd = build_initramfs(req.cache / "initramfs")
     ovmf = find_ovmf(req.cache) if req.firmware == "ovmf" else None
-    accel = resolve_accel(req.accel, req.qemu)
+    choice = lab_accel.choose_accel(req.accel, req.kernel, req.cache, req.qemu, req.kvm_device)
     out = req.out
     _clear(out)
     append = req.append()
@@ -136,21 +139,35 @@ def run_boot(req: BootRequest) -> BootResult:
         vars_copy = None
         if ovmf is not None:
             vars_copy = tmpd / "OVMF_VARS.fd"
-            shutil.copyfile(ovmf.vars_template, vars_copy)
         spec = QemuSpec(kernel=req.kernel, initrd=initrd, append=append,
                         console_log=out / "console.log", handback_log=tmpd / "handback.log",
-                        memory=req.memory, smp=req.smp, accel=accel, ovmf=ovmf, ovmf_vars=vars_copy)
-        cmd = qemu_command(spec, req.qemu)
+                        memory=req.memory, smp=req.smp, accel=choice.accel, ovmf=ovmf,
+                        ovmf_vars=vars_copy)
         t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=req.timeout, check=False)
-        except subprocess.TimeoutExpired:
-            raise LabError(f"the guest did not power off within {req.timeout:.0f} s; console: "
-                           f"{_tail(out / 'console.log')}") from None
+        while True:
+            if ovmf is not None and vars_copy is not None:
+                shutil.copyfile(ovmf.vars_template, vars_copy)
+            cmd = qemu_command(spec, req.qemu)
+            # Under an auto-chosen KVM a guest that stays silent is a KVM that cannot run
+            # Linux here: kill it and boot again under TCG (the module doc of .accel).
+            silent = req.silent_seconds if choice.requested == "auto" and spec.accel == "kvm" else None
+            try:
+                returncode, stderr = lab_accel.run_watched(cmd, spec.console_log, req.timeout, silent)
+            except subprocess.TimeoutExpired:
+                raise LabError(f"the guest did not power off within {req.timeout:.0f} s under "
+                               f"{spec.accel}; console: {_tail(out / 'console.log')}") from None
+            if returncode is not None:
+                break
+            lab_accel.forget(req.cache)
+            choice = lab_accel.AccelChoice("tcg", "auto", f"the guest printed nothing under KVM in "
+                                           f"{req.silent_seconds:.0f} s; booted again under TCG")
+            spec.accel = "tcg"
+            spec.console_log.unlink(missing_ok=True)
+            spec.handback_log.unlink(missing_ok=True)
         wall = time.monotonic() - t0
-        if proc.returncode != 0:
-            err = (proc.stderr.strip().splitlines() or [""])[-1]
-            raise LabError(f"qemu exited with status {proc.returncode}: {err}; console: "
+        if returncode != 0:
+            err = (stderr.strip().splitlines() or [""])[-1]
+            raise LabError(f"qemu exited with status {returncode}: {err}; console: "
                            f"{_tail(out / 'console.log')}")
         serial = spec.handback_log.read_text(errors="replace") if spec.handback_log.exists() else ""
         try:
@@ -175,10 +192,12 @@ def run_boot(req: BootRequest) -> BootResult:
         "ovmf_code": str(ovmf.code) if ovmf else None,
         "memory": req.memory,
         "smp": req.smp,
-        "accel": accel,
+        "accel": choice.accel,
+        "accel_requested": choice.requested,
+        "accel_reason": choice.reason,
         "requested_cmdline": append,
         "qemu_argv": [str(a) for a in cmd],
         "wall_seconds": round(wall, 2),
     }
     (out / "lab.json").write_text(json.dumps(lab, indent=2) + "\n")
-    return BootResult(out=out, root=root, wall_seconds=wall, accel=accel, lab=lab)
+    return BootResult(out=out, root=root, wall_seconds=wall, accel=choice.accel, lab=lab)

@@ -8,6 +8,13 @@ The guest writes::
 
 The serial line may add carriage returns and the console may interleave other lines
 before and after; the payload itself is checked against SIZE and SHA256.
+
+The hand-back port is not the guest's alone: OVMF sends its console to every serial port,
+so the file starts with the firmware's screen-clearing escapes (``ESC[2J ESC[01;01H …``)
+and no newline after them. Older EFI stubs printed "EFI stub: Loaded initrd …" lines
+there, which happened to end that line; Debian's 7.x kernels print nothing, and the
+begin marker then shares its line with the firmware's bytes. So a marker counts wherever
+it starts in its line, and what stands before it is not part of the capture.
 """
 
 from __future__ import annotations
@@ -26,9 +33,18 @@ class HandbackError(Exception):
     """No complete, intact capture in the serial output."""
 
 
+def _from_marker(line: str) -> str:
+    """The line from its marker on, when it holds one after other bytes (firmware output)."""
+    for marker in (BEGIN, END):
+        at = line.find(marker)
+        if at > 0:
+            return line[at:]
+    return line
+
+
 def decode_capture(text: str) -> bytes:
     """The tar.gz payload of the last complete capture in ``text``."""
-    lines = [ln.strip("\r\x00 ") for ln in text.splitlines()]
+    lines = [_from_marker(ln.strip("\r\x00 ")) for ln in text.splitlines()]
     starts = [i for i, ln in enumerate(lines) if ln.startswith(BEGIN + " ")]
     if not starts:
         raise HandbackError("the guest sent no capture (no begin marker)")

@@ -81,6 +81,7 @@ out=/dev/ttyS1
 size=$(wc -c < /tmp/capture.tgz)
 sum=$(sha256sum /tmp/capture.tgz)
 {
+    echo  # end the firmware's last console line on this port (see handback.py)
     echo "@BEGIN@ $size"
     base64 /tmp/capture.tgz
     echo "@END@ ${sum%% *}"

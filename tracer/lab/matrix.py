@@ -12,9 +12,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from memledger.tracer.lab.accel import choose_accel
 from memledger.tracer.lab.boot import BootRequest, BootResult, LabError, run_boot
 from memledger.tracer.lab.initramfs import build_initramfs
 from memledger.tracer.lab.kernels import CachedKernel
+from memledger.tracer.lab.qemu import QEMU
 
 __all__ = ("CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name", "plan", "run_matrix")
 
@@ -92,6 +94,8 @@ def run_matrix(boots: list[PlannedBoot], out_dir: Path, cache: Path, jobs: int =
             return MatrixOutcome(b, None, str(exc))
 
     build_initramfs(cache / "initramfs")  # once, before the boots share it
+    if boots:  # probe KVM once (the verdict is cached), not once per parallel boot
+        choose_accel(accel, Path(boots[0].kernel.vmlinuz), cache, QEMU)
     outcomes: dict[str, MatrixOutcome] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = [pool.submit(one, b) for b in boots]
