@@ -16,9 +16,10 @@ from memledger.tracer.lab.boot import BootRequest, LabError, run_boot
 from memledger.tracer.lab.firmware import FIRMWARES, FirmwareError, fetch_ovmf, find_ovmf
 from memledger.tracer.lab.initramfs import InitramfsError
 from memledger.tracer.lab.kernels import (
+    ERAS,
+    AptState,
     CachedKernel,
     KernelFetchError,
-    available_images,
     cached_kernels,
     choose_default,
     default_cache_dir,
@@ -36,8 +37,9 @@ _RUNTIME_ERRORS = (LabError, FirmwareError, InitramfsError, KernelFetchError, OS
 BOOT_EXAMPLES = """
 \b
 examples:
-    memledger lab kernels --fetch               # Debian 6.1 and 6.12 kernels into the cache
+    memledger lab kernels --fetch               # a Debian kernel of every era, 5.10 to 7.x
     memledger lab boot --kernel 6.12.117+deb12-amd64
+    memledger lab boot --kernel 5.10.0-32-amd64 --cmdline memblock=debug   # the deferred-init leak
     memledger lab boot --kernel /boot/vmlinuz-6.1.0-47-amd64 --cmdline memblock=debug --out boot1
     memledger lab boot --kernel 6.12.117+deb12-cloud-amd64 --trace --memory 8G --json
     memledger lab boot --kernel 6.1.0-56-amd64 --firmware seabios   # non-EFI control
@@ -122,49 +124,76 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
 
 
 def _kernel_table(kernels: list[CachedKernel], cache: Path) -> Table:
-    table = Table(title=f"lab kernels in {cache}")
-    for col in ("release", "flavour", "package version"):
+    table = Table(title=f"lab kernels in {cache}, by era")
+    for col in ("era", "release", "suite", "package version"):
         table.add_column(col, no_wrap=True)
+    table.add_column("what the era shows")
+    for era in ERAS:
+        mine = [k for k in kernels if k.era == era.name]
+        for i, k in enumerate(mine or [None]):
+            table.add_row(era.name if i == 0 else "", k.release if k else "(not fetched)",
+                          (k.suite or "") if k else ", ".join(era.suites),
+                          k.version if k else "", era.shows if i == 0 else "")
     for k in kernels:
-        table.add_row(k.release, k.flavour, k.version)
+        if k.era not in {e.name for e in ERAS}:
+            table.add_row("(other)", k.release, k.suite or "", k.version, "")
     return table
 
 
-@lab.command()
-@click.option("--fetch", is_flag=True, help="Fetch the default set: the oldest and newest 6.1 ABIs, "
-              "the newest 6.12 and its cloud flavour (and OVMF when it is not installed).")
-@click.option("--package", "packages", multiple=True, metavar="NAME",
-              help="Fetch this linux-image package (repeatable), e.g. linux-image-6.1.0-56-amd64.")
+KERNELS_EXAMPLES = """
+\b
+examples:
+    memledger lab kernels                       # the eras, and what the cache holds of each
+    memledger lab kernels --fetch               # the default kernel(s) of every era
+    memledger lab kernels --package linux-image-5.10.0-30-amd64/bullseye
+    memledger lab kernels --package linux-binary-7.2.13+deb14-cloud-amd64/sid --json
+\b
+Each suite comes from the Debian mirrors this machine's apt already uses, listed in a
+private apt state under CACHE/apt: the system's sources are never changed.
+"""
+
+
+@lab.command(epilog=KERNELS_EXAMPLES)
+@click.option("--fetch", is_flag=True, help="Fetch the default kernels of every era (and OVMF "
+              "when it is not installed).")
+@click.option("--package", "packages", multiple=True, metavar="NAME[/SUITE]",
+              help="Fetch this linux-image or linux-binary package (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="List as JSON.")
 @_cache_option
 def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path | None) -> None:
-    """List the kernels in the lab cache; fetch Debian kernels with apt-get download.
+    """List the kernel eras and the kernels in the lab cache; fetch Debian kernels.
 
     Packages are downloaded, never installed: vmlinuz, config and System.map are unpacked
     into CACHE/kernels/<release>/.
     """
     cache = cache or default_cache_dir()
-    wanted = list(packages)
+    wanted = [(name, suite or None) for name, _, suite in (p.partition("/") for p in packages)]
     try:
-        if fetch:
-            wanted += [n for n in choose_default(available_images()) if n not in wanted]
-            try:
-                find_ovmf(cache)
-            except FirmwareError:
-                fetch_ovmf(cache)
-        err = Console(stderr=True)
-        for name in wanted:
-            with err.status(f"fetching {name}…"):
-                k = fetch_kernel(name, cache)
-            err.print(f"{name}: {k.release} ({k.version})")
+        if fetch or wanted:
+            apt = AptState(cache / "apt")
+            err = Console(stderr=True)
+            with err.status("reading the package lists of the lab's suites…"):
+                apt.update()
+            if fetch:
+                wanted += [w for w in choose_default(apt.names_by_suite()) if w not in wanted]
+                try:
+                    find_ovmf(cache)
+                except FirmwareError:
+                    fetch_ovmf(cache)
+            for name, suite in wanted:
+                with err.status(f"fetching {name}…"):
+                    k = fetch_kernel(name, cache, suite, apt)
+                err.print(f"{name}: {k.release} ({k.version}, era {k.era})")
     except _RUNTIME_ERRORS as exc:
         fail(str(exc), 1)
     found = cached_kernels(cache)
     if as_json:
-        click.echo(json.dumps([k.as_dict() for k in found], indent=2))
-    elif found:
-        Console().print(_kernel_table(found, cache))
-    else:
+        click.echo(json.dumps({"eras": [{"name": e.name, "suites": list(e.suites), "shows": e.shows}
+                                        for e in ERAS],
+                               "kernels": [k.as_dict() for k in found]}, indent=2))
+        return
+    Console().print(_kernel_table(found, cache))
+    if not found:
         click.echo(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`")
 
 
@@ -192,7 +221,7 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
         kernels_ = [k for k in kernels_ if k.release in releases]
     if not kernels_:
         fail(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`", 2)
-    boots = plan(kernels_, [config_by_name(c) for c in configs] if configs else CONFIGS)
+    boots = plan(kernels_, [config_by_name(c) for c in configs] if configs else None)
     console = Console(stderr=True)
 
     def done(o: MatrixOutcome) -> None:

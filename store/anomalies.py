@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from memledger.store.kernelver import at_least
 from memledger.tracer.evidence import Evidence
 
 if TYPE_CHECKING:
@@ -68,9 +69,16 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     "/proc/cmdline was not available", f"{where}"))
     low = ledger.low_memory
     if low.freed_bytes:
-        add(Anomaly("low_memory_freed", "error",
-                    f"{_kib(low.freed_bytes)} below 1 MiB was freed; since v5.13 (f1d4d47c5851) "
-                    "the whole first MiB must stay reserved", f"source: {low.freed_source}"))
+        if at_least(ledger.kernel["release"], 5, 13) is False:
+            # Before f1d4d47c5851 (v5.13) efi_free_boot_services() frees below 1 MiB too.
+            add(Anomaly("low_memory_freed", "info",
+                        f"{_kib(low.freed_bytes)} below 1 MiB was freed, as kernels before v5.13 "
+                        "(f1d4d47c5851, 'x86/setup: Always reserve the first 1M of RAM') do; "
+                        "BIOS code or a kdump kernel may clobber it", f"source: {low.freed_source}"))
+        else:
+            add(Anomaly("low_memory_freed", "error",
+                        f"{_kib(low.freed_bytes)} below 1 MiB was freed; since v5.13 (f1d4d47c5851) "
+                        "the whole first MiB must stay reserved", f"source: {low.freed_source}"))
     if bs.leaked_bytes:
         add(Anomaly("leak", "error" if bs.leaked_bytes > 0 else "warning",
                     f"MemTotal and Σ zone managed pages differ by {_kib(bs.leaked_bytes)}: pages "
@@ -81,11 +89,19 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
     if residual:
         explained = acct.unexplained_residual_bytes == 0
         callers = ", ".join(f"{k} {_kib(v)}" for k, v in acct.silent_freed_by_caller.items())
+        why = []
+        if callers:
+            leak = bs.leaked_bytes
+            why.append(f"silent memblock_free_late frees ({callers})"
+                       + (f" less the {_kib(leak)} of them that stayed deferred (the leak)"
+                          if leak and leak > 0 else ""))
+        if acct.lazy_uninitialised_bytes:
+            why.append(f"{_kib(acct.lazy_uninitialised_bytes)} of pages deferred_init=lazy "
+                       "had not initialised yet (a figure that drifts as they are taken)")
         add(Anomaly("accounting_residual", "info" if explained else "warning",
                     f"'Memory: …K reserved' differs from (present - managed) + later Freeing "
                     f"lines by {_kib(residual)}"
-                    + (f"; explained by silent memblock_free_late frees ({callers})"
-                       if explained else ""),
+                    + (f"; explained by {' and '.join(why)}" if explained and why else ""),
                     f"{where}:{log.memory.at.lineno}" if log and log.memory else where))
     reasons = bs.kept_by_reason or {}
     unexplained = reasons.get("unexplained")

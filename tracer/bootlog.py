@@ -95,6 +95,7 @@ class KernelLog:
     ramdisk: tuple[int, int] | None = None
     efi_debug_segments_warning: bool = False
     no_trampoline_memory: bool = False
+    lazy_deferred_pages: int | None = None  # "deferred_init=lazy: N pages left to …"
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -128,7 +129,9 @@ def _parse_memory(at: Positioned, m: re.Match[str]) -> MemoryLine:
 _MEMBLOCK = ("memblock_", "_memblock_", "__memblock_")  # memblock_dbg(): "%s: [%pa-%pa] %pS"
 _WANTED = (*_MEMBLOCK, "BIOS-e820: ", "efi: ", "e820: ", "Freeing ", "Memory: ",
            "Linux version ", "Command line: ", "Kernel command line: ", "DMI: ", "RAMDISK: ",
-           "Reserving ", "crashkernel ", "No sub-1M memory is available for the trampoline")
+           "Reserving ", "crashkernel ", "No sub-1M memory is available for the trampoline",
+           "deferred_init=lazy: ")
+_LAZY = re.compile(r"^deferred_init=lazy: (?P<pages>\d+) pages left")
 
 
 def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) -> None:
@@ -182,6 +185,8 @@ def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
                                                int(g.group("e"), 16) - start))
     elif c == "N" and msg.startswith("No sub-1M memory is available for the trampoline"):
         log.no_trampoline_memory = True
+    elif c == "d" and (z := _LAZY.match(msg)) is not None:
+        log.lazy_deferred_pages = int(z.group("pages"))
 
 
 def _efi_line(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) -> None:

@@ -18,7 +18,7 @@ from memledger.tracer.lab.initramfs import build_initramfs
 from memledger.tracer.lab.kernels import CachedKernel
 from memledger.tracer.lab.qemu import QEMU
 
-__all__ = ("CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name", "plan", "run_matrix")
+__all__ = ("CONFIGS", "ERA_CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name", "plan", "run_matrix")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +72,33 @@ class MatrixOutcome:
     error: str | None
 
 
-def plan(kernels: Iterable[CachedKernel], configs: Iterable[BootConfig] = CONFIGS) -> list[PlannedBoot]:
-    """Every configuration on every kernel: each makes sense on each Debian kernel here."""
-    configs = list(configs)
-    return [PlannedBoot(k, c) for k in kernels for c in configs]
+# What each era is booted in: every configuration where it shows something new, fewer
+# where it repeats an era already booted in full (tracer/lab/kernels.py says what each
+# era shows). A kernel of no known era gets every configuration.
+ERA_CONFIGS: dict[str, tuple[str, ...]] = {
+    # 2 GiB leaks deferred pages, 8 GiB does not; efi=debug prints the map the leak is
+    # measured against; before v5.13 crashkernel= reserves the low 1 MiB another way.
+    "5.10": ("default", "memblock", "efidebug", "crashkernel", "mem8g", "seabios"),
+    "6.1": tuple(c.name for c in CONFIGS),
+    "6.12": tuple(c.name for c in CONFIGS),
+    "6.12-trixie": ("default", "memblock"),
+    "7.x": tuple(c.name for c in CONFIGS),
+    "7.x-rc": ("default", "memblock", "efidebug"),
+}
+
+
+def plan(kernels: Iterable[CachedKernel], configs: Iterable[BootConfig] | None = None) -> list[PlannedBoot]:
+    """The boots of ``kernels``: ``configs`` on each, else each era's :data:`ERA_CONFIGS`."""
+    chosen = list(configs) if configs is not None else None
+    boots = []
+    for k in kernels:
+        if chosen is not None:
+            mine = chosen
+        else:
+            names = ERA_CONFIGS.get(k.era or "", tuple(c.name for c in CONFIGS))
+            mine = [c for c in CONFIGS if c.name in names]
+        boots += [PlannedBoot(k, c) for c in mine]
+    return boots
 
 
 def run_matrix(boots: list[PlannedBoot], out_dir: Path, cache: Path, jobs: int = 1, smp: int = 2,
