@@ -89,19 +89,19 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
     if residual:
         explained = acct.unexplained_residual_bytes == 0
         callers = ", ".join(f"{k} {_kib(v)}" for k, v in acct.silent_freed_by_caller.items())
-        why = []
+        causes = []
         if callers:
             leak = bs.leaked_bytes
-            why.append(f"silent memblock_free_late frees ({callers})"
+            causes.append(f"silent memblock_free_late frees ({callers})"
                        + (f" less the {_kib(leak)} of them that stayed deferred (the leak)"
                           if leak and leak > 0 else ""))
         if acct.lazy_uninitialised_bytes:
-            why.append(f"{_kib(acct.lazy_uninitialised_bytes)} of pages deferred_init=lazy "
+            causes.append(f"{_kib(acct.lazy_uninitialised_bytes)} of pages deferred_init=lazy "
                        "had not initialised yet (a figure that drifts as they are taken)")
         add(Anomaly("accounting_residual", "info" if explained else "warning",
                     f"'Memory: …K reserved' differs from (present - managed) + later Freeing "
                     f"lines by {_kib(residual)}"
-                    + (f"; explained by {' and '.join(why)}" if explained and why else ""),
+                    + (f"; explained by {' and '.join(causes)}" if explained and causes else ""),
                     f"{where}:{log.memory.at.lineno}" if log and log.memory else where))
     reasons = bs.kept_by_reason or {}
     unexplained = reasons.get("unexplained")

@@ -142,10 +142,7 @@ def _remember(cache: Path, key: str, choice: AccelChoice) -> None:
 
 def forget(cache: Path) -> None:
     """Drop the cached verdict (a KVM boot went silent: the host changed under it)."""
-    try:
-        (cache / _VERDICT_FILE).unlink()
-    except FileNotFoundError:
-        pass
+    (cache / _VERDICT_FILE).unlink(missing_ok=True)
 
 
 def choose_accel(requested: str, kernel: Path, cache: Path, qemu: str,

@@ -18,7 +18,8 @@ from memledger.tracer.lab.initramfs import build_initramfs
 from memledger.tracer.lab.kernels import CachedKernel
 from memledger.tracer.lab.qemu import QEMU
 
-__all__ = ("CONFIGS", "ERA_CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name", "plan", "run_matrix")
+__all__ = ("CONFIGS", "ERA_CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name",
+           "plan", "run_matrix")
 
 
 @dataclass(frozen=True, slots=True)
