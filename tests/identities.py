@@ -24,9 +24,14 @@ FREEING = re.compile(_TS + r"(?:efi: )?Freeing (?P<name>.+?) memory: ?(?P<k>\d+)
 MEMORY = re.compile(_TS + r"Memory: \d+K/\d+K available \(.*?(?P<reserved>\d+)K reserved", re.M)
 MEMMAP_BS = re.compile(r"efi: mem\d+: \[Boot (?:Code|Data)\s*\|[^\]]*\] "
                        r"range=\[0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)\]")
-MB_RESERVE = re.compile(r"memblock_reserve: \[0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)\] (?P<caller>\S+)")
-MB_FREE_LATE = re.compile(r"memblock_free_late: \[0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)\] (?P<caller>\S+)")
-E820_UPDATE = re.compile(r"e820: update \[mem 0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)\] usable ==> reserved")
+# v6.16+ prints "nid=-1 flags=0" before the caller; v5.10 names "__memblock_free_late".
+_MB_TAIL = r"\] (?:nid=\S+ flags=\S+ )?(?P<caller>\S+)"
+MB_RESERVE = re.compile(r"memblock_reserve: \[0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)" + _MB_TAIL)
+MB_FREE_LATE = re.compile(r"memblock_free_late: \[0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)" + _MB_TAIL)
+# v7.0 names the E820 types "System RAM" and "device reserved".
+E820_UPDATE = re.compile(r"e820: update \[mem 0x(?P<s>[0-9a-f]+)-0x(?P<e>[0-9a-f]+)\] "
+                         r"(?:usable|System RAM) ==> (?:reserved|device reserved)")
+MEMTOTAL = re.compile(r"^MemTotal:\s+(?P<k>\d+) kB", re.M)
 ZONE_FIELD = re.compile(r"^\s+(?P<k>present|managed)\s+(?P<v>\d+)\s*$", re.M)
 KPROBE_ENTRY = re.compile(r"-(?P<pid>\d+)\s+\[\d+\].*?\d+\.\d+: free_reserved_area: \(free_reserved_area\+"
                           r".*?start=0x(?P<s>[0-9a-f]+) end=0x(?P<e>[0-9a-f]+).*? s=(?P<name>\"[^\"]*\"|\(fault\))"
@@ -45,6 +50,7 @@ class Boot:
     lab: dict[str, Any]
     trace: str | None
     zoneinfo: str | None
+    meminfo: str | None
     freeing: list[tuple[int, str, int]] = field(default_factory=list)  # (offset, name, bytes)
 
     @property
@@ -54,6 +60,17 @@ class Boot:
     @property
     def efi_firmware(self) -> bool:
         return self.lab.get("firmware", "ovmf") == "ovmf"
+
+    @property
+    def release(self) -> tuple[int, int]:
+        """(major, minor) of the kernel that printed the log."""
+        m = re.search(r"Linux version (\d+)\.(\d+)", self.dmesg)
+        assert m is not None, "every lab boot's log starts at its banner"
+        return int(m.group(1)), int(m.group(2))
+
+    @property
+    def efi_free_late_seen(self) -> bool:
+        return bool(efi_free_late(self))
 
     def has_arg(self, arg: str) -> bool:
         return arg in self.cmdline
@@ -68,11 +85,13 @@ def load_boot(folder: Path) -> Boot:
     dmesg = (root / "dmesg.txt").read_text(errors="replace")
     trace_file = root / "sys" / "kernel" / "tracing" / "trace"
     zone_file = root / "proc" / "zoneinfo"
+    meminfo_file = root / "proc" / "meminfo"
     lab_file = folder / "lab.json"
     boot = Boot(folder=folder, dmesg=dmesg, cmdline=(folder / "cmdline.txt").read_text().split(),
                 lab=json.loads(lab_file.read_text()) if lab_file.exists() else {},
                 trace=trace_file.read_text(errors="replace") if trace_file.exists() else None,
-                zoneinfo=zone_file.read_text() if zone_file.exists() else None)
+                zoneinfo=zone_file.read_text() if zone_file.exists() else None,
+                meminfo=meminfo_file.read_text() if meminfo_file.exists() else None)
     boot.freeing = [(m.start(), m.group("name"), int(m.group("k")) * 1024) for m in FREEING.finditer(dmesg)]
     return boot
 
@@ -101,14 +120,34 @@ def _overlaps(r: tuple[int, int], others: list[tuple[int, int]]) -> bool:
 
 # Which identities must run for a configuration (more may).
 EXPECTED = {
-    "default": {"reclaimed", "below_1m", "residual"},
-    "memblock": {"reclaimed", "below_1m", "residual"},
-    "efidebug": {"reclaimed", "below_1m", "residual", "efi_debug", "memmap_vs_memblock"},
-    "crashkernel": {"reclaimed", "below_1m", "residual", "crashkernel"},
-    "mem8g": {"reclaimed", "below_1m", "residual"},
-    "trace": {"reclaimed", "below_1m", "residual", "trace"},
+    "default": {"reclaimed", "below_1m", "residual", "leak"},
+    "memblock": {"reclaimed", "below_1m", "residual", "leak"},
+    "efidebug": {"reclaimed", "below_1m", "residual", "leak", "efi_debug", "memmap_vs_memblock"},
+    "crashkernel": {"reclaimed", "below_1m", "residual", "leak", "crashkernel"},
+    "mem8g": {"reclaimed", "below_1m", "residual", "leak"},
+    "trace": {"reclaimed", "below_1m", "residual", "leak", "trace"},
     "seabios": {"reclaimed", "below_1m", "residual"},
 }
+
+
+def unmanaged_totalram(boot: Boot) -> int | None:
+    """MemTotal - 4 KiB x Σ zone managed pages, from the kernel's own counters."""
+    if boot.meminfo is None or boot.zoneinfo is None:
+        return None
+    m = MEMTOTAL.search(boot.meminfo)
+    assert m is not None
+    managed = sum(int(z.group("v")) for z in ZONE_FIELD.finditer(boot.zoneinfo) if z.group("k") == "managed")
+    return int(m.group("k")) * 1024 - PAGE * managed
+
+
+def efi_free_late(boot: Boot) -> list[tuple[int, int]]:
+    """The memblock_free_late ranges efi_free_boot_services printed (kernels before a4b0bf6a40f3)."""
+    return _ranges(MB_FREE_LATE, boot.dmesg, "efi_free_boot_services")
+
+
+def whole_pages(ranges: list[tuple[int, int]]) -> int:
+    """Bytes of the whole pages inside each range (memblock_free_late frees PFN_UP..PFN_DOWN)."""
+    return sum(max(0, (e // PAGE) - (-(-s // PAGE))) * PAGE for s, e in set(ranges))
 
 
 # --- the identities -------------------------------------------------------------------
@@ -126,13 +165,35 @@ def check_reclaimed(boot: Boot, ledger: dict[str, Any]) -> None:
     if boot.has_arg("efi=debug"):
         assert line is None, "efi=debug keeps every region: the kernel must not print a Freeing line"
         return
-    assert line is not None and line > 0, "an OVMF boot without efi=debug prints its EFI free"
-    assert bs["reclaimed_bytes"] == line
-    assert bs["reclaimed_source"] == "kernel_log"
+    if line is None and boot.release < (6, 0):
+        # Before a4b0bf6a40f3 ("x86/efi: defer freeing of boot services memory", v7.0,
+        # backported to Debian's 6.1 and 6.12) no summary line is printed: memblock=debug
+        # shows each region's memblock_free_late, and without it the free is unknown.
+        late = efi_free_late(boot)
+        if not late:
+            assert not boot.has_arg("memblock=debug")
+            assert bs["reclaimed_bytes"] is None and bs["kept_bytes"] is None
+            assert "reclaim_unknown" in {a["code"] for a in ledger["anomalies"]}
+            return
+        assert bs["reclaimed_bytes"] == whole_pages(late)
+        assert bs["reclaimed_source"] == "memblock_free_late"
+    else:
+        assert line is not None and line > 0, "an OVMF boot without efi=debug prints its EFI free"
+        assert bs["reclaimed_bytes"] == line
+        assert bs["reclaimed_source"] == "kernel_log"
     if bs["total_bytes"] is not None:
         assert bs["total_bytes"] == bs["reclaimed_bytes"] + bs["kept_bytes"]
         assert sum(bs["kept_by_reason"].values()) == bs["kept_bytes"]
         assert bs["kept_by_reason"]["unexplained"] == 0
+
+
+def check_leak(boot: Boot, ledger: dict[str, Any]) -> None:
+    """``leaked_bytes`` is MemTotal - Σ managed; 0 on a kernel that prints its EFI free
+    (a4b0bf6a40f3 frees with free_reserved_area after deferred init)."""
+    leaked = ledger["efi_boot_services"]["leaked_bytes"]
+    assert leaked == unmanaged_totalram(boot)
+    if boot.freed("EFI boot services") is not None or boot.has_arg("efi=debug"):
+        assert leaked == 0
 
 
 def check_memmap_vs_memblock(boot: Boot, ledger: dict[str, Any]) -> bool:
@@ -178,6 +239,18 @@ def check_efi_debug_keeps_all(boot: Boot, ledger: dict[str, Any]) -> None:
 
 def check_nothing_below_1m_freed(boot: Boot, ledger: dict[str, Any]) -> None:
     low = ledger["low_memory"]
+    if boot.release < (5, 13):
+        # Before f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13)
+        # efi_free_boot_services() frees boot-services memory below 1 MiB too.
+        late_low = [(s, min(e, SZ_1M)) for s, e in efi_free_late(boot) if s < SZ_1M]
+        if boot.has_arg("memblock=debug") and boot.efi_firmware and not boot.has_arg("efi=debug"):
+            assert low["freed_bytes"] == _size(late_low) > 0
+            codes = {(a["code"], a["severity"]) for a in ledger["anomalies"]}
+            assert ("low_memory_freed", "info") in codes
+        elif not boot.has_arg("memblock=debug"):
+            assert low["freed_bytes"] is None, "no range evidence and no v5.13 rule: unknown"
+        assert (0, SZ_1M) not in _ranges(MB_RESERVE, boot.dmesg)
+        return
     assert low["freed_bytes"] == 0
     if boot.has_arg("memblock=debug"):
         # f1d4d47c5851 (v5.13): setup_arch reserves all of the first 1 MiB.
@@ -201,15 +274,24 @@ def kernel_residual(boot: Boot) -> int | None:
     for z in ZONE_FIELD.finditer(boot.zoneinfo):
         fields[z.group("k")] += int(z.group("v"))
     after = sum(b for off, _, b in boot.freeing if off > m.start())
-    silent = 0
-    for s, e in _ranges(MB_FREE_LATE, boot.dmesg[m.start():]):
-        silent += max(0, (e // PAGE) - (-(-s // PAGE))) * PAGE
+    silent = whole_pages(_ranges(MB_FREE_LATE, boot.dmesg[m.start():]))
+    if silent:
+        # The pages memblock_free_late found still deferred never reached a zone.
+        silent -= unmanaged_totalram(boot) or 0
     return int(m.group("reserved")) * 1024 - PAGE * (fields["present"] - fields["managed"]) - after - silent
 
 
 def check_residual_explained(boot: Boot, ledger: dict[str, Any]) -> None:
     acc = ledger["kernel_accounting"]
     residual = kernel_residual(boot)
+    if (boot.release < (6, 0) and boot.efi_firmware and not boot.efi_free_late_seen
+            and not boot.has_arg("efi=debug")):
+        # Before a4b0bf6a40f3, without memblock=debug, efi_free_boot_services frees without
+        # a word: the residual is that free, unexplained, and said so.
+        assert residual is not None and residual > 0
+        assert acc["residual_bytes"] == residual
+        assert ("accounting_residual", "warning") in {(a["code"], a["severity"]) for a in ledger["anomalies"]}
+        return
     assert residual == 0, f"the kernel's own books do not balance: {residual} bytes"
     if acc["unexplained_residual_bytes"] is not None:
         assert acc["unexplained_residual_bytes"] == 0
@@ -274,6 +356,9 @@ def check_all(boot: Boot, ledger: dict[str, Any]) -> list[str]:
         ran.append("memmap_vs_memblock")
     check_residual_explained(boot, ledger)
     ran.append("residual")
+    if boot.efi_firmware:
+        check_leak(boot, ledger)
+        ran.append("leak")
     if check_trace_matches_freeing(boot, ledger):
         ran.append("trace")
     if any(a.startswith("crashkernel=") for a in boot.cmdline):

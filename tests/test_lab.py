@@ -20,7 +20,8 @@ from memledger.tracer.lab.boot import LabError, extract_capture
 from memledger.tracer.lab.firmware import Ovmf
 from memledger.tracer.lab.handback import BEGIN, END, HandbackError, decode_capture
 from memledger.tracer.lab.initramfs import build_initramfs, init_script
-from memledger.tracer.lab.kernels import choose_default
+from memledger.tracer.lab.kernels import ERAS, AptState, CachedKernel, choose_default, era_of, release_of
+from memledger.tracer.lab.matrix import CONFIGS, ERA_CONFIGS, plan
 from memledger.tracer.lab.qemu import QemuSpec, qemu_command
 
 # x86 COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): longer command lines are cut.
@@ -95,16 +96,80 @@ def test_join_args_drops_duplicates_and_empties() -> None:
     assert bootargs.join_args(("a=1", "b"), "", "b c", ["a=1"]) == "a=1 b c"
 
 
-APT_NAMES_2026_11_22 = ["linux-image-6.1.0-47-amd64", "linux-image-6.1.0-47-amd64-unsigned", "linux-image-6.1.0-47-cloud-amd64", "linux-image-6.1.0-47-rt-amd64", "linux-image-6.1.0-48-amd64", "linux-image-6.1.0-56-amd64", "linux-image-6.1.0-56-cloud-amd64", "linux-image-6.1.0-9-amd64", "linux-image-6.12-amd64", "linux-image-6.12.100+deb12-amd64", "linux-image-6.12.117+deb12-amd64", "linux-image-6.12.117+deb12-cloud-amd64", "linux-image-6.12.117+deb12-amd64-dbg", "linux-image-6.12.99+deb12-cloud-amd64", "linux-image-amd64"]
+# Kernel package names in each suite's lists on 2026-11-30 (a sample of what apt saw).
+APT_NAMES_2026_11_30 = {
+    "bullseye": ["linux-image-5.10.0-30-amd64", "linux-image-5.10.0-30-amd64-unsigned",
+                 "linux-image-5.10.0-32-amd64", "linux-image-5.10.0-32-cloud-amd64",
+                 "linux-image-5.10.0-32-rt-amd64", "linux-image-amd64"],
+    "bookworm": ["linux-image-6.1.0-47-amd64", "linux-image-6.1.0-47-amd64-unsigned",
+                 "linux-image-6.1.0-47-cloud-amd64", "linux-image-6.1.0-47-rt-amd64"],
+    "bookworm-security": ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-57-amd64",
+                          "linux-image-6.12.99+deb12-cloud-amd64", "linux-image-6.12.100+deb12-amd64",
+                          "linux-image-6.12.117+deb12-amd64", "linux-image-6.12.117+deb12-cloud-amd64",
+                          "linux-image-6.12.117+deb12-amd64-dbg", "linux-image-6.12-amd64"],
+    "trixie": ["linux-image-6.12.107+deb13-amd64", "linux-image-6.12.117+deb13-amd64",
+               "linux-image-6.12.117+deb13-cloud-amd64"],
+    "sid": ["linux-image-7.2.13+deb14-amd64", "linux-binary-7.2.13+deb14-amd64",
+            "linux-binary-7.2.13+deb14-cloud-amd64", "linux-binary-7.1.9+deb14-amd64"],
+    "experimental": ["linux-binary-7.3-amd64", "linux-binary-7.3-cloud-amd64", "linux-image-7.3-amd64"],
+}
 
 
-def test_default_kernels_are_the_oldest_and_newest_61_and_the_newest_612_pair() -> None:
-    assert choose_default(APT_NAMES_2026_11_22) == [
-        "linux-image-6.1.0-9-amd64", "linux-image-6.1.0-56-amd64",
-        "linux-image-6.12.117+deb12-amd64", "linux-image-6.12.117+deb12-cloud-amd64"]
-    only_old_cloud = [n for n in APT_NAMES_2026_11_22 if n != "linux-image-6.12.117+deb12-cloud-amd64"]
-    assert choose_default(only_old_cloud)[-1] == "linux-image-6.12.99+deb12-cloud-amd64"
-    assert choose_default([]) == []
+def test_default_kernels_stand_for_every_era() -> None:
+    assert choose_default(APT_NAMES_2026_11_30) == [
+        ("linux-image-5.10.0-32-amd64", "bullseye"),
+        ("linux-image-6.1.0-9-amd64", "bookworm-security"),
+        ("linux-image-6.1.0-57-amd64", "bookworm-security"),
+        ("linux-image-6.12.117+deb12-amd64", "bookworm-security"),
+        ("linux-image-6.12.117+deb12-cloud-amd64", "bookworm-security"),
+        ("linux-image-6.12.117+deb13-amd64", "trixie"),
+        ("linux-binary-7.2.13+deb14-amd64", "sid"),
+        ("linux-binary-7.3-amd64", "experimental")]
+    no_cloud_twin = {**APT_NAMES_2026_11_30, "bookworm-security": [
+        n for n in APT_NAMES_2026_11_30["bookworm-security"] if n != "linux-image-6.12.117+deb12-cloud-amd64"]}
+    assert ("linux-image-6.12.99+deb12-cloud-amd64", "bookworm-security") in choose_default(no_cloud_twin)
+    assert choose_default({}) == []
+
+
+def test_release_and_era_of_package_names() -> None:
+    assert release_of("linux-binary-7.2.13+deb14-amd64") == "7.2.13+deb14-amd64"
+    assert release_of("linux-image-5.10.0-32-amd64-unsigned") == "5.10.0-32-amd64"
+    assert release_of("linux-image-6.1.0-47-rt-amd64") is None
+    assert release_of("linux-image-amd64") is None
+    assert [era_of(n).name for n in ("linux-image-6.12.117+deb13-amd64",  # type: ignore[union-attr]
+                                      "linux-binary-7.3-amd64")] == ["6.12-trixie", "7.x-rc"]
+
+
+def test_private_apt_sources_use_this_machines_mirrors(tmp_path: Path) -> None:
+    """Every lab suite comes from the mirror this machine's apt already uses for its role;
+    the system's sources are only read."""
+    state = AptState(tmp_path)
+    text = state.sources({"archive": "http://mirror.invalid/debian",
+                          "security": "http://mirror.invalid/debian-security"})
+    suites = [line.split()[-2] for line in text.splitlines()]
+    assert suites == ["bullseye", "bookworm", "bookworm-security", "trixie", "sid", "experimental"]
+    assert all(" http://mirror.invalid/debian-security " in line
+               for line in text.splitlines() if "-security" in line)
+    assert all(" http://mirror.invalid/debian " in line
+               for line in text.splitlines() if "-security" not in line)
+    opts = state.options()
+    assert f"Dir::Etc::SourceList={tmp_path / 'sources.list'}" in opts
+    assert f"Dir::State={tmp_path / 'state'}" in opts
+
+
+def test_each_era_is_booted_in_the_configurations_that_show_something() -> None:
+    def kernel(release: str, era: str | None) -> CachedKernel:
+        return CachedKernel(release, f"linux-image-{release}", "1", "amd64", "/v", None, era, None)
+
+    boots = plan([kernel("5.10.0-32-amd64", "5.10"), kernel("7.3-amd64", "7.x-rc"), kernel("9.9-amd64", None)])
+    by_kernel: dict[str, list[str]] = {}
+    for b in boots:
+        by_kernel.setdefault(b.kernel.release, []).append(b.config.name)
+    assert by_kernel["5.10.0-32-amd64"] == ["default", "memblock", "efidebug", "crashkernel", "mem8g", "seabios"]
+    assert by_kernel["7.3-amd64"] == ["default", "memblock", "efidebug"]
+    assert by_kernel["9.9-amd64"] == [c.name for c in CONFIGS]
+    assert set(ERA_CONFIGS) == {e.name for e in ERAS}
+    assert {c for names in ERA_CONFIGS.values() for c in names} == {c.name for c in CONFIGS}
 
 
 def test_qemu_command_ovmf_uses_read_only_code_and_a_private_vars_copy(tmp_path: Path) -> None:
