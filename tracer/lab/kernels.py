@@ -62,25 +62,31 @@ class Era:
         return re.fullmatch(self.pattern, name)
 
 
+# What each era shows, with the commits behind it:
+# * 5.10: before a4b0bf6a40f3 ("x86/efi: defer freeing of boot services memory", v7.0)
+#   efi_free_boot_services() runs from start_kernel through memblock_free_late(), which
+#   skips pages whose struct pages are still deferred (the node's highest zone past its
+#   first section: DMA32 on 2 GiB, none of DMA32 on 8 GiB) yet counts them in totalram;
+#   and before f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13) it
+#   frees boot-services memory below 1 MiB too.
+# * 6.1, 6.12: Debian's backport of a4b0bf6a40f3: free_reserved_area() at arch_initcall
+#   and its "Freeing EFI boot services memory" line.
+# * 7.x: the E820 type names of 5668a64622cf ("System RAM ==> device reserved"), the
+#   v6.16 memblock fields ("nid=-1 flags=0"), and 259e3e6f9382 ("efi: Tag memblock
+#   reservations of boot services regions as RSRV_KERN", v7.1).
 ERAS: tuple[Era, ...] = (
     Era("5.10", ("bullseye",), r"linux-image-(?P<release>5\.10\.0-\d+-amd64)", ("newest",),
-        "before a4b0bf6a40f3 (\"x86/efi: defer freeing of boot services memory\", v7.0): "
-        "memblock_free_late skips pages whose struct pages are still deferred, a leak on "
-        "2 GiB and none on 8 GiB; before f1d4d47c5851 (v5.13) it frees below 1 MiB too"),
+        "before the 2026 fix: memblock_free_late leaks deferred pages on 2 GiB (not on "
+        "8 GiB) and frees below 1 MiB"),
     Era("6.1", ("bookworm", "bookworm-security"), r"linux-image-(?P<release>6\.1\.0-\d+-amd64)",
-        ("oldest", "newest"),
-        "Debian 12's 6.1 with a4b0bf6a40f3 backported: the arch_initcall free and its "
-        "'Freeing EFI boot services memory' line"),
+        ("oldest", "newest"), "the 2026 fix backported: the arch_initcall free and its Freeing line"),
     Era("6.12", ("bookworm-security",),
         r"linux-image-(?P<release>6\.12\.\d+\+deb12-(?:cloud-)?amd64)", ("newest", "cloud"),
-        "Debian 12's 6.12 and its cloud flavour: v6.16 memblock nid=/flags= fields absent, "
-        "efi_mem_reserve splits seen as 'e820: update … usable ==> reserved'"),
+        "the Freeing line; efi_mem_reserve splits as 'usable ==> reserved'; the cloud flavour"),
     Era("6.12-trixie", ("trixie",), r"linux-image-(?P<release>6\.12\.\d+\+deb13-amd64)", ("newest",),
-        "Debian 13's 6.12: the same kernel series under another suite's config"),
+        "Debian 13's build of the same series"),
     Era("7.x", ("sid",), r"linux-binary-(?P<release>7\.\d+\.\d+\+deb\d+-amd64)", ("newest",),
-        "v7.x: the E820 names of 5668a64622cf ('System RAM ==> device reserved'), "
-        "v6.16+ memblock lines ('__memblock_reserve: … nid=-1 flags=0'), efi_mem_reserve "
-        "regions kept as MEMBLOCK_RSRV_KERN, and vmlinuz in linux-binary-*"),
+        "v7.0 E820 names, v6.16 memblock fields, efi_mem_reserve kept as RSRV_KERN (v7.1)"),
     Era("7.x-rc", ("experimental",), r"linux-binary-(?P<release>7\.\d+(?:\.\d+)?-amd64)", ("newest",),
         "the newest release candidate Debian ships"),
 )
