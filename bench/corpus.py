@@ -66,6 +66,9 @@ def release_variant(rng: random.Random, release: str) -> str:
     m = re.fullmatch(r"(\d+\.\d+)\.(\d+)(\+.+)", release)             # 6.12.117+deb12-amd64
     if m:
         return f"{m[1]}.{rng.randint(100, 130)}{m[3]}"
+    m = re.fullmatch(r"(\d+\.\d+)(-.+)", release)                      # 7.3-amd64 (an rc)
+    if m:
+        return f"{m[1]}.{rng.randint(1, 9)}{m[2]}"
     return release
 
 
@@ -123,7 +126,9 @@ def corpus(seed: int, n: int, big: int = 1, big_pairs: int = 50_000,
     without memblock=debug stay as they are)."""
     src = sources if sources is not None else load_sources()
     names = sorted(src)
-    memblock = [k for k in names if "memblock_reserve:" in src[k]]
+    # Boots whose setup_log_buf reservation the extra pairs go into: memblock=debug in the
+    # pre-v6.16 format (v6.16+ prints "__memblock_reserve: … nid= flags=", kept as is).
+    memblock = [k for k in names if _RESERVE.search(src[k])]
     rng = random.Random(seed)
     big_at = set(rng.sample(range(n), min(big, n)))
     for i in range(n):
