@@ -73,11 +73,11 @@ def test_500_files_some_duplicated_some_corrupt(tmp_path: Path) -> None:
     rng = random.Random(500)
     files: list[tuple[str, bytes]] = []
     good: dict[str, Key] = {}
-    for h in range(14):
-        for b, name in enumerate(BOOT_NAMES):
-            fname = f"g-{h}-{b}.tar.gz"
-            files.append((fname, make_capture(name, h, b)))
-            good[fname] = (machine_id(h), boot_id(h, b))
+    for i in range(392):  # every committed boot in turn, as many hosts as that takes
+        h, b = divmod(i, len(BOOT_NAMES))
+        fname = f"g-{h}-{b}.tar.gz"
+        files.append((fname, make_capture(BOOT_NAMES[b], h, b)))
+        good[fname] = (machine_id(h), boot_id(h, b))
     dups = [(f"d-{i}.tar.gz", data) for i, (_, data) in enumerate(rng.sample(files, 54))]
     corrupt = {f"c-{i}.tar.gz": CORRUPT[i % len(CORRUPT)] for i in range(54)}
     files += dups + [(n, d) for n, (d, _) in corrupt.items()]

@@ -156,7 +156,9 @@ def test_stored_boot_agrees_with_the_kernel_and_with_analyze(engine: Engine, nam
 
 
 def test_reprocess_rebuilds_identical_ledgers(engine: Engine) -> None:
-    for i, name in enumerate(BOOT_NAMES[:6]):
+    # Boots whose reclaimed figure is known (the kernel printed it), so damage shows.
+    printed = [n for n in BOOT_NAMES if n.startswith("6.") and not n.endswith(("-seabios", "-efidebug"))]
+    for i, name in enumerate(printed[:6]):
         ingest_bytes(engine, make_capture(name, i, 0), "t")
     with engine.connect() as conn:
         before = dict(conn.execute(select(ledger_documents.c.boot_pk,
