@@ -42,7 +42,7 @@ examples:
     memledger lab boot --kernel 5.10.0-32-amd64 --cmdline memblock=debug   # the deferred-init leak
     memledger lab boot --kernel /boot/vmlinuz-6.1.0-47-amd64 --cmdline memblock=debug --out boot1
     memledger lab boot --kernel 6.12.117+deb12-cloud-amd64 --trace --memory 8G --json
-    memledger lab boot --kernel 6.1.0-56-amd64 --firmware seabios   # non-EFI control
+    memledger lab boot --kernel 7.2.13+deb14-amd64 --firmware seabios   # non-EFI control
 """
 
 MATRIX_EXAMPLES = """
