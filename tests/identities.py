@@ -70,7 +70,7 @@ class Boot:
 
     @property
     def efi_free_late_seen(self) -> bool:
-        return bool(efi_free_late(self))
+        return bool(efi_free_late(self.dmesg))
 
     def has_arg(self, arg: str) -> bool:
         return arg in self.cmdline
@@ -140,9 +140,9 @@ def unmanaged_totalram(boot: Boot) -> int | None:
     return int(m.group("k")) * 1024 - PAGE * managed
 
 
-def efi_free_late(boot: Boot) -> list[tuple[int, int]]:
+def efi_free_late(text: str) -> list[tuple[int, int]]:
     """The memblock_free_late ranges efi_free_boot_services printed (kernels before a4b0bf6a40f3)."""
-    return _ranges(MB_FREE_LATE, boot.dmesg, "efi_free_boot_services")
+    return _ranges(MB_FREE_LATE, text, "efi_free_boot_services")
 
 
 def whole_pages(ranges: list[tuple[int, int]]) -> int:
@@ -169,7 +169,7 @@ def check_reclaimed(boot: Boot, ledger: dict[str, Any]) -> None:
         # Before a4b0bf6a40f3 ("x86/efi: defer freeing of boot services memory", v7.0,
         # backported to Debian's 6.1 and 6.12) no summary line is printed: memblock=debug
         # shows each region's memblock_free_late, and without it the free is unknown.
-        late = efi_free_late(boot)
+        late = efi_free_late(boot.dmesg)
         if not late:
             assert not boot.has_arg("memblock=debug")
             assert bs["reclaimed_bytes"] is None and bs["kept_bytes"] is None
@@ -242,12 +242,14 @@ def check_nothing_below_1m_freed(boot: Boot, ledger: dict[str, Any]) -> None:
     if boot.release < (5, 13):
         # Before f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13)
         # efi_free_boot_services() frees boot-services memory below 1 MiB too.
-        late_low = [(s, min(e, SZ_1M)) for s, e in efi_free_late(boot) if s < SZ_1M]
-        if boot.has_arg("memblock=debug") and boot.efi_firmware and not boot.has_arg("efi=debug"):
-            assert low["freed_bytes"] == _size(late_low) > 0
-            codes = {(a["code"], a["severity"]) for a in ledger["anomalies"]}
-            assert ("low_memory_freed", "info") in codes
-        elif not boot.has_arg("memblock=debug"):
+        late_low = [(s, min(e, SZ_1M)) for s, e in efi_free_late(boot.dmesg) if s < SZ_1M]
+        if boot.has_arg("memblock=debug"):
+            assert low["freed_bytes"] == _size(late_low)
+            if boot.efi_firmware and not boot.has_arg("efi=debug"):
+                assert low["freed_bytes"] > 0
+                codes = {(a["code"], a["severity"]) for a in ledger["anomalies"]}
+                assert ("low_memory_freed", "info") in codes
+        else:
             assert low["freed_bytes"] is None, "no range evidence and no v5.13 rule: unknown"
         assert (0, SZ_1M) not in _ranges(MB_RESERVE, boot.dmesg)
         return

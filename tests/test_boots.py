@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, analyze_json
-from identities import EXPECTED, check_all, load_boot
+from identities import EXPECTED, check_all, efi_free_late, load_boot, unmanaged_totalram, whole_pages
 
 BOOTS = FIXTURES / "boots"
 BOOT_NAMES = sorted(p.name for p in BOOTS.iterdir() if (p / "lab.json").is_file())
@@ -41,11 +41,11 @@ def test_console_log_gives_the_same_reclaimed_figure(name: str) -> None:
     assert isinstance(console, dict)
     text = (folder / "console.log").read_text()
     m = re.search(r"efi: Freeing EFI boot services memory: (\d+)K", text)
-    late = re.findall(r"memblock_free_late: \[0x([0-9a-f]+)-0x([0-9a-f]+)\] efi_free_boot_services\+", text)
+    late = efi_free_late(text)
     if m:
         expected: int | None = int(m.group(1)) * 1024
     elif late:  # before a4b0bf6a40f3, with memblock=debug: each region's whole pages
-        expected = sum((int(b, 16) + 1) // 4096 * 4096 - -(-int(a, 16) // 4096) * 4096 for a, b in set(late))
+        expected = whole_pages(late)
     else:
         expected = (0 if "efi=debug" in (folder / "cmdline.txt").read_text()
                     and _lab(name)["firmware"] == "ovmf" else None)
@@ -77,10 +77,9 @@ def _era_boots(prefix: str) -> list[str]:
 
 def _managed_gap(name: str) -> int:
     """MemTotal - 4 KiB x Σ zone managed, read straight from the capture."""
-    root = BOOTS / name / "root" / "proc"
-    memtotal = int(re.search(r"^MemTotal:\s+(\d+) kB", (root / "meminfo").read_text(), re.M).group(1))  # type: ignore[union-attr]
-    managed = sum(int(v) for v in re.findall(r"^\s+managed\s+(\d+)", (root / "zoneinfo").read_text(), re.M))
-    return memtotal * 1024 - 4096 * managed
+    gap = unmanaged_totalram(load_boot(BOOTS / name))
+    assert gap is not None
+    return gap
 
 
 @pytest.mark.parametrize("config", ["default", "memblock"])
@@ -106,13 +105,11 @@ def test_510_memblock_boot_reconciles_with_its_free_late_lines() -> None:
     """reclaimed = the whole pages of memblock_free_late … efi_free_boot_services, and the
     page it frees below 1 MiB (before f1d4d47c5851, v5.13) is accounted, not hidden."""
     [name] = [n for n in _era_boots("5.10.") if n.endswith("-memblock")]
-    text = (BOOTS / name / "root" / "dmesg.txt").read_text()
-    late = [(int(a, 16), int(b, 16) + 1) for a, b in re.findall(
-        r"__memblock_free_late: \[0x([0-9a-f]+)-0x([0-9a-f]+)\] efi_free_boot_services\+", text)]
+    late = efi_free_late((BOOTS / name / "root" / "dmesg.txt").read_text())
     assert late
     d = analyze_json(BOOTS / name / "root")
     bs = d["efi_boot_services"]
-    assert bs["reclaimed_bytes"] == sum((e // 4096 - -(-s // 4096)) * 4096 for s, e in late)
+    assert bs["reclaimed_bytes"] == whole_pages(late)
     low = sum(min(e, 1 << 20) - s for s, e in late if s < 1 << 20)
     assert low > 0 and d["low_memory"]["freed_bytes"] == low
     assert bs["kept_by_reason"]["unexplained"] == 0

@@ -317,16 +317,18 @@ def _extract_boot(deb: Path, dest: Path, release: str) -> dict[str, Path]:
 def fetch_kernel(package: str, cache: str | os.PathLike[str], suite: str | None = None,
                  apt: AptState | None = None) -> CachedKernel:
     """Download ``package`` (from ``suite``) and unpack its kernel into the cache (idempotent)."""
-    release = release_of(package)
     era = era_of(package.removesuffix("-unsigned"))
-    if release is None or era is None:
+    if era is None:
         raise KernelFetchError(f"{package}: not a Debian amd64 kernel package of a lab era "
                                f"({', '.join(e.name for e in ERAS)})")
+    release = release_of(package)
+    assert release is not None  # the era matched
     target = Path(cache) / "kernels" / release
     if (existing := _read_meta(target)) is not None and Path(existing.vmlinuz).is_file():
         return existing
-    apt = apt or AptState(Path(cache) / "apt")
-    apt.update()
+    if apt is None:  # a caller that brings its own state has brought its lists up to date
+        apt = AptState(Path(cache) / "apt")
+        apt.update()
     Path(cache).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix=".fetch-") as tmp:
         os.chmod(tmp, 0o755)  # so that apt's _apt user may write there
