@@ -243,13 +243,13 @@ class Collector:
         for source in ("bcc", "tracefs", "kmsg"):
             events, dropped = pending[source], lost[source]
             try:
-                name = writer.batch(source, events, dropped)
+                names = writer.batch(source, events, dropped)
             except OSError as exc:
                 log.error("%s: cannot write a batch (%s); keeping %d event(s) for the next try",
                           self.cfg.spool, exc, len(events))
                 continue
-            if name is not None:
-                log.info("%s: %d %s event(s)%s", name, len(events), source,
+            if names:
+                log.info("%s: %d %s event(s)%s", ", ".join(names), len(events), source,
                          f", {dropped} lost" if dropped else "")
             pending[source], lost[source] = [], 0
         if follower is not None:

@@ -1,19 +1,36 @@
 """``memledger daemon``: capture this boot, ingest the spool, serve /metrics, speak sd_notify.
 
-One main thread does all the ingest work, in order; watchdog's inotify observer and the
-signal handlers only put work on its queue, and the HTTP server answers scrapes on its own
-threads. SIGTERM (or Ctrl-C) lets the capture being ingested finish, then exits 0; SIGHUP
-rescans the spool. A database error leaves the file in the spool and retries later.
+One main thread does all the ingest work, in order. Everything else only tells it what to
+do and wakes it through a pipe: watchdog's inotify observer queues names, the signal
+handlers set flags (SIGTERM or Ctrl-C: finish the file being ingested, then exit 0;
+SIGHUP: rescan the spool), and the HTTP server answers scrapes on its own threads.
+
+Nothing in the spool can stop the loop for good:
+
+- each file is claimed (renamed into inflight/) before it is read, and parsed in a child
+  process with a memory cap and a deadline, while the main thread goes on with its
+  watchdog pings (exporters/parsechild.py);
+- whatever is wrong with a file, or with the code reading it, sends that file to failed/
+  with one line saying why, and is counted; only an error of the database itself (it is
+  down, full, locked) or of this process's resources (out of descriptors) puts the file
+  back to wait, and it is tried again shortly;
+- the spool is rescanned every ``--spool.rescan-interval``, at once when the kernel's inotify queue
+  overflowed, and when the spool directory was moved aside and made again (then it is
+  watched anew), so no file is left behind however events were lost.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import errno
 import gc
+import hashlib
 import logging
 import os
-import queue
+import select
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,8 +42,9 @@ import click
 from memledger.exporters.dboption import DB_OPTION, open_store
 from memledger.exporters.errors import fail
 from memledger.exporters.fleetview import FleetView
-from memledger.exporters.metrics import IngestMetrics, StoreCollector
+from memledger.exporters.metrics import IngestMetrics, SpoolCollector, StoreCollector
 from memledger.exporters.notify import Notifier
+from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
 from memledger.exporters.units import parse_duration, parse_size
 from memledger.exporters.web import WebServer, parse_listen_address
 from memledger.store.db import (
@@ -34,16 +52,17 @@ from memledger.store.db import (
     default_db_path,
     describe_error,
     display_url,
+    is_permanent,
     resolve_url,
     sqlite_path,
 )
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
-from memledger.store.runtime import BatchError, ingest_batch
-from memledger.store.spool import Refused, Spool, UnsafeSpool
+from memledger.store.runtime import BatchError, store_batch
+from memledger.store.spool import Claim, Refused, Spool, UnsafeSpool
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
-from memledger.tracer.runtime import is_batch
+from memledger.tracer.untrusted import printable
 from prometheus_client import CollectorRegistry, ProcessCollector
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
@@ -57,15 +76,20 @@ from watchdog.events import (
     FileSystemEventHandler,
 )
 from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
 
 __all__ = ("DEFAULT_LISTEN", "Daemon", "DaemonConfig", "daemon")
 
 VERSION = version("memledger")
-# Outside the 9100-9999 block of exporter ports, which is fully allocated (anchors B.2).
+# Outside the 9100-9999 block of exporter ports, which is fully allocated.
 DEFAULT_LISTEN = ":9031"
-_RETRY_S = 30.0
+_DB_RETRY_S = 30.0
+_RESOURCE_RETRY_S = 5.0
 _PRUNE_EVERY_S = 600.0
 _TICK_S = 5.0
+# Errors of this process's resources, not of the file: the file waits and is tried again.
+_RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN,
+                              errno.ENOSPC, errno.EDQUOT, errno.EIO))
 
 log = logging.getLogger("memledger.daemon")
 
@@ -78,10 +102,13 @@ class DaemonConfig:
     capture_self: bool = True
     listen: str = DEFAULT_LISTEN
     telemetry_path: str = "/metrics"
-    max_bytes: int = 64 << 20
+    max_bytes: int = 16 << 20
     retention_s: float = 7 * 86400
     fleet: bool = False
     fleet_refresh_s: float = 60.0
+    rescan_s: float = 60.0
+    parse_timeout_s: float = TIME_LIMIT_S
+    parse_memory: int = MEMORY_LIMIT
 
 
 def _machine_id(root: str) -> str | None:
@@ -92,20 +119,59 @@ def _machine_id(root: str) -> str | None:
         return None
 
 
+class _Wakeup:
+    """The main loop's inbox: names from the observer thread, and a pipe that wakes the
+    loop (written by the observer, and by the C-level signal handler through
+    signal.set_wakeup_fd, so Python signal handlers need do no more than set a flag)."""
+
+    def __init__(self) -> None:
+        self.rfd, self.wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.names: collections.deque[str] = collections.deque()
+        self.queued: set[str] = set()
+        self.rescan = threading.Event()
+
+    def offer(self, name: str) -> None:
+        """Queue a name unless it is queued already (from any thread: a race only makes
+        a name queued twice, and the second claim finds nothing)."""
+        if name not in self.queued:
+            self.queued.add(name)
+            self.names.append(name)
+
+    def take(self) -> str:
+        name = self.names.popleft()
+        self.queued.discard(name)
+        return name
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
+            os.write(self.wfd, b"\0")
+
+    def wait(self, timeout: float) -> None:
+        if select.select([self.rfd], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):
+                while os.read(self.rfd, 4096):
+                    pass
+
+    def close(self) -> None:
+        os.close(self.rfd)
+        os.close(self.wfd)
+
+
 class _SpoolEvents(FileSystemEventHandler):
     """Queue a spool name when a writer closes it or renames it in (watchdog ≥ 1.0.3,
     inotify IN_CLOSE_WRITE and IN_MOVED_TO), or when a non-file appears (to refuse it)."""
 
-    def __init__(self, spool: str, work: queue.Queue[tuple[str, str]]) -> None:
+    def __init__(self, spool: str, inbox: _Wakeup) -> None:
         self.spool = os.path.realpath(spool)
-        self.work = work
+        self.inbox = inbox
 
     def _offer(self, path: str | bytes) -> None:
         path = os.fsdecode(path)
         if os.path.realpath(os.path.dirname(path)) == self.spool:
             name = os.path.basename(path)
             if not is_temporary(name):
-                self.work.put(("file", name))
+                self.inbox.offer(name)
+                self.inbox.wake()
 
     def on_closed(self, event: FileClosedEvent) -> None:
         self._offer(event.src_path)
@@ -123,35 +189,54 @@ class _SpoolEvents(FileSystemEventHandler):
             self._offer(path)
 
 
+class _Overflow(logging.Filter):
+    """Watchdog reports a kernel inotify queue overflow (IN_Q_OVERFLOW: events were lost)
+    only in its log; this filter turns that record into a rescan request."""
+
+    def __init__(self, inbox: _Wakeup) -> None:
+        super().__init__()
+        self.inbox = inbox
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "queue overflow" in str(record.msg).lower():
+            self.inbox.rescan.set()
+            self.inbox.wake()
+        return True
+
+
 class Daemon:
     def __init__(self, cfg: DaemonConfig, engine: Engine, notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.engine = engine
         self.notifier = notifier or Notifier()
         self.spool = Spool(cfg.spool, cfg.max_bytes)
-        self.work: queue.Queue[tuple[str, str]] = queue.Queue()
+        self.inbox = _Wakeup()
         self.stopping = False
+        self._stop_signal: int | None = None
+        self._hup = False
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(StoreCollector(engine, _machine_id(cfg.root), cfg.fleet))
+        self.registry.register(SpoolCollector(self.spool))
         self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
+        self.parser = ParseChild(VERSION, cfg.parse_memory, cfg.parse_timeout_s)
         self.counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0,
                                        "failed": 0}
         self._next_watchdog = 0.0
         self._retry_at: float | None = None
+        self._observer: BaseObserver | None = None
 
     # -- signals and health -------------------------------------------------------------
 
     def _on_term(self, signum: int, _frame: FrameType | None) -> None:
-        if not self.stopping:
-            log.info("%s: finishing the current capture, then exiting",
-                     signal.Signals(signum).name)
+        # Only flags here (a handler that logs or queues can deadlock on a lock its own
+        # thread holds); the wakeup fd has woken the loop already.
         self.stopping = True
-        self.work.put(("stop", ""))
+        self._stop_signal = signum
 
     def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
-        self.work.put(("rescan", ""))
+        self._hup = True
 
     def _heartbeat(self) -> None:
         interval = self.notifier.watchdog_interval
@@ -168,14 +253,7 @@ class Daemon:
         return {"version": VERSION, "database": display_url(self.cfg.url),
                 "spool": self.cfg.spool, "status": self._status()}
 
-    # -- work -------------------------------------------------------------------------
-
-    def _done(self, name: str) -> None:
-        """Stored: move the file to done/ (a failure leaves a duplicate for later, no loss)."""
-        try:
-            self.spool.mark_done(name)
-        except OSError as exc:
-            log.error("%s: stored, but could not move it to done/: %s", name, exc)
+    # -- one file -----------------------------------------------------------------------
 
     def _count(self, key: str) -> None:
         """Count one file: new, replaced, duplicate, older or failed."""
@@ -185,81 +263,150 @@ class Daemon:
         self.metrics.record({"new": "ok", "replaced": "ok", "duplicate": "duplicate",
                              "older": "duplicate", "failed": "failed"}[key])
 
-    def _refuse(self, name: str, why: str) -> None:
-        self._count("failed")
+    def _done(self, claim: Claim) -> None:
+        """Stored: move the file to done/ (a failure leaves it for the next start, which
+        counts it as a duplicate; nothing is lost)."""
         try:
-            target = self.spool.mark_failed(name, why)
+            self.spool.mark_done(claim)
+        except OSError as exc:
+            log.error("%s: stored, but could not move it to done/: %s",
+                      printable(claim.name), exc)
+
+    def _refuse(self, claim: Claim, why: str) -> None:
+        self._count("failed")
+        name = printable(claim.name)
+        try:
+            target = self.spool.mark_failed(claim, why)
         except OSError as exc:
             log.error("%s: %s; could not move it to failed/: %s", name, why, exc)
             return
-        log.warning("%s: %s (moved to failed/%s)", name, why, target)
+        log.warning("%s: %s (moved to failed/%s)", name, why, printable(target))
+
+    def _put_back(self, claim: Claim, what: str, retry_s: float) -> None:
+        """Not the file's fault: back into the spool, and a rescan in ``retry_s``."""
+        name = printable(claim.name)
+        try:
+            self.spool.release(claim)
+        except OSError as exc:
+            log.error("%s: %s; it stays in inflight/ (%s) until the next start", name, what, exc)
+        else:
+            log.error("%s: %s; it stays in the spool, retry in %.0fs", name, what, retry_s)
+        retry_at = time.monotonic() + retry_s
+        self._retry_at = retry_at if self._retry_at is None else min(self._retry_at, retry_at)
 
     def process(self, name: str) -> None:
-        """Ingest one spool entry and move it to done/ or failed/."""
+        """Claim one spool entry, ingest it, and move it to done/ or failed/."""
         try:
-            data = self.spool.read(name)
-        except Refused as exc:
-            self._refuse(name, f"refused: {exc}")
+            claim = self.spool.claim(name)
+        except UnsafeSpool as exc:
+            log.error("%s", exc)
             return
         except OSError as exc:
-            log.error("%s: cannot read it (%s); it stays in the spool", name, exc)
+            log.error("%s: cannot take it (%s); retry in %.0fs", printable(name),
+                      os.strerror(exc.errno or 0) or exc, _RESOURCE_RETRY_S)
+            self._retry_at = time.monotonic() + _RESOURCE_RETRY_S
             return
-        if data is None:
-            return  # already handled (a second event for the same file)
-        if is_batch(data):
-            self._process_batch(name, data)
-            return
+        if claim is None:
+            return  # already taken (a second event for the same file)
         try:
-            prepared = prepare(data, VERSION)
-        except BadCapture as exc:
-            self._refuse(name, str(exc))
-            return
-        except Exception as exc:  # a parser bug must not stop the daemon or lose the file
-            log.exception("%s: internal error while parsing", name)
-            self._refuse(name, f"internal error: {type(exc).__name__}: {exc}")
-            return
-        try:
-            result = ingest(self.engine, prepared, origin=name)
-        except SQLAlchemyError as exc:
-            self._db_error(name, exc)
-            return
-        self._count(result.status)  # first: whoever sees the file in done/ sees the count
-        self._done(name)
-        log.info("%s: %s boot %s of %s (%s)", name, result.status, result.boot_id,
-                 result.machine_id, result.kernel_release or "release unknown")
+            self._ingest_claimed(claim)
+        except Exception as exc:  # the last word: no file may stop the daemon
+            log.exception("%s: internal error", printable(name))
+            self._refuse(claim, f"internal error: {type(exc).__name__}: {exc}")
 
-    def _process_batch(self, name: str, data: bytes) -> None:
-        """A runtime event batch from ``memledger collect``."""
+    def _ingest_claimed(self, claim: Claim) -> None:
         try:
-            result = ingest_batch(self.engine, data, origin=name)
+            data = self.spool.read(claim)
+        except Refused as exc:
+            self._refuse(claim, f"refused: {exc}")
+            return
+        except OSError as exc:
+            if exc.errno not in _RESOURCE_ERRNOS:
+                self._refuse(claim, f"unreadable: {os.strerror(exc.errno or 0) or exc}")
+            else:
+                self._put_back(claim, f"cannot read it ({os.strerror(exc.errno or 0)})",
+                               _RESOURCE_RETRY_S)
+            return
+        try:
+            parsed = self.parser.parse(data, self._heartbeat)
+        except Unparsable as exc:
+            if exc.internal:
+                log.error("%s: internal error while parsing: %s", printable(claim.name), exc)
+            self._refuse(claim, f"internal error: {exc}" if exc.internal else str(exc))
+            return
+        except OSError as exc:  # no process or descriptor for the parser
+            self._put_back(claim, f"cannot start the parser ({exc})", _RESOURCE_RETRY_S)
+            return
+        origin = printable(claim.name, 1000)
+        try:
+            if parsed.batch is not None:
+                b = store_batch(self.engine, parsed.batch, hashlib.sha256(data).hexdigest(),
+                                origin=origin)
+                status: str = b.status
+                what = (f"{b.source} batch of boot {b.boot_id} of {b.machine_id}: "
+                        f"{b.events} event(s)"
+                        + (f", {b.dropped} lost before it" if b.dropped else ""))
+            else:
+                assert parsed.capture is not None
+                r = ingest(self.engine, parsed.capture, origin=origin)
+                status = r.status
+                what = (f"boot {r.boot_id} of {r.machine_id} "
+                        f"({r.kernel_release or 'release unknown'})")
         except BatchError as exc:
-            self._refuse(name, str(exc))
+            self._refuse(claim, str(exc))
             return
         except SQLAlchemyError as exc:
-            self._db_error(name, exc)
+            reason = describe_error(self.engine.url, exc)
+            if is_permanent(exc):
+                self._refuse(claim, f"the database refused it: {reason}")
+            else:
+                self._put_back(claim, f"database error ({reason})", _DB_RETRY_S)
             return
-        self._count(result.status)  # first: whoever sees the file in done/ sees the count
-        self._done(name)
-        lost = f", {result.dropped} lost before it" if result.dropped else ""
-        log.info("%s: %s %s batch of boot %s of %s: %d event(s)%s", name, result.status,
-                 result.source, result.boot_id, result.machine_id, result.events, lost)
+        self._count(status)  # first: whoever sees the file in done/ sees the count
+        self._done(claim)
+        log.info("%s: %s %s", printable(claim.name), status, what)
 
-    def _db_error(self, name: str, exc: SQLAlchemyError) -> None:
-        reason = describe_error(self.engine.url, exc)
-        log.error("%s: database error (%s); it stays in the spool, retry in %.0fs",
-                  name, reason, _RETRY_S)
-        self._retry_at = time.monotonic() + _RETRY_S
+    # -- the spool ----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Watch the spool directory (again, after it was made anew)."""
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join()
+        self._observer = Observer()
+        self._observer.schedule(_SpoolEvents(self.cfg.spool, self.inbox), self.cfg.spool,
+                                recursive=False)
+        self._observer.start()
+
+    def _rewatch_if_moved(self) -> None:
+        if not self.spool.moved():
+            return
+        log.warning("%s: the spool directory was moved or made anew; watching the new one",
+                    self.cfg.spool)
+        try:
+            self.spool.ensure()
+            self._watch()
+        except OSError as exc:
+            log.error("%s: cannot use the new spool directory: %s", self.cfg.spool, exc)
+            return
+        self.rescan()
 
     def rescan(self) -> None:
+        """Queue every waiting file (the queue drops names queued twice)."""
         try:
             names = self.spool.waiting()
         except OSError as exc:
-            log.error("%s: cannot list the spool: %s", self.cfg.spool, exc)
+            log.error("%s", exc if isinstance(exc, UnsafeSpool) else
+                      f"{self.cfg.spool}: cannot list the spool: {exc}")
             return
         for name in names:
-            if self.stopping:
-                return
-            self.process(name)
+            self.inbox.offer(name)
+
+    def _drain(self) -> None:
+        """Process queued names in order until none is left, a stop is asked for, or a
+        database or resource error asks to wait (the names stay queued)."""
+        while self.inbox.names and not self.stopping and self._retry_at is None:
+            self.process(self.inbox.take())
             self._heartbeat()
         self.notifier.status(self._status())
 
@@ -292,6 +439,9 @@ class Daemon:
 
     def run(self) -> int:
         self.spool.ensure()
+        for name in self.spool.recover():
+            log.info("%s: taken before the last stop, not finished; back in the spool",
+                     printable(name))
         # Everything imported and built so far lives as long as the process: a full
         # collection need not walk it again at every scrape's garbage (a p99 outlier).
         gc.freeze()
@@ -300,12 +450,13 @@ class Daemon:
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,
                              self._landing, self.fleet.body if self.fleet is not None else None)
         self.web.start()
+        signal.set_wakeup_fd(self.inbox.wfd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         signal.signal(signal.SIGHUP, self._on_hup)
-        observer = Observer()
-        observer.schedule(_SpoolEvents(self.cfg.spool, self.work), self.cfg.spool, recursive=False)
-        observer.start()
+        overflow = _Overflow(self.inbox)
+        logging.getLogger("watchdog.observers.inotify_c").addFilter(overflow)
+        self._watch()
         log.info("memledger %s: database %s, spool %s, serving http://%s%s", VERSION,
                  display_url(self.cfg.url), self.cfg.spool, self.web.address, self.web.path)
         self.notifier.notify("READY=1", f"STATUS=serving http://{self.web.address}{self.web.path}")
@@ -313,38 +464,55 @@ class Daemon:
         try:
             if self.cfg.capture_self:
                 self.capture_self()
-            self.rescan()
             self._prune()
-            next_prune = time.monotonic() + _PRUNE_EVERY_S
+            now = time.monotonic()
+            next_prune, next_rescan = now + _PRUNE_EVERY_S, now
             while not self.stopping:
-                wait = _TICK_S
-                if self.notifier.watchdog_interval is not None:
-                    wait = min(wait, max(0.0, self._next_watchdog - time.monotonic()))
-                try:
-                    kind, name = self.work.get(timeout=wait)
-                except queue.Empty:
-                    kind, name = "", ""
-                if kind == "file":
-                    self.process(name)
-                    self.notifier.status(self._status())
-                elif kind == "rescan":
-                    log.info("rescanning the spool")
-                    self.rescan()
-                self._heartbeat()
                 now = time.monotonic()
+                if self._hup:
+                    self._hup = False
+                    log.info("SIGHUP: rescanning the spool")
+                    next_rescan, self._retry_at = now, None
+                if self.inbox.rescan.is_set():
+                    self.inbox.rescan.clear()
+                    log.warning("the inotify queue overflowed; rescanning the spool")
+                    next_rescan = now
                 if self._retry_at is not None and now >= self._retry_at:
                     self._retry_at = None
+                    next_rescan = now
+                if now >= next_rescan:
+                    self._rewatch_if_moved()
                     self.rescan()
+                    next_rescan = now + self.cfg.rescan_s
+                self._drain()
+                self._heartbeat()
                 if now >= next_prune:
                     self._prune()
                     next_prune = now + _PRUNE_EVERY_S
+                if self.stopping or self._hup or (self.inbox.names and self._retry_at is None):
+                    continue
+                wait = min(_TICK_S, max(0.0, next_rescan - time.monotonic()))
+                if self.notifier.watchdog_interval is not None:
+                    wait = min(wait, max(0.0, self._next_watchdog - time.monotonic()))
+                self.inbox.wait(wait)
+                if not self.spool.moved():
+                    continue
+                self._rewatch_if_moved()
+                next_rescan = time.monotonic()
         finally:
+            if self._stop_signal is not None:
+                log.info("%s: finishing the current capture, then exiting",
+                         signal.Signals(self._stop_signal).name)
             self.notifier.notify("STOPPING=1")
-            observer.stop()
-            observer.join()
+            logging.getLogger("watchdog.observers.inotify_c").removeFilter(overflow)
+            if self._observer is not None:
+                self._observer.stop()
+                self._observer.join()
             self.web.stop()
             if self.fleet is not None:
                 self.fleet.stop()
+            self.parser.close()
+            signal.set_wakeup_fd(-1)
         log.info("stopped: %s", self._status())
         return 0
 
@@ -353,12 +521,12 @@ DAEMON_EXAMPLES = f"""
 \b
 examples:
     memledger daemon                                  # SQLite in the default state directory
-    memledger daemon --web.listen-address 127.0.0.1:9031 --spool /var/spool/memledger
+    memledger daemon --web.listen-address 127.0.0.1:9031 --spool /var/lib/memledger/spool
     memledger daemon --db postgresql+psycopg://memledger@fleetdb/memledger
     kill -HUP $(pidof -x memledger)                   # rescan the spool now
 \b
 producers drop capture files into the spool atomically:
-    memledger capture -o /var/spool/memledger/
+    memledger capture -o /var/lib/memledger/spool/
 
 The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of exporter ports.
 """
@@ -380,10 +548,23 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
               show_envvar=True, default="/metrics", show_default=True,
               help="Path of the metrics.")
 @click.option("--spool.max-size", "max_size", envvar="MEMLEDGER_SPOOL_MAX_SIZE", show_envvar=True,
-              default="64MiB", show_default=True, help="Refuse larger spool files.")
+              default="16MiB", show_default=True,
+              help="Refuse larger spool files (a real capture is tens of KiB).")
 @click.option("--spool.retention", "retention", envvar="MEMLEDGER_SPOOL_RETENTION",
               show_envvar=True, default="7d", show_default=True,
               help="Keep files in spool/done/ this long (0: delete once stored).")
+@click.option("--spool.rescan-interval", "rescan", envvar="MEMLEDGER_SPOOL_RESCAN_INTERVAL",
+              show_envvar=True, default="60s", show_default=True,
+              help="List the spool this often, besides watching it, so that no file waits "
+                   "for an event that was lost.")
+@click.option("--parse.timeout", "parse_timeout", envvar="MEMLEDGER_PARSE_TIMEOUT",
+              show_envvar=True, default="60s", show_default=True,
+              help="Refuse a file whose parsing takes longer (a real capture takes well "
+                   "under a second).")
+@click.option("--parse.memory-limit", "parse_memory", envvar="MEMLEDGER_PARSE_MEMORY_LIMIT",
+              show_envvar=True, default="1GiB", show_default=True,
+              help="Refuse a file whose parsing needs more memory (the largest capture "
+                   "needs about 500 MiB).")
 @click.option("--fleet", envvar="MEMLEDGER_FLEET", show_envvar=True, is_flag=True,
               help="Export aggregates per kernel release and firmware version (for a central "
                    "store) instead of this host's current boot.")
@@ -395,8 +576,8 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
               type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
-           telemetry_path: str, max_size: str, retention: str, fleet: bool,
-           fleet_refresh: str, log_level: str) -> None:
+           telemetry_path: str, max_size: str, retention: str, rescan: str, parse_timeout: str,
+           parse_memory: str, fleet: bool, fleet_refresh: str, log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(message)s")
@@ -406,8 +587,14 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
         max_bytes = parse_size(max_size)
         retention_s = parse_duration(retention)
         fleet_refresh_s = parse_duration(fleet_refresh)
-        if fleet_refresh_s <= 0:
-            raise ValueError(f"--fleet.refresh {fleet_refresh!r}: must be more than 0")
+        rescan_s = parse_duration(rescan)
+        parse_timeout_s = parse_duration(parse_timeout)
+        memory = parse_size(parse_memory)
+        for option, text, value in (("--fleet.refresh", fleet_refresh, fleet_refresh_s),
+                                    ("--spool.rescan-interval", rescan, rescan_s),
+                                    ("--parse.timeout", parse_timeout, parse_timeout_s)):
+            if value <= 0:
+                raise ValueError(f"{option} {text!r}: must be more than 0")
     except ValueError as exc:
         fail(str(exc))
     try:
@@ -417,7 +604,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     db_file = sqlite_path(url)
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
-                       retention_s, fleet, fleet_refresh_s)
+                       retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory)
     with open_store(db, create=True) as engine:
         try:
             code = Daemon(cfg, engine).run()

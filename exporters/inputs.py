@@ -8,10 +8,13 @@ import sys
 
 from memledger.tracer.capture import CaptureError, capture_evidence, is_capture, unpack
 from memledger.tracer.evidence import Evidence, NotAKernelLog, build_evidence, is_trace_text
-from memledger.tracer.reader import Snapshot, read_root
+from memledger.tracer.reader import Snapshot, decode_text, read_root
 
 __all__ = ("InputError", "load")
 
+# A log file or pipe is read up to this size: a kernel log ring is at most 32 MiB, and a
+# syslog or journal export of many boots a few times that.
+MAX_INPUT_BYTES = 256 << 20
 # More than this share of undecodable bytes in the first 64 KiB means "not text".
 _BINARY_SHARE = 0.05
 
@@ -26,17 +29,27 @@ def _decode(path: str, data: bytes) -> str:
         bad = head.count(0) + head.decode("utf-8", errors="replace").count("\ufffd")
         if bad > _BINARY_SHARE * len(head):
             raise InputError(f"{path}: binary data, not a kernel log or trace")
-    return data.decode("utf-8", errors="replace")
+    return decode_text(data)
 
 
 def _read_file(path: str) -> bytes:
+    """The whole file or pipe, up to MAX_INPUT_BYTES; a device is refused unread."""
     try:
         if path == "-":
-            return sys.stdin.buffer.read()
-        with open(path, "rb") as fh:
-            return fh.read()
+            data = sys.stdin.buffer.read(MAX_INPUT_BYTES + 1)
+        else:
+            with open(path, "rb") as fh:
+                mode = os.fstat(fh.fileno()).st_mode
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                    kind = "a character" if stat.S_ISCHR(mode) else "a block"
+                    raise InputError(f"{path}: {kind} device, not a log file or capture")
+                data = fh.read(MAX_INPUT_BYTES + 1)
     except OSError as exc:
         raise InputError(f"{path}: {os.strerror(exc.errno or 0) or exc}") from None
+    if len(data) > MAX_INPUT_BYTES:
+        raise InputError(f"{path}: more than {MAX_INPUT_BYTES >> 20} MiB; a kernel log is "
+                         "far smaller (cut out the boots you want)")
+    return data
 
 
 def load(path: str) -> list[Evidence]:

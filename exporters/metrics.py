@@ -16,6 +16,7 @@ Only the daemon's own work (ingest results) is instrumented directly.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -24,6 +25,7 @@ from memledger.store.anomalies import CODES
 from memledger.store.boot_services import KEPT_REASONS
 from memledger.store.queries import STORE_COUNTS, FleetGroup, latest_boots
 from memledger.store.runtime import RuntimeTotals, runtime_totals
+from memledger.store.spool import Spool
 from memledger.store.stats import summary
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -31,7 +33,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import Engine, literal, select
 from sqlalchemy.exc import SQLAlchemyError
 
-__all__ = ("RESULTS", "IngestMetrics", "StoreCollector", "fleet_metrics")
+__all__ = ("MAX_LABEL_CHARS", "RESULTS", "IngestMetrics", "SpoolCollector", "StoreCollector",
+           "fleet_metrics", "label")
 
 RESULTS = ("ok", "duplicate", "failed")
 BS_STATES = ("total", "reclaimed", "kept", "leaked")
@@ -42,6 +45,21 @@ _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
 _FLEET_NOTE = " Read at the last fleet refresh (memledger_fleet_refresh_timestamp_seconds)."
 _PROBE = select(literal(1))
+
+
+# Label values come from capture files; a real one (a release, a BIOS version, a kernel
+# function) is far shorter. Longer ones are cut, so that no file can swell every scrape,
+# and end in a digest of the whole value, so that two cut values stay two series.
+MAX_LABEL_CHARS = 128
+
+
+def label(value: str | None) -> str:
+    """A label value: "" for unknown, at most MAX_LABEL_CHARS."""
+    value = value or ""
+    if len(value) <= MAX_LABEL_CHARS:
+        return value
+    digest = hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:8]
+    return f"{value[:MAX_LABEL_CHARS - 9]}…{digest}"
 
 
 def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamily:
@@ -72,11 +90,11 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
     doc = current["document"]
     efi = {True: "true", False: "false", None: "unknown"}[current["efi"]]
     info = InfoMetricFamily("memledger_boot", "The current boot: kernel and firmware." + _CACHE_NOTE)
-    info.add_metric([], {"kernel_release": current["kernel_release"] or "", "efi": efi,
-                         "firmware_vendor": current["firmware_vendor"] or "",
-                         "firmware_version": current["firmware_version"] or "",
-                         "product": current["product"] or "",
-                         "loader": doc["kernel"].get("loader") or ""})
+    info.add_metric([], {"kernel_release": label(current["kernel_release"]), "efi": efi,
+                         "firmware_vendor": label(current["firmware_vendor"]),
+                         "firmware_version": label(current["firmware_version"]),
+                         "product": label(current["product"]),
+                         "loader": label(doc["kernel"].get("loader"))})
     yield info
     ts = _g("memledger_boot_captured_timestamp_seconds", "When the current boot was captured.")
     ts.add_metric([], current["captured_at"].timestamp())
@@ -94,7 +112,7 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
                  previous["document"]["efi_boot_services"] if previous is not None else {})
     if previous is not None:
         pinfo = InfoMetricFamily("memledger_previous_boot", "The previous boot's kernel." + _CACHE_NOTE)
-        pinfo.add_metric([], {"kernel_release": previous["kernel_release"] or ""})
+        pinfo.add_metric([], {"kernel_release": label(previous["kernel_release"])})
         yield pinfo
 
     yield _known("memledger_low_memory_bytes", "Memory below 1 MiB in the current boot: usable "
@@ -104,7 +122,7 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
     m = _g("memledger_kernel_freed_bytes", "Memory the current boot's kernel freed, by its "
            "'Freeing <what> memory' lines.", ["what"])
     for what, n in sorted((acct["freed_by_name"] or {}).items()):
-        m.add_metric([what], n)
+        m.add_metric([label(what)], n)
     yield m
     yield _known("memledger_kernel_accounting_bytes", "The kernel's own memory accounting of "
                  "the current boot (boot_reserved = present - managed at the Memory: line).",
@@ -139,7 +157,7 @@ def _runtime_metrics(t: RuntimeTotals) -> Iterator[Metric]:
     freed = dict.fromkeys(_PROBED_FREE, 0) if probed else {}
     freed.update(t.freed)
     for function, n in sorted(freed.items()):
-        m.add_metric([function], n)
+        m.add_metric([label(function)], n)
     yield m
     m = CounterMetricFamily("memledger_runtime_offlined_bytes", "Memory taken offline after "
                             "boot in the current boot (memory hotplug)." + _CACHE_NOTE,
@@ -147,19 +165,19 @@ def _runtime_metrics(t: RuntimeTotals) -> Iterator[Metric]:
     offlined = {"offline_pages": 0} if probed else {}
     offlined.update(t.offlined)
     for function, n in sorted(offlined.items()):
-        m.add_metric([function], n)
+        m.add_metric([label(function)], n)
     yield m
     g = _g("memledger_runtime_managed_change_bytes", "Net change of the zones' managed memory "
            "after boot in the current boot, by the function that called "
            "adjust_managed_page_count.", ["caller"])
     for caller, n in sorted(t.managed.items()):
-        g.add_metric([caller], n)
+        g.add_metric([label(caller)], n)
     yield g
     m = CounterMetricFamily("memledger_runtime_kernel_log_freed_bytes", "What the kernel "
                             "printed in 'Freeing <what> memory' lines after boot in the current "
                             "boot." + _CACHE_NOTE, labels=["what"])
     for what, n in sorted(t.logged.items()):
-        m.add_metric([what.removeprefix("Freeing ")], n)
+        m.add_metric([label(what.removeprefix("Freeing "))], n)
     yield m
     m = CounterMetricFamily("memledger_runtime_events", "Runtime events stored for the current "
                             "boot, by collector source." + _CACHE_NOTE, labels=["source"])
@@ -197,7 +215,7 @@ def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None) -> Itera
                         "over the boots where it is known.", [*keys, label, "stat"])
                for name, (what, label, _) in _FLEET_FIGURES.items()}
     for g in groups:
-        lv = [g.kernel_release, g.firmware_version]
+        lv = [label(g.kernel_release), label(g.firmware_version)]
         cols = g.columns
         n_boots.add_metric(lv, len(g.host_ids))
         hosts_g.add_metric(lv, len(set(g.host_ids)))
@@ -258,6 +276,23 @@ class StoreCollector(Collector):
 
 def _plain(name: str, doc: str, value: float, note: str = _CACHE_NOTE) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc + note, value=value)
+
+
+class SpoolCollector(Collector):
+    """How many files wait in the spool (a file being ingested included) and the age of
+    the oldest, read at scrape time: a backlog that only grows, or a file that never
+    leaves, shows here whatever the daemon's own counters say."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def collect(self) -> Iterator[Metric]:
+        count, oldest = self.spool.backlog()
+        yield _plain("memledger_spool_waiting_files", "Files waiting in the spool, the one "
+                     "being ingested included.", count, "")
+        yield _plain("memledger_spool_oldest_waiting_age_seconds", "Age of the oldest file "
+                     "waiting in the spool (by its modification time); 0 when none waits.",
+                     max(0.0, time.time() - oldest) if oldest is not None else 0.0, "")
 
 
 class IngestMetrics(Collector):

@@ -1,14 +1,28 @@
 """The daemon's HTTP side: ``--web.telemetry-path`` (default /metrics) and a landing page.
 
 A ThreadingHTTPServer serves each request on its own thread, so one slow client does not
-hold up the others, and drops a client silent for CLIENT_TIMEOUT_S; metrics come from the
-registry's collectors at scrape time.
+hold up the others; metrics come from the registry's collectors at scrape time. Clients
+cannot take the daemon's file descriptors:
+
+- at most :func:`connection_cap` connections are open at once, well below the descriptor
+  limit, so the spool, the database and the parser always have descriptors left
+  (FD_RESERVE);
+- a client has HEADER_DEADLINE_S to send a whole request's headers (a client that sends
+  a header line every few seconds never trips a per-read timeout, so that alone is not
+  enough), and CLIENT_TIMEOUT_S of silence at any time;
+- at the cap, a new connection pushes out the one that has waited longest for its
+  headers (a scrape sends its request at once, so stalled clients go first); when every
+  connection is being answered, the new one is closed;
+- an accept() that fails for want of descriptors is retried after a pause, not in a spin.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import html
 import logging
+import resource
 import socket
 import sys
 import threading
@@ -19,7 +33,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-__all__ = ("CLIENT_TIMEOUT_S", "WebServer", "parse_listen_address")
+__all__ = ("CLIENT_TIMEOUT_S", "FD_RESERVE", "HEADER_DEADLINE_S", "MAX_CONNECTIONS", "WebServer",
+           "connection_cap", "parse_listen_address")
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +53,77 @@ def parse_listen_address(text: str) -> tuple[str, int]:
 
 
 CLIENT_TIMEOUT_S = 10.0
+HEADER_DEADLINE_S = 10.0
+# Prometheus scrapes over one or two keep-alive connections per server; a few people may
+# look at the landing page at once.
+MAX_CONNECTIONS = 64
+# Descriptors the rest of the daemon may need at once: the spool's four directories and
+# a file, the database's connections and SQLite's -wal and -shm files, the parser's pipes,
+# inotify, logging and the forkserver's sockets; measured about 30, kept twice that.
+FD_RESERVE = 64
+_ACCEPT_PAUSE_S = 0.1
+
+
+def connection_cap() -> int:
+    """How many HTTP connections may be open at once: MAX_CONNECTIONS, or fewer when the
+    descriptor limit (RLIMIT_NOFILE) leaves less than FD_RESERVE for the rest."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_CONNECTIONS
+    return max(1, min(MAX_CONNECTIONS, soft - FD_RESERVE))
 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    max_connections = MAX_CONNECTIONS
+
+    def server_activate(self) -> None:
+        super().server_activate()
+        self._open: dict[socket.socket, float | None] = {}  # -> waiting for headers since
+        self._open_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                log.warning("HTTP: cannot accept a connection (%s); pausing",
+                            exc.strerror or exc)
+                time.sleep(_ACCEPT_PAUSE_S)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            if len(self._open) >= self.max_connections:
+                waiting = [(since, s) for s, since in self._open.items() if since is not None]
+                if not waiting:
+                    self.close_request(request)
+                    return
+                _, oldest = min(waiting, key=lambda w: w[0])
+                _shut(oldest)
+                self._open.pop(oldest, None)
+            self._open[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def waiting_for_headers(self, request: socket.socket, waiting: bool) -> None:
+        with self._open_lock:
+            if request in self._open:
+                self._open[request] = time.monotonic() if waiting else None
+
+    def service_actions(self) -> None:
+        """Runs in serve_forever's loop (every 0.5 s): drop clients past the header deadline."""
+        now = time.monotonic()
+        with self._open_lock:
+            late = [s for s, since in self._open.items()
+                    if since is not None and now - since > HEADER_DEADLINE_S]
+            for s in late:
+                _shut(s)
+                self._open[s] = None  # shut once; its thread closes it
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or stalls is its own business (socketserver would print a
@@ -80,6 +162,15 @@ class WebServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass  # access logs would flood the journal at every scrape
 
+            def handle_one_request(self) -> None:
+                self.server.waiting_for_headers(self.connection, True)  # type: ignore[attr-defined]
+                super().handle_one_request()
+
+            def parse_request(self) -> bool:
+                ok = super().parse_request()  # reads the request line's headers
+                self.server.waiting_for_headers(self.connection, False)  # type: ignore[attr-defined]
+                return ok
+
             def _send(self, code: int, ctype: str, body: bytes) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", ctype)
@@ -110,6 +201,7 @@ class WebServer:
         self._last: tuple[float, bytes] | None = None  # (when its rendering started, body)
         self.path = path
         self.httpd = _server_class(host)((host, port), Handler)
+        self.httpd.max_connections = connection_cap()
         self._thread: threading.Thread | None = None
 
     def _metrics(self) -> bytes:
@@ -142,6 +234,12 @@ class WebServer:
             self.httpd.shutdown()
             self._thread.join()
         self.httpd.server_close()
+
+
+def _shut(sock: socket.socket) -> None:
+    """End a connection from outside its thread: its blocked read returns at once."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _landing(path: str, facts: dict[str, str]) -> bytes:

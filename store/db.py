@@ -17,7 +17,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    SQLAlchemyError,
+    StatementError,
+)
 
 __all__ = (
     "BUSY_TIMEOUT_MS",
@@ -27,6 +34,7 @@ __all__ = (
     "default_db_path",
     "describe_error",
     "display_url",
+    "is_permanent",
     "make_engine",
     "resolve_url",
     "sqlite_path",
@@ -89,6 +97,19 @@ def describe_error(url: URL, exc: BaseException) -> str:
         if full:
             text += f" (no space left on the file system of {path.parent})"
     return text
+
+
+def is_permanent(exc: SQLAlchemyError) -> bool:
+    """True when a database error is about the values written, so that writing the same
+    file again fails the same way: the server refused a value (DataError: a NUL in text,
+    a number out of range, bad encoding), a constraint refused a row (IntegrityError), or
+    the driver could not even send a value (a StatementError that is not the server's).
+    Everything else (OperationalError: the server is down, restarting, out of disk or
+    connections; a lock or a timeout; a schema that is not there) is about the database,
+    and the file waits for it."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    return isinstance(exc, StatementError) and not isinstance(exc, DBAPIError)
 
 
 def sqlite_path(url: URL) -> Path | None:

@@ -35,6 +35,7 @@ from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
+from memledger.store.trust import Untrusted, check_not_ahead
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import (
@@ -135,9 +136,16 @@ def _computed(data: bytes, sha: str, version: str) -> Prepared:
     return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev))
 
 
-def prepare(data: bytes, version: str) -> Prepared:
-    """Parse a capture file's bytes and compute its ledger. Raises :class:`BadCapture`."""
-    return _computed(data, hashlib.sha256(data).hexdigest(), version)
+def prepare(data: bytes, version: str, now: datetime | None = None) -> Prepared:
+    """Parse a capture file's bytes and compute its ledger. Raises :class:`BadCapture`,
+    also for a capture dated ahead of ``now`` (this store's clock) by more than
+    :data:`~memledger.store.trust.MAX_AHEAD`."""
+    p = _computed(data, hashlib.sha256(data).hexdigest(), version)
+    try:
+        check_not_ahead(p.manifest.captured_at, "captured_at", now)
+    except Untrusted as exc:
+        raise BadCapture(str(exc)) from None
+    return p
 
 
 def _columns(p: Prepared) -> dict[str, Any]:

@@ -15,10 +15,12 @@ from typing import Literal
 from memledger.store.db import writer
 from memledger.store.rows import dialect_insert, upsert_host
 from memledger.store.schema import hosts, runtime_batches, runtime_events
+from memledger.store.trust import Untrusted, check_not_ahead
 from memledger.tracer.runtime import Batch, BatchError, parse_batch
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select
 
-__all__ = ("BatchError", "BatchResult", "RuntimeTotals", "ingest_batch", "runtime_totals")
+__all__ = ("BatchError", "BatchResult", "RuntimeTotals", "ingest_batch", "runtime_totals",
+           "store_batch")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +36,20 @@ class BatchResult:
 def ingest_batch(engine: Engine, data: bytes, origin: str | None = None,
                  now: datetime | None = None) -> BatchResult:
     """Parse and store one batch. Raises :class:`BatchError` for a bad file."""
-    batch: Batch = parse_batch(data)
+    return store_batch(engine, parse_batch(data), hashlib.sha256(data).hexdigest(), origin, now)
+
+
+def store_batch(engine: Engine, batch: Batch, sha: str, origin: str | None = None,
+                now: datetime | None = None) -> BatchResult:
+    """Store one parsed batch, keyed by ``sha`` (its file's sha256). Raises
+    :class:`BatchError` for a batch written ahead of ``now`` by more than
+    :data:`~memledger.store.trust.MAX_AHEAD`."""
     h = batch.header
-    sha = hashlib.sha256(data).hexdigest()
     now = now or datetime.now(UTC)
+    try:
+        check_not_ahead(h.written_at, "line 1: written_at", now)
+    except Untrusted as exc:
+        raise BatchError(str(exc)) from None
     with writer(engine) as conn, conn.begin():
         host_pk = upsert_host(conn, h.machine_id, h.hostname, now)
         batch_pk = conn.execute(dialect_insert(conn)(runtime_batches).values(

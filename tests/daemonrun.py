@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -36,15 +37,21 @@ def drop(spool: Path, name: str, data: bytes, atomic: bool = True) -> None:
 
 class Daemon:
     def __init__(self, tmp: Path, db: str, spool: Path, *extra: str,
-                 env: dict[str, str] | None = None, capture_self: bool = False) -> None:
+                 env: dict[str, str] | None = None, capture_self: bool = False,
+                 nofile: int | None = None) -> None:
+        """``nofile``: the daemon's descriptor limit (RLIMIT_NOFILE), else inherited."""
         self.log_path = tmp / f"daemon-{time.monotonic_ns()}.log"
         args = [MEMLEDGER, "daemon", "--db", db, "--spool", str(spool),
                 "--web.listen-address", "127.0.0.1:0", *extra]
         if not capture_self:
             args.append("--no-capture-self")
         self.log = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop())
+        def limit() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=limit)
         self.address = ""
         wait_for("the daemon to serve HTTP", self._serving, 60)
 

@@ -37,8 +37,10 @@ CORRUPT: list[tuple[bytes, str]] = [
 
 
 def spool_state(spool: Path) -> tuple[list[str], list[str], list[str]]:
-    waiting = sorted(p.name for p in spool.iterdir() if p.name not in ("done", "failed")
-                     and not p.name.startswith("."))
+    """(waiting, done, failed) names; a file claimed but not finished (inflight/) waits."""
+    inflight = spool / "inflight"
+    waiting = sorted(p.name for d in (spool, inflight) if d.is_dir() for p in d.iterdir()
+                     if p.name not in ("done", "failed", "inflight") and not p.name.startswith("."))
     done = sorted(p.name for p in (spool / "done").iterdir())
     failed = sorted(p.name for p in (spool / "failed").iterdir())
     return waiting, done, failed

@@ -57,7 +57,7 @@ _EV = b'{"seq": 3, "kind": "freed", "function": "f", '
 
 
 @pytest.mark.parametrize(("old", "new", "extra", "message"), [
-    (b"", b"", b"{not json", "line 3: not JSON"),
+    (b"", b"", b"{not json", "line 3 is not JSON"),
     (b'"format_version": 1', b'"format_version": 9', b"", "line 1: format_version 9 is not 1"),
     (b'"bcc"', b'"perf"', b"", "line 1: source 'perf'"),
     (b"", b"", _EV + b'"bytes": -1}', "line 3: negative bytes for a freed event"),
@@ -66,7 +66,7 @@ _EV = b'{"seq": 3, "kind": "freed", "function": "f", '
     (b"", b"", _EV + b'"bytes": 18446744073709551616}',
      "line 3: bytes 18446744073709551616 does not fit in 64 bits"),
     (b"", b"", _EV + b'"colour": 1}', "line 3: unknown field 'colour'"),
-    (b'00.000000Z"', b'00"', b"", "line 1: written_at has no time zone"),
+    (b'00.000000Z"', b'00"', b"", "line 1: written_at '2026-11-22T10:00:00' has no time zone"),
 ])
 def test_bad_batches_name_the_line(old: bytes, new: bytes, extra: bytes, message: str) -> None:
     data = render_batch(header(), [CRASH])
@@ -250,7 +250,7 @@ def test_daemon_stores_batches_and_exports_them(tmp_path: Path) -> None:
         drop(spool, "b.jsonl", render_batch(header(), [CRASH])[:-40])  # cut short
         wait_for("the batch", lambda: (spool / "done" / "a.jsonl").exists())
         wait_for("the refusal", lambda: (spool / "failed" / "b.jsonl.error").exists())
-        assert (spool / "failed" / "b.jsonl.error").read_text().startswith("line 2: not JSON")
+        assert (spool / "failed" / "b.jsonl.error").read_text().startswith("line 2 is not JSON")
         fn = 'memledger_runtime_freed_bytes_total{function="crash_free_reserved_phys_range"}'
         assert d.metric(fn) == 128 << 20
         assert d.metric('memledger_runtime_freed_bytes_total{function="online_pages"}') == 0

@@ -35,6 +35,7 @@ from typing import Any
 
 from memledger.tracer.evidence import Evidence, build_evidence
 from memledger.tracer.reader import MAX_FILE_BYTES, MemTree, RecordingTree, Tree, read_tree
+from memledger.tracer.untrusted import UntrustedError, check_text, load_json, parse_time
 from memledger.tracer.ustar import Member, read_plain
 
 __all__ = (
@@ -57,9 +58,13 @@ FORMAT = "memledger-capture"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 _GZIP_MAGIC = b"\x1f\x8b"
-# A capture holds a few MiB of text; these caps stop a gzip bomb or a tar of many tiny files.
-MAX_UNPACKED_BYTES = 1 << 30
-MAX_MEMBERS = 100_000
+# Caps that stop a gzip bomb or a tar of many tiny files, sized to real captures: the lab's
+# unpack to 40-115 KiB in 30-600 members (a kernel log of up to 100 KiB, ~90 EFI runtime
+# map entries). The largest real one holds a whole log ring (MAX_FILE_BYTES, 32 MiB) and,
+# on a many-node server, up to E820_MAX_ENTRIES (3200) firmware memmap entries of four
+# members each and ~1000 EFI runtime-map entries of six: 64 MiB and 32768 members hold that.
+MAX_UNPACKED_BYTES = 64 << 20
+MAX_MEMBERS = 32_768
 _MACHINE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -85,12 +90,26 @@ def normalise_boot_id(text: str) -> str:
 
 def _utc(text: str) -> datetime:
     try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise CaptureError(f"captured_at {text[:40]!r} is not an ISO 8601 time") from None
-    if when.tzinfo is None:
-        raise CaptureError(f"captured_at {text[:40]!r} has no time zone")
-    return when.astimezone(UTC)
+        return parse_time(text, "captured_at")
+    except UntrustedError as exc:
+        raise CaptureError(str(exc)) from None
+
+
+# The longest value each manifest string can hold, from the kernel's own limits: a
+# release (uname -r) is at most __NEW_UTS_LEN, 64 (include/uapi/linux/utsname.h); the
+# kernel's host name is too, but --hostname may give a DNS name (253, RFC 1035); x86's
+# COMMAND_LINE_SIZE is 2048 and bootconfig adds at most XBC_DATA_MAX, 32767, to what
+# /proc/cmdline shows. Paths and error reasons: PATH_MAX, 4096.
+PATH_MAX = 4096
+_MAX_CHARS = {"hostname": 253, "kernel_release": 64, "memledger_version": 64,
+              "cmdline": 2048 + 32767 + 1}
+
+
+def _checked(value: str, what: str, max_chars: int, controls: bool = False) -> str:
+    try:
+        return check_text(value, f"{MANIFEST}: {what}", max_chars, controls=controls)
+    except UntrustedError as exc:
+        raise CaptureError(str(exc)) from None
 
 
 @dataclass(slots=True)
@@ -115,9 +134,9 @@ class Manifest:
     @classmethod
     def from_json(cls, data: bytes) -> Manifest:
         try:
-            d = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise CaptureError(f"{MANIFEST} is not JSON ({exc})") from None
+            d = load_json(data, MANIFEST)
+        except UntrustedError as exc:
+            raise CaptureError(str(exc)) from None
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise CaptureError(f"{MANIFEST} is not a {FORMAT} manifest")
         version = d.get("format_version")
@@ -131,7 +150,8 @@ class Manifest:
                 return None
             if not isinstance(value, str) or (required and not value):
                 raise CaptureError(f"{MANIFEST}: {key} must be a string")
-            return value
+            # A command line may hold tabs; names and versions hold no control character.
+            return _checked(value, key, _MAX_CHARS.get(key, PATH_MAX), key == "cmdline")
 
         unreadable = d.get("unreadable") or {}
         truncated = d.get("truncated") or []
@@ -140,6 +160,11 @@ class Manifest:
             raise CaptureError(f"{MANIFEST}: unreadable must map paths to reasons")
         if not isinstance(truncated, list) or not all(isinstance(p, str) for p in truncated):
             raise CaptureError(f"{MANIFEST}: truncated must be a list of paths")
+        for k, v in unreadable.items():
+            _checked(k, "an unreadable path", PATH_MAX)
+            _checked(v, f"the reason {k[:80]!r} is unreadable", PATH_MAX)
+        for p in truncated:
+            _checked(p, "a truncated path", PATH_MAX)
         return cls(
             machine_id=normalise_machine_id(text("machine_id", True) or ""),
             boot_id=normalise_boot_id(text("boot_id", True) or ""),
@@ -267,6 +292,8 @@ def unpack(data: bytes) -> Capture:
             if total > MAX_UNPACKED_BYTES:
                 raise CaptureError(f"unpacks to more than {MAX_UNPACKED_BYTES} bytes")
             if rel == MANIFEST:
+                if manifest is not None:
+                    raise CaptureError(f"member {MANIFEST!r} appears twice")
                 manifest = content
             elif rel in files:
                 raise CaptureError(f"member {rel[:80]!r} appears twice")

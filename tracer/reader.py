@@ -26,6 +26,7 @@ from typing import Protocol
 from memledger.tracer.sysfs import DMI_FIELDS
 
 __all__ = (
+    "DMI_MAX_CHARS",
     "KMSG_PATH",
     "LOG_FILE",
     "MAX_FILE_BYTES",
@@ -34,15 +35,19 @@ __all__ = (
     "RecordingTree",
     "Snapshot",
     "Tree",
+    "decode_text",
     "read_kmsg",
     "read_root",
     "read_tree",
 )
 
+DMI_MAX_CHARS = 4096
 LOG_FILE = "dmesg.txt"
 KMSG_PATH = "dev/kmsg"
-# Each file is read up to this size; a larger one is cut and flagged.
-MAX_FILE_BYTES = 256 << 20
+# Each file is read up to this size; a larger one is cut and flagged. The largest file a
+# kernel writes here is its log, and the log's ring buffer is at most 32 MiB
+# (CONFIG_LOG_BUF_SHIFT ranges to 25); /proc and /sys files are far smaller.
+MAX_FILE_BYTES = 32 << 20
 _CHUNK = 1 << 20
 
 _TEXT_FILES = {
@@ -286,7 +291,14 @@ class RecordingTree:
 
 
 def _text(data: bytes | None) -> str | None:
-    return data.decode("utf-8", errors="replace") if data is not None else None
+    """UTF-8 text with what cannot be decoded, or stored (NUL), as U+FFFD."""
+    return decode_text(data) if data is not None else None
+
+
+def decode_text(data: bytes) -> str:
+    """The bytes as UTF-8, with undecodable bytes and NUL (which PostgreSQL text cannot
+    hold) replaced by U+FFFD: kernel logs are data, never refused for a stray byte."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
 
 
 def _numbered_dirs(tree: Tree, rel: str,
@@ -344,7 +356,9 @@ def read_tree(tree: Tree, root: str) -> Snapshot:
 
     snap.boot_params = tree.read(BOOT_PARAMS)
 
-    dmi = {f: text.strip() for f in DMI_FIELDS
+    # A sysfs attribute holds at most PAGE_SIZE (4096) bytes and one line; more is not
+    # something the kernel wrote.
+    dmi = {f: (text.strip().splitlines() or [""])[0][:DMI_MAX_CHARS] for f in DMI_FIELDS
            if (text := _text(tree.read(f"sys/class/dmi/id/{f}"))) is not None}
     snap.dmi = dmi or None
     snap.unreadable = dict(tree.unreadable)

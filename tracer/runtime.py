@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
 from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id
+from memledger.tracer.untrusted import UntrustedError, check_text, load_json, parse_time
 
 __all__ = (
     "FORMAT",
@@ -58,7 +59,14 @@ Source = Literal["bcc", "tracefs", "kmsg"]
 Kind = Literal["freed", "offlined", "managed", "log"]
 _PREFIX = b'{"format": "memledger-events"'
 _INT64 = (-(1 << 63), (1 << 63) - 1)
-MAX_EVENTS = 1_000_000
+# An event line is about 150 bytes, so a batch of MAX_EVENTS stays near 7 MiB, well under
+# the spool's size cap; the collector writes more events as several batches.
+MAX_EVENTS = 50_000
+# Longest strings: a kernel symbol is at most KSYM_NAME_LEN, 512 since b8a94bfb3395
+# ("kallsyms: increase maximum kernel symbol length to 512", v6.1); a kernel log record's
+# text at most 1024 (PRINTKRB_RECORD_MAX); names and versions as in a capture's manifest.
+_MAX_CHARS = {"function": 512, "caller": 512, "detail": 1024, "hostname": 253,
+              "kernel_release": 64, "memledger_version": 64}
 
 
 class BatchError(ValueError):
@@ -137,15 +145,26 @@ def _str(obj: dict[str, Any], key: str, where: str, required: bool = False) -> s
         return None
     if not isinstance(value, str):
         raise BatchError(f"{where}: {key} is not a string")
+    try:  # a log record's text may hold a tab; names hold no control character
+        return check_text(value, f"{where}: {key}", _MAX_CHARS[key], controls=key == "detail")
+    except UntrustedError as exc:
+        raise BatchError(str(exc)) from None
+
+
+def _raw_str(obj: dict[str, Any], key: str, where: str) -> str:
+    """A required string that a stricter check follows (ids, times)."""
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise BatchError(f"{where}: {key} is {'missing' if value is None else 'not a string'}")
     return value
 
 
 def _header(line: bytes) -> BatchHeader:
     where = "line 1"
     try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        raise BatchError(f"{where}: header is not JSON ({exc})") from None
+        obj = load_json(line, f"{where}: header")
+    except UntrustedError as exc:
+        raise BatchError(str(exc)) from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise BatchError(f"{where}: not a {FORMAT} header")
     if obj.get("format_version") != FORMAT_VERSION:
@@ -155,21 +174,17 @@ def _header(line: bytes) -> BatchHeader:
     if source not in get_args(Source):
         raise BatchError(f"{where}: source {source!r} is not one of {', '.join(get_args(Source))}")
     try:
-        machine_id = normalise_machine_id(_str(obj, "machine_id", where, True) or "")
-        boot_id = normalise_boot_id(_str(obj, "boot_id", where, True) or "")
-        written = datetime.fromisoformat(_str(obj, "written_at", where, True) or "")
-    except CaptureError as exc:
+        machine_id = normalise_machine_id(_raw_str(obj, "machine_id", where))
+        boot_id = normalise_boot_id(_raw_str(obj, "boot_id", where))
+        written = parse_time(_raw_str(obj, "written_at", where), "written_at")
+    except (CaptureError, UntrustedError) as exc:
         raise BatchError(f"{where}: {exc}") from None
-    except ValueError:
-        raise BatchError(f"{where}: written_at is not an ISO 8601 time") from None
-    if written.tzinfo is None:
-        raise BatchError(f"{where}: written_at has no time zone")
     dropped = _int(obj, "dropped", where) or 0
     if dropped < 0:
         raise BatchError(f"{where}: dropped is negative")
     return BatchHeader(machine_id, boot_id, cast(Source, source),
                        _str(obj, "memledger_version", where, True) or "",
-                       written.astimezone(UTC), _str(obj, "hostname", where),
+                       written, _str(obj, "hostname", where),
                        _str(obj, "kernel_release", where), dropped)
 
 
@@ -179,9 +194,9 @@ _EVENT_KEYS = frozenset(f.name for f in fields(RuntimeEvent))
 def _event(line: bytes, n: int) -> RuntimeEvent:
     where = f"line {n}"
     try:
-        obj = json.loads(line)
-    except ValueError as exc:
-        raise BatchError(f"{where}: not JSON ({exc})") from None
+        obj = load_json(line, where)
+    except UntrustedError as exc:
+        raise BatchError(str(exc)) from None
     if not isinstance(obj, dict):
         raise BatchError(f"{where}: not a JSON object")
     unknown = set(obj) - _EVENT_KEYS

@@ -57,8 +57,9 @@ def test_kill_9_at_100_random_moments(tmp_path: Path) -> None:
         for _ in range(count):
             if key_of and rng.random() < 0.15:  # a duplicate of something already sent
                 old = rng.choice(sorted(key_of))
-                data = (spool / old).read_bytes() if (spool / old).exists() else \
-                    (spool / "done" / old).read_bytes()
+                data = next((d / old).read_bytes() for d in (spool, spool / "inflight",
+                                                              spool / "done")
+                            if (d / old).exists())
                 name = f"dup-{n}.tar.gz"
                 key_of[name] = key_of[old]
             else:

@@ -1,0 +1,142 @@
+"""Parsing is bounded in memory and time, and the watchdog is fed meanwhile (issue 18).
+
+At 5cfcfbc a 1 GiB gzip bomb parsed for minutes in gigabytes with no WATCHDOG=1: systemd
+killed the daemon, restarted it, and it took the same file again. Now captures are capped
+at sizes real ones never reach, parsing runs in a child process with a memory limit and a
+deadline, and the main loop pings the watchdog while it waits.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import tarfile
+import time
+import zlib
+from pathlib import Path
+
+from capturegen import BOOTS, T0, boot_id, machine_id, make_capture
+from daemonrun import Daemon, drop, wait_for
+from memledger.tracer.capture import MAX_UNPACKED_BYTES
+
+GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
+
+
+def _bomb(unpacked: int = 1 << 30) -> bytes:
+    """A capture whose dmesg.txt is ``unpacked`` zero bytes: about 1 MB gzip-compressed."""
+    manifest = json.dumps({"format": "memledger-capture", "format_version": 1,
+                           "memledger_version": "test", "machine_id": machine_id(66),
+                           "boot_id": boot_id(66, 1),
+                           "captured_at": T0.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}).encode()
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    out = io.BytesIO()
+    for name, size in (("manifest.json", len(manifest)), ("dmesg.txt", unpacked)):
+        info = tarfile.TarInfo(name)
+        info.size = size
+        out.write(z.compress(info.tobuf(format=tarfile.USTAR_FORMAT)))
+        if name == "manifest.json":
+            out.write(z.compress(manifest + b"\0" * (-len(manifest) % 512)))
+    chunk = bytes(1 << 20)
+    for _ in range(unpacked >> 20):
+        out.write(z.compress(chunk))
+    out.write(z.compress(bytes(1024)))  # the end-of-archive blocks
+    out.write(z.flush())
+    return out.getvalue()
+
+
+def _notify_socket(tmp_path: Path) -> tuple[socket.socket, dict[str, str]]:
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    return sock, {"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"}
+
+
+def _pings(sock: socket.socket, seconds: float) -> int:
+    end, n = time.monotonic() + seconds, 0
+    while (left := end - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            n += sock.recv(4096) == b"WATCHDOG=1"
+        except TimeoutError:
+            break
+    return n
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(d.name))
+    return out
+
+
+def test_a_gzip_bomb_is_refused_at_the_cap_while_the_watchdog_is_fed(tmp_path: Path) -> None:
+    sock, env = _notify_socket(tmp_path)
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=env)
+    bomb = _bomb()
+    assert len(bomb) < 2 << 20
+    drop(spool, "bomb.tar.gz", bomb)
+    assert _pings(sock, 3) >= 4  # every 0.5 s, whatever the parse is doing
+    wait_for("the refusal", lambda: (spool / "failed" / "bomb.tar.gz.error").exists(), 60)
+    reason = (spool / "failed" / "bomb.tar.gz.error").read_text()
+    assert f"unpacks to more than {MAX_UNPACKED_BYTES} bytes" in reason, reason
+    assert MAX_UNPACKED_BYTES == 64 << 20  # sized to real captures (tracer/capture.py)
+    drop(spool, "good.tar.gz", GOOD)
+    wait_for("the good capture", lambda: (spool / "done" / "good.tar.gz").exists(), 60)
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+    sock.close()
+
+
+def test_a_parse_past_its_deadline_is_killed_and_refused(tmp_path: Path) -> None:
+    """The parser child is stopped (SIGSTOP) as a parser stuck in a loop would be: the
+    daemon pings the watchdog all along, kills the child at --parse.timeout, refuses the
+    file, and parses the next one in a new child."""
+    sock, env = _notify_socket(tmp_path)
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--parse.timeout", "4s", env=env)
+    drop(spool, "first.tar.gz", GOOD)  # starts the parser child
+    wait_for("the first capture", lambda: (spool / "done" / "first.tar.gz").exists(), 60)
+    forkserver = _children(d.proc.pid)
+    workers = [c for f in forkserver for c in _children(f)]
+    assert len(workers) == 1, (forkserver, workers)
+    os.kill(workers[0], signal.SIGSTOP)
+    drop(spool, "stuck.tar.gz", make_capture("6.1.0-47-amd64-default", 8, 8))
+    assert _pings(sock, 3) >= 4
+    wait_for("the refusal", lambda: (spool / "failed" / "stuck.tar.gz.error").exists(), 30)
+    assert "parsing it took more than 4 s" in (spool / "failed" / "stuck.tar.gz.error").read_text()
+    drop(spool, "after.tar.gz", make_capture("6.1.0-47-amd64-default", 9, 9))
+    wait_for("the next capture", lambda: (spool / "done" / "after.tar.gz").exists(), 60)
+    assert d.stop() == 0
+    sock.close()
+
+
+def test_a_parse_over_its_memory_limit_is_refused(tmp_path: Path) -> None:
+    """A real boot's log padded to 24 MiB needs about 150 MiB to parse: over a 120 MiB limit
+    it is refused; the real boot itself parses under the same limit."""
+    root = tmp_path / "big-root"
+    shutil.copytree(BOOTS / "6.1.0-47-amd64-default" / "root", root)
+    text = (root / "dmesg.txt").read_text()
+    pad = "".join(text.splitlines(keepends=True)[300:600])
+    (root / "dmesg.txt").write_text(text + pad * (24 * (1 << 20) // len(pad)))
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--parse.memory-limit",
+               "120MiB")
+    drop(spool, "big.tar.gz", make_capture(root, 5, 5))
+    wait_for("the refusal", lambda: (spool / "failed" / "big.tar.gz.error").exists(), 60)
+    assert "parsing it needs more than 120 MiB of memory" in \
+        (spool / "failed" / "big.tar.gz.error").read_text()
+    drop(spool, "good.tar.gz", GOOD)
+    wait_for("the good capture", lambda: (spool / "done" / "good.tar.gz").exists(), 60)
+    assert d.stop() == 0

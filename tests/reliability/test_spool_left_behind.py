@@ -1,0 +1,146 @@
+"""No file is lost or left behind in the spool, however events go (issue 18).
+
+At 5cfcfbc a capture renamed in under the name of one being parsed was moved to done/
+unread (lost), and a file whose inotify event never came (a hard link, a queue overflow,
+a spool directory made anew, a read that failed for want of descriptors) waited until a
+SIGHUP or a restart while /metrics looked healthy. Now a file is claimed before it is
+read, the spool is listed again on a timer, on overflow and when it is made anew, and
+/metrics shows how many files wait and for how long.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+from pathlib import Path
+
+from capturegen import BOOTS, boot_id, machine_id, make_capture
+from daemonrun import Daemon, drop, wait_for
+from test_daemon import spool_state, stored
+from watchdog.events import FileClosedNoWriteEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
+
+
+def _slow_capture(tmp: Path, host: int) -> bytes:
+    """A real boot whose kernel log is padded to ~24 MiB (mid-boot lines repeated), so that
+    parsing it takes about a second."""
+    root = tmp / "slow-root"
+    if not root.exists():
+        shutil.copytree(BOOTS / "6.1.0-47-amd64-default" / "root", root)
+        text = (root / "dmesg.txt").read_text()
+        pad = "".join(text.splitlines(keepends=True)[300:600])
+        (root / "dmesg.txt").write_text(text + pad * (24 * (1 << 20) // len(pad)))
+    return make_capture(root, host, 1)
+
+
+class _ReadDone(FileSystemEventHandler):
+    """Sets ``event`` when a file is closed after being read (inotify IN_CLOSE_NOWRITE)."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def on_closed_no_write(self, event: FileClosedNoWriteEvent) -> None:
+        if os.fsdecode(event.src_path).endswith(".tar.gz"):
+            self.event.set()
+
+
+def test_a_file_renamed_in_under_the_name_being_parsed_is_not_lost(tmp_path: Path) -> None:
+    """The second file is renamed in the moment the daemon has read the first, while it
+    parses it (the test's own inotify watch sees the daemon close the file)."""
+    spool = tmp_path / "spool"
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    d = Daemon(tmp_path, db, spool)
+    read = _ReadDone()
+    observer = Observer()
+    observer.schedule(read, str(spool), recursive=True)
+    observer.start()
+    keys = set()
+    for trial in range(3):
+        name = f"same-{trial}.tar.gz"
+        slow = _slow_capture(tmp_path, 40 + trial)
+        wait_for("an idle daemon", lambda n=2 * trial: len(spool_state(spool)[1]) == n, 120)
+        read.event.clear()
+        drop(spool, name, slow)
+        assert read.event.wait(30), "the daemon never read the first file"
+        drop(spool, name, make_capture("6.12.117+deb12-amd64-default", 50 + trial, 1))
+        keys |= {(machine_id(40 + trial), boot_id(40 + trial, 1)),
+                 (machine_id(50 + trial), boot_id(50 + trial, 1))}
+    wait_for("every capture stored", lambda: len(spool_state(spool)[1]) == 6
+             and not spool_state(spool)[0], 120)
+    observer.stop()
+    observer.join()
+    assert d.stop() == 0
+    assert stored(db)[0] == keys  # both captures of each name, none lost
+    assert spool_state(spool)[2] == []
+
+
+def test_a_file_without_an_event_is_taken_by_the_periodic_rescan(tmp_path: Path) -> None:
+    """A hard link into the spool makes no IN_CLOSE_WRITE or IN_MOVED_TO."""
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "2s")
+    outside = tmp_path / "outside.tar.gz"
+    outside.write_bytes(GOOD)
+    os.link(outside, spool / "linked.tar.gz")
+    wait_for("the rescan", lambda: (spool / "done" / "linked.tar.gz").exists(), 30)
+    assert d.stop() == 0
+
+
+def test_an_inotify_overflow_makes_a_rescan(tmp_path: Path) -> None:
+    """With the kernel's inotify queue cut to 16 events, a burst of 300 files overflows it;
+    the rescan interval is an hour, so only the overflow's rescan can take them all."""
+    knob = Path("/proc/sys/fs/inotify/max_queued_events")
+    before = knob.read_text()
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    data = [make_capture("6.12.117+deb12-amd64-default", 200 + i, 1) for i in range(300)]
+    try:
+        knob.write_text("16\n")
+        # A new inotify instance takes the limit when it is made: the daemon's was made
+        # before, so watch it anew by making the spool anew (it is empty).
+        spool.rename(tmp_path / "spool.old")
+        spool.mkdir()
+        wait_for("the new watch", lambda: "watching the new one" in d.text(), 30)
+        for i, blob in enumerate(data):
+            drop(spool, f"burst-{i:03}.tar.gz", blob)
+    finally:
+        knob.write_text(before)
+    wait_for("all 300 files", lambda: len(spool_state(spool)[1]) == 300, 240)
+    assert "the inotify queue overflowed; rescanning the spool" in d.text()
+    assert d.stop() == 0
+
+
+def test_a_spool_moved_aside_and_made_again_is_watched_anew(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    spool.rename(tmp_path / "spool.old")
+    spool.mkdir(mode=0o750)
+    drop(spool, "after.tar.gz", GOOD)
+    wait_for("the file in the new spool", lambda: (spool / "done" / "after.tar.gz").exists(), 30)
+    assert d.stop() == 0
+
+
+def test_a_read_that_fails_for_want_of_descriptors_is_retried(tmp_path: Path) -> None:
+    """The daemon's descriptor limit is cut below what it holds (prlimit on the running
+    process): taking the file fails with EMFILE. /metrics shows it waiting; once the limit
+    is back, the retry stores it without a SIGHUP."""
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    pid = str(d.proc.pid)
+    subprocess.run(["prlimit", "--pid", pid, "--nofile=4:4096"], check=True)
+    try:
+        drop(spool, "starved.tar.gz", GOOD)
+        wait_for("the EMFILE", lambda: "Too many open files" in d.text(), 30)
+    finally:
+        subprocess.run(["prlimit", "--pid", pid, "--nofile=4096:4096"], check=True)
+    assert spool_state(spool)[0] == ["starved.tar.gz"]
+    assert d.metric("memledger_spool_waiting_files") == 1
+    assert d.metric("memledger_spool_oldest_waiting_age_seconds") > 0
+    wait_for("the retry", lambda: (spool / "done" / "starved.tar.gz").exists(), 30)
+    assert d.metric("memledger_spool_waiting_files") == 0
+    assert d.metric("memledger_spool_oldest_waiting_age_seconds") == 0
+    assert d.stop() == 0
+    assert "Traceback" not in d.text()
