@@ -564,7 +564,7 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
 @click.option("--parse.memory-limit", "parse_memory", envvar="MEMLEDGER_PARSE_MEMORY_LIMIT",
               show_envvar=True, default="1GiB", show_default=True,
               help="Refuse a file whose parsing needs more memory (the largest capture "
-                   "needs about 500 MiB).")
+                   "needs about 200 MiB).")
 @click.option("--fleet", envvar="MEMLEDGER_FLEET", show_envvar=True, is_flag=True,
               help="Export aggregates per kernel release and firmware version (for a central "
                    "store) instead of this host's current boot.")

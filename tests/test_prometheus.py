@@ -9,6 +9,7 @@ dashboard panel expression must return data, and exactly the expected alerts mus
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -85,6 +86,7 @@ EXPECTED_ALERTS = {
     ("MemledgerReclaimRegression", "regress"),
     ("MemledgerFidelityLost", "wrapped"),
     ("MemledgerIngestFailures", "failing"),
+    ("MemledgerSpoolStuck", "storedown"),
 }
 # `for: 5m`: pending for the whole test (promtool's unit test shows it firing).
 EXPECTED_PENDING = {("MemledgerStoreDown", "storedown")}
@@ -133,6 +135,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[
             'memledger_ingest_total{result="failed", instance="failing"} == 1') != [], 60)
         wait_for("the lost store to be scraped", lambda: prom.query(
             'memledger_store_up{instance="storedown"} == 0') != [], 60)
+        # A capture written 20 minutes ago that the storeless daemon cannot take: it waits.
+        tmp_file = spools["storedown"] / ".late.tar.gz.tmp"
+        tmp_file.write_bytes(make_capture("6.12.117+deb12-amd64-default", 7, 2))
+        os.utime(tmp_file, (time.time() - 1200, time.time() - 1200))
+        tmp_file.rename(spools["storedown"] / "late.tar.gz")
         yield {"prom": prom, "daemons": daemons, "down_since": time.monotonic()}
     finally:
         prom.stop()
@@ -245,7 +252,7 @@ def test_exactly_the_expected_alerts_fire(stack: dict[str, Any]) -> None:
 def test_rules_pass_promtool_check_and_unit_tests() -> None:
     check = subprocess.run(["promtool", "check", "rules", str(ALERTS)], capture_output=True,
                            text=True, check=False)
-    assert check.returncode == 0 and "SUCCESS: 6 rules found" in check.stdout, check.stdout + check.stderr
+    assert check.returncode == 0 and "SUCCESS: 7 rules found" in check.stdout, check.stdout + check.stderr
     unit = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], cwd=ALERTS.parent,
                           capture_output=True, text=True, check=False)
     assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
