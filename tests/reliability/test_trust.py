@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from capturegen import BOOTS, T0, boot_id, machine_id, make_capture, targz
 from daemonrun import Daemon, drop, wait_for
-from memledger.store.db import is_permanent, make_engine, resolve_url
+from memledger.store.db import make_engine, resolve_url
 from memledger.tracer.runtime import FORMAT, FORMAT_VERSION
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -82,6 +82,8 @@ def test_a_nul_in_a_manifest_on_postgresql_goes_to_failed_at_once(tmp_path: Path
 def test_which_database_errors_are_the_files_fault(pg_server: object) -> None:
     """A real PostgreSQL server's refusals: a NUL in text and a number out of range are
     permanent (the same file fails the same way); a server that is not there is not."""
+    from memledger.store.db import is_permanent
+
     engine = make_engine(resolve_url(pg_server.new_database()), create=False)  # type: ignore[attr-defined]
     errors: dict[str, SQLAlchemyError] = {}
     with engine.connect() as conn:
