@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import resource
@@ -15,6 +16,16 @@ from pathlib import Path
 from conftest import MEMLEDGER
 
 __all__ = ("Daemon", "drop", "wait_for")
+
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that failed before stopping its daemon leaves no daemon behind."""
+    for proc in _STARTED:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def wait_for(what: str, pred: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -52,6 +63,7 @@ class Daemon:
 
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **(env or {})}, preexec_fn=limit)
+        _STARTED.append(self.proc)
         self.address = ""
         wait_for("the daemon to serve HTTP", self._serving, 60)
 

@@ -26,23 +26,31 @@ from memledger.tracer.capture import MAX_UNPACKED_BYTES
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
 
 
-def _bomb(unpacked: int = 1 << 30) -> bytes:
-    """A capture whose dmesg.txt is ``unpacked`` zero bytes: about 1 MB gzip-compressed."""
+# Five members of 200 MiB each: every one under any per-file cap, 1000 MiB in all.
+BOMB_MEMBERS = ("dmesg.txt", "proc/iomem", "proc/zoneinfo", "proc/meminfo", "proc/cmdline")
+
+
+def _bomb(member_bytes: int = 200 << 20) -> bytes:
+    """A capture of BOMB_MEMBERS, each ``member_bytes`` of kernel-log-like text repeated:
+    about 1 MB gzip-compressed."""
     manifest = json.dumps({"format": "memledger-capture", "format_version": 1,
                            "memledger_version": "test", "machine_id": machine_id(66),
                            "boot_id": boot_id(66, 1),
                            "captured_at": T0.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}).encode()
     z = zlib.compressobj(9, zlib.DEFLATED, 31)
     out = io.BytesIO()
-    for name, size in (("manifest.json", len(manifest)), ("dmesg.txt", unpacked)):
+    info = tarfile.TarInfo("manifest.json")
+    info.size = len(manifest)
+    out.write(z.compress(info.tobuf(format=tarfile.USTAR_FORMAT)))
+    out.write(z.compress(manifest + b"\0" * (-len(manifest) % 512)))
+    line = b"[    1.000000] x86/mm: Memory block size: 128MB\n"
+    chunk = line * ((1 << 20) // len(line)) + b"\n" * ((1 << 20) % len(line))
+    for name in BOMB_MEMBERS:
         info = tarfile.TarInfo(name)
-        info.size = size
+        info.size = member_bytes
         out.write(z.compress(info.tobuf(format=tarfile.USTAR_FORMAT)))
-        if name == "manifest.json":
-            out.write(z.compress(manifest + b"\0" * (-len(manifest) % 512)))
-    chunk = bytes(1 << 20)
-    for _ in range(unpacked >> 20):
-        out.write(z.compress(chunk))
+        for _ in range(member_bytes >> 20):
+            out.write(z.compress(chunk))
     out.write(z.compress(bytes(1024)))  # the end-of-archive blocks
     out.write(z.flush())
     return out.getvalue()
@@ -85,7 +93,7 @@ def test_a_gzip_bomb_is_refused_at_the_cap_while_the_watchdog_is_fed(tmp_path: P
     spool = tmp_path / "spool"
     d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=env)
     bomb = _bomb()
-    assert len(bomb) < 2 << 20
+    assert len(bomb) < 4 << 20
     drop(spool, "bomb.tar.gz", bomb)
     assert _pings(sock, 3) >= 4  # every 0.5 s, whatever the parse is doing
     wait_for("the refusal", lambda: (spool / "failed" / "bomb.tar.gz.error").exists(), 60)
@@ -105,7 +113,8 @@ def test_a_parse_past_its_deadline_is_killed_and_refused(tmp_path: Path) -> None
     file, and parses the next one in a new child."""
     sock, env = _notify_socket(tmp_path)
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--parse.timeout", "4s", env=env)
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool,
+               env={**env, "MEMLEDGER_PARSE_TIMEOUT": "4s"})
     drop(spool, "first.tar.gz", GOOD)  # starts the parser child
     wait_for("the first capture", lambda: (spool / "done" / "first.tar.gz").exists(), 60)
     forkserver = _children(d.proc.pid)
@@ -131,8 +140,8 @@ def test_a_parse_over_its_memory_limit_is_refused(tmp_path: Path) -> None:
     pad = "".join(text.splitlines(keepends=True)[300:600])
     (root / "dmesg.txt").write_text(text + pad * (24 * (1 << 20) // len(pad)))
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--parse.memory-limit",
-               "120MiB")
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool,
+               env={"MEMLEDGER_PARSE_MEMORY_LIMIT": "120MiB"})
     drop(spool, "big.tar.gz", make_capture(root, 5, 5))
     wait_for("the refusal", lambda: (spool / "failed" / "big.tar.gz.error").exists(), 60)
     assert "parsing it needs more than 120 MiB of memory" in \

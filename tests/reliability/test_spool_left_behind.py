@@ -24,6 +24,9 @@ from watchdog.events import FileClosedNoWriteEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
+# --spool.rescan-interval, set as the unit's EnvironmentFile sets it.
+RESCAN_2S = {"MEMLEDGER_SPOOL_RESCAN_INTERVAL": "2s"}
+RESCAN_1H = {"MEMLEDGER_SPOOL_RESCAN_INTERVAL": "1h"}
 
 
 def _slow_capture(tmp: Path, host: int, minutes: int = 0) -> bytes:
@@ -89,7 +92,7 @@ def test_a_file_renamed_in_under_the_name_being_parsed_is_not_lost(first: str,
 def test_a_file_without_an_event_is_taken_by_the_periodic_rescan(tmp_path: Path) -> None:
     """A hard link into the spool makes no IN_CLOSE_WRITE or IN_MOVED_TO."""
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "2s")
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=RESCAN_2S)
     outside = tmp_path / "outside.tar.gz"
     outside.write_bytes(GOOD)
     os.link(outside, spool / "linked.tar.gz")
@@ -103,7 +106,7 @@ def test_an_inotify_overflow_makes_a_rescan(tmp_path: Path) -> None:
     knob = Path("/proc/sys/fs/inotify/max_queued_events")
     before = knob.read_text()
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=RESCAN_1H)
     data = [make_capture("6.12.117+deb12-amd64-default", 200 + i, 1) for i in range(300)]
     try:
         knob.write_text("16\n")
@@ -123,7 +126,7 @@ def test_an_inotify_overflow_makes_a_rescan(tmp_path: Path) -> None:
 
 def test_a_spool_moved_aside_and_made_again_is_watched_anew(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=RESCAN_1H)
     spool.rename(tmp_path / "spool.old")
     spool.mkdir(mode=0o750)
     drop(spool, "after.tar.gz", GOOD)
@@ -136,7 +139,7 @@ def test_a_read_that_fails_for_want_of_descriptors_is_retried(tmp_path: Path) ->
     process): taking the file fails with EMFILE. /metrics shows it waiting; once the limit
     is back, the retry stores it without a SIGHUP."""
     spool = tmp_path / "spool"
-    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, "--spool.rescan-interval", "1h")
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=RESCAN_1H)
     pid = str(d.proc.pid)
     subprocess.run(["prlimit", "--pid", pid, "--nofile=4:4096"], check=True)
     try:
