@@ -28,6 +28,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from memledger.tracer.capture import Manifest, pack
+from memledger.tracer.reader import FsTree, RecordingTree, read_tree
+
 from bench.captures import BOOTS_PER_HOST, CaptureSet, source_captures, write_captures
 from bench.corpus import Boot, corpus, load_sources
 from bench.fleet import Fleet, expected_side, populate
@@ -425,9 +428,50 @@ def bench_footprint() -> dict[str, Any]:
             "peak_rss_bytes_time": int(m.group(1)) * 1024 if m else None}
 
 
+PARSE_COST_MIB = (1, 8, 32)
+
+
+def _peak_rss(cmd: Sequence[str]) -> tuple[int, float]:
+    """Peak RSS (GNU time -v) and wall time of a command that must succeed."""
+    t0 = time.perf_counter()
+    proc = _sh(["/usr/bin/time", "-v", *cmd])
+    wall = time.perf_counter() - t0
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", proc.stderr.decode())
+    assert m, proc.stderr[-300:]
+    return int(m.group(1)) * 1024, wall
+
+
+def bench_parse_cost() -> dict[str, Any]:
+    """What one capture costs to parse, as the daemon's parser child parses it: `memledger
+    analyze` of a capture whose kernel log is 1, 8 and 32 MiB (the largest a capture holds,
+    a whole log ring), a real boot's log padded with its own mid-boot lines. Peak RSS above
+    `memledger --version`'s, per byte of log: what --parse.memory-limit and --parse.timeout
+    are sized against."""
+    src = ROOT / "tests/fixtures/boots/6.12.117+deb12-amd64-memblock/root"
+    rec = RecordingTree(FsTree(src))
+    read_tree(rec, str(src))
+    text = rec.files["dmesg.txt"].decode()
+    pad = "".join(text.splitlines(keepends=True)[300:600])
+    base_rss, base_s = _peak_rss([MEMLEDGER, "--version"])
+    runs = []
+    for mib in PARSE_COST_MIB:
+        log = (text + pad * max(0, ((mib << 20) - len(text)) // len(pad))).encode()
+        m = Manifest(machine_id="0" * 32, boot_id="00000000-0000-0000-0000-000000000001",
+                     captured_at=datetime(2026, 11, 1, tzinfo=UTC), memledger_version="bench")
+        path = WORK / f"parse-cost-{mib}.tar.gz"
+        path.write_bytes(pack({**rec.files, "dmesg.txt": log}, set(rec.dirs), m))
+        peak, wall = min(_peak_rss([MEMLEDGER, "analyze", str(path), "--json"])
+                         for _ in range(REPEAT))
+        runs.append({"log_bytes": len(log), "capture_bytes": path.stat().st_size,
+                     "peak_rss_bytes": peak, "seconds": wall,
+                     "bytes_per_log_byte": (peak - base_rss) / len(log),
+                     "seconds_without_startup": wall - base_s})
+    return {"baseline_rss_bytes": base_rss, "baseline_seconds": base_s, "runs": runs}
+
+
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
-    "parse": bench_parse, "backfill": bench_backfill, "compare": bench_compare,
-    "scrape": bench_scrape, "footprint": bench_footprint}
+    "parse": bench_parse, "parse-cost": bench_parse_cost, "backfill": bench_backfill,
+    "compare": bench_compare, "scrape": bench_scrape, "footprint": bench_footprint}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -438,6 +482,12 @@ def _table(results: dict[str, Any]) -> str:
                     f"without start-up), {p['ratio_to_grep']:.1f}x grep -c "
                     f"({p['grep_mb_per_s']:.0f} MB/s); floors: " + ", ".join(
                         f"{k} {v:.0f}x" for k, v in p["floors_ratio_to_grep"].items()))
+    if pc := results.get("parse-cost"):
+        for r in pc["runs"]:
+            rows.append(f"parse-cost {r['log_bytes'] / 2**20:.0f} MiB log ({r['capture_bytes'] / 2**20:.1f} "
+                        f"MiB capture): peak RSS {r['peak_rss_bytes'] / 2**20:.0f} MiB, "
+                        f"{r['bytes_per_log_byte']:.1f} bytes per byte of log above start-up, "
+                        f"{r['seconds_without_startup']:.2f} s without start-up")
     if b := results.get("backfill"):
         for db in ("sqlite", "postgresql"):
             if r := b.get(db):

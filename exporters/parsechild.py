@@ -1,11 +1,11 @@
 """Parse spool files in a child process, under a memory cap and a deadline.
 
 Parsing is the one step whose cost a spool writer controls: a capture inflates up to
-MAX_UNPACKED_BYTES (64 MiB), with a log of up to 32 MiB, and parsing costs about 5 bytes
-of memory per byte of log and half a second per 32 MiB. Run in the daemon itself, a file
-that costs more (or a parser bug that loops) would stop the main loop and its watchdog
-pings, systemd would kill the daemon, and the restarted daemon would take the same file
-again. In a child:
+MAX_UNPACKED_BYTES (64 MiB), with a log of up to 32 MiB, and parsing costs about 6 bytes
+of memory per byte of log and half a second per 32 MiB (bench/run.py, parse-cost). Run
+in the daemon itself, a file that costs more (or a parser bug that loops) would stop the
+main loop and its watchdog pings, systemd would kill the daemon, and the restarted daemon
+would take the same file again. In a child:
 
 - the child's data segment is capped (RLIMIT_DATA, which counts heap and anonymous
   mappings since Linux 4.7), so running out is a MemoryError there, reported as a refusal;
@@ -36,8 +36,9 @@ from memledger.tracer.runtime import Batch, BatchError, is_batch, parse_batch
 
 __all__ = ("MEMORY_LIMIT", "TIME_LIMIT_S", "ParseChild", "Parsed", "Unparsable")
 
-# Measured: a 32 MiB log (the largest a capture holds) parses in 171 MiB and 0.4 s; the cap
-# leaves room for a parser that gets costlier, the deadline for a slow or busy machine.
+# Measured (parse-cost): a 32 MiB log, the largest a capture holds, peaks at 215 MiB in
+# 0.5 s; the cap leaves room for a parser that gets costlier, the deadline for a slow or
+# busy machine.
 MEMORY_LIMIT = 1 << 30
 TIME_LIMIT_S = 60.0
 _STEP_S = 1.0
