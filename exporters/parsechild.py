@@ -21,10 +21,11 @@ parent already holds.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import multiprocessing
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,9 +42,8 @@ __all__ = ("MEMORY_LIMIT", "TIME_LIMIT_S", "ParseChild", "Parsed", "Unparsable")
 # busy machine.
 MEMORY_LIMIT = 1 << 30
 TIME_LIMIT_S = 60.0
-_STEP_S = 1.0
-
-log = logging.getLogger(__name__)
+# Short enough for any watchdog interval (systemd asks for half of WatchdogSec=).
+_STEP_S = 0.1
 
 
 class Unparsable(Exception):
@@ -92,6 +92,11 @@ def _child_main(conn: Connection, version: str, memory_limit: int) -> None:
             conn.send(("bad", f"its parsed form needs more than {memory_limit >> 20} MiB"))
 
 
+def _send(conn: Connection, data: bytes) -> None:
+    with contextlib.suppress(OSError):  # the child died or was killed: parse() says so
+        conn.send_bytes(data)
+
+
 class ParseChild:
     """The child that parses; started on first use and again after it is killed."""
 
@@ -104,6 +109,7 @@ class ParseChild:
         self._ctx.set_forkserver_preload(["memledger.store.ingest", "memledger.tracer.runtime"])
         self._proc: BaseProcess | None = None
         self._conn: Connection | None = None
+        self._sender: threading.Thread | None = None
 
     def _start(self) -> Connection:
         if self._conn is None or self._proc is None or not self._proc.is_alive():
@@ -122,8 +128,12 @@ class ParseChild:
         OSError when the child cannot be started (out of processes or descriptors)."""
         conn = self._start()
         deadline = time.monotonic() + self.time_limit_s
+        # Sent from a thread: a child that stopped reading cannot block the loop (a file
+        # is larger than the socket's buffer), and the deadline still applies.
+        sender = self._sender = threading.Thread(target=_send, args=(conn, data),
+                                                 name="parse-send", daemon=True)
         try:
-            conn.send_bytes(data)
+            sender.start()
             while not conn.poll(min(_STEP_S, max(0.0, deadline - time.monotonic()))):
                 heartbeat()
                 if time.monotonic() >= deadline:
@@ -131,11 +141,15 @@ class ParseChild:
                     raise Unparsable(f"parsing it took more than {self.time_limit_s:.0f} s")
             kind, value = conn.recv()
         except (EOFError, BrokenPipeError, ConnectionResetError):
+            if self._proc is not None:
+                self._proc.join(1)  # reaped, so that its exit status is known
             code = self._proc.exitcode if self._proc is not None else None
             self.close()
             how = (f"killed by {signal.Signals(-code).name}" if code is not None and code < 0
                    else f"exited {code}")
             raise Unparsable(f"the parser process was {how} while parsing it") from None
+        finally:
+            sender.join(_STEP_S)
         if kind == "ok":
             parsed: Parsed = value
             if parsed.capture is not None:
@@ -144,11 +158,16 @@ class ParseChild:
         raise Unparsable(str(value), internal=kind == "internal")
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        """Kill the child; the connection is closed only once nothing writes to it (a
+        sender blocked on a dead child ends with an error first)."""
         if self._proc is not None:
             if self._proc.is_alive():
                 self._proc.kill()
             self._proc.join(5)
             self._proc = None
+        if self._sender is not None:
+            self._sender.join(5)
+            self._sender = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

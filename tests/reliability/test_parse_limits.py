@@ -75,6 +75,18 @@ def _pings(sock: socket.socket, seconds: float) -> int:
     return n
 
 
+def _drain(sock: socket.socket) -> None:
+    """Drop the messages already sent (pings piled up before the moment that matters)."""
+    sock.setblocking(False)
+    try:
+        while sock.recv(4096):
+            pass
+    except BlockingIOError:
+        pass
+    finally:
+        sock.setblocking(True)
+
+
 def _children(pid: int) -> list[int]:
     out = []
     for d in Path("/proc").iterdir():
@@ -89,11 +101,12 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_gzip_bomb_is_refused_at_the_cap_while_the_watchdog_is_fed(tmp_path: Path) -> None:
+    bomb = _bomb()
+    assert len(bomb) < 4 << 20
     sock, env = _notify_socket(tmp_path)
     spool = tmp_path / "spool"
     d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool, env=env)
-    bomb = _bomb()
-    assert len(bomb) < 4 << 20
+    _drain(sock)  # count only the pings sent while the bomb is taken
     drop(spool, "bomb.tar.gz", bomb)
     assert _pings(sock, 3) >= 4  # every 0.5 s, whatever the parse is doing
     wait_for("the refusal", lambda: (spool / "failed" / "bomb.tar.gz.error").exists(), 60)
@@ -121,6 +134,7 @@ def test_a_parse_past_its_deadline_is_killed_and_refused(tmp_path: Path) -> None
     workers = [c for f in forkserver for c in _children(f)]
     assert len(workers) == 1, (forkserver, workers)
     os.kill(workers[0], signal.SIGSTOP)
+    _drain(sock)
     drop(spool, "stuck.tar.gz", make_capture("6.1.0-47-amd64-default", 8, 8))
     assert _pings(sock, 3) >= 4
     wait_for("the refusal", lambda: (spool / "failed" / "stuck.tar.gz.error").exists(), 30)
@@ -148,4 +162,25 @@ def test_a_parse_over_its_memory_limit_is_refused(tmp_path: Path) -> None:
         (spool / "failed" / "big.tar.gz.error").read_text()
     drop(spool, "good.tar.gz", GOOD)
     wait_for("the good capture", lambda: (spool / "done" / "good.tar.gz").exists(), 60)
+    assert d.stop() == 0
+
+
+def test_a_parser_killed_while_parsing_refuses_that_file_only(tmp_path: Path) -> None:
+    """The kernel's OOM killer (the unit's MemoryMax=) takes the largest process, the
+    parser: its file is refused, the daemon lives on and parses the next one anew."""
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'm.db'}", spool)
+    drop(spool, "first.tar.gz", GOOD)  # starts the parser child
+    wait_for("the first capture", lambda: (spool / "done" / "first.tar.gz").exists(), 60)
+    (worker,) = [c for f in _children(d.proc.pid) for c in _children(f)]
+    os.kill(worker, signal.SIGSTOP)  # so that it is surely parsing when it dies
+    drop(spool, "killed.tar.gz", make_capture("6.1.0-47-amd64-default", 8, 8))
+    time.sleep(1.5)
+    os.kill(worker, signal.SIGKILL)
+    wait_for("the refusal", lambda: (spool / "failed" / "killed.tar.gz.error").exists(), 30)
+    assert (spool / "failed" / "killed.tar.gz.error").read_text() == \
+        "the parser process was killed by SIGKILL while parsing it\n"
+    drop(spool, "after.tar.gz", make_capture("6.1.0-47-amd64-default", 9, 9))
+    wait_for("the next capture", lambda: (spool / "done" / "after.tar.gz").exists(), 60)
+    assert d.metric('memledger_ingest_total{result="failed"}') == 1
     assert d.stop() == 0
