@@ -22,7 +22,9 @@ from memledger.tracer.runtime import RuntimeEvent
 
 __all__ = ("KmsgRecord", "SeqTracker", "memory_event", "parse_record")
 
-_HEAD = re.compile(rb"^(\d+),(\d+),(\d+),([^;,]*)[^;]*;")
+# The kernel prints prio as an int and the sequence number and microseconds as u64s: at
+# most 10 and 20 digits. Longer numbers are not a record (and would overflow a float).
+_HEAD = re.compile(rb"^(\d{1,10}),(\d{1,20}),(\d{1,20}),([^;,]*)[^;]*;")
 # Messages about memory that can appear after boot (kernel-facts §1.8, §6.1).
 _FREEING = re.compile(r"^Freeing (?P<what>.+?) memory: (?P<kib>\d+)K$")
 _MEMORY = re.compile(

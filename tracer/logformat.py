@@ -201,8 +201,10 @@ def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
         if kmsg:
             semi = line.find(";")
             head = line[:semi].split(",", 3) if semi > 0 else ()
+            # The sequence number and microseconds are u64s, at most 20 digits: longer
+            # is not a record (and would overflow a float).
             if (len(head) == 4 and head[0].isdecimal() and head[1].isdecimal()
-                    and head[2].isdecimal()):
+                    and head[2].isdecimal() and len(head[1]) <= 20 and len(head[2]) <= 20):
                 seq, ts, msg = int(head[1]), int(head[2]) / 1e6, line[semi + 1:]
         else:
             # The time stamp ends at the first "] ": float() refuses any text with a "]".

@@ -67,6 +67,21 @@ def _interleaved() -> bytes:
     return "".join(out + tail).encode()
 
 
+def _kmsg(huge_at: int | None = None) -> bytes:
+    """The boot as /dev/kmsg records; ``huge_at``: that record's microseconds and sequence
+    number become 400-digit numbers (no u64 is that long)."""
+    out = []
+    for seq, ln in enumerate(LINES):
+        m = re.match(r"^\[ *(\d+)\.(\d+)\] ?(.*)$", ln.rstrip("\n"))
+        if m is None:
+            continue
+        usec, n = str(int(m[1]) * 1_000_000 + int(m[2])), str(seq)
+        if seq == huge_at:
+            usec, n = "9" * 400, "7" * 400
+        out.append(f"6,{n},{usec},-;{m[3]}\n")
+    return "".join(out).encode()
+
+
 # name -> (bytes, what must hold of the reclaimed figure: "kernel" or "unknown", or
 # "exit2" for a one-line error)
 CASES: dict[str, tuple[Callable[[], bytes], str]] = {
@@ -103,6 +118,8 @@ CASES: dict[str, tuple[Callable[[], bytes], str]] = {
         lambda: TEXT.replace("memblock_reserve: [0x0000000000000000-0x00000000000fffff]",
                              "memblock_reserve: [0x00000000000fffff-0x0000000000000000]").encode(),
         "kernel"),
+    "as /dev/kmsg records": (_kmsg, "kernel"),
+    "a /dev/kmsg record with 400-digit numbers": (lambda: _kmsg(FREEING_AT // 2), "kernel"),
     "a range beyond 2^64": (
         lambda: TEXT.replace("memblock_reserve: [0x0000000000000000-",
                              "memblock_reserve: [0x10000000000000000-", 1).encode(), "kernel"),
