@@ -378,9 +378,10 @@ class Daemon:
                                 recursive=False)
         self._observer.start()
 
-    def _rewatch_if_moved(self) -> None:
+    def _rewatch_if_moved(self) -> bool:
+        """Watch the spool anew when its directory was moved or made again; True then."""
         if not self.spool.moved():
-            return
+            return False
         log.warning("%s: the spool directory was moved or made anew; watching the new one",
                     self.cfg.spool)
         try:
@@ -388,8 +389,7 @@ class Daemon:
             self._watch()
         except OSError as exc:
             log.error("%s: cannot use the new spool directory: %s", self.cfg.spool, exc)
-            return
-        self.rescan()
+        return True
 
     def rescan(self) -> None:
         """Queue every waiting file (the queue drops names queued twice)."""
@@ -405,6 +405,8 @@ class Daemon:
     def _drain(self) -> None:
         """Process queued names in order until none is left, a stop is asked for, or a
         database or resource error asks to wait (the names stay queued)."""
+        if not self.inbox.names or self.stopping or self._retry_at is not None:
+            return
         while self.inbox.names and not self.stopping and self._retry_at is None:
             self.process(self.inbox.take())
             self._heartbeat()
@@ -495,10 +497,8 @@ class Daemon:
                 if self.notifier.watchdog_interval is not None:
                     wait = min(wait, max(0.0, self._next_watchdog - time.monotonic()))
                 self.inbox.wait(wait)
-                if not self.spool.moved():
-                    continue
-                self._rewatch_if_moved()
-                next_rescan = time.monotonic()
+                if self._rewatch_if_moved():
+                    next_rescan = time.monotonic()
         finally:
             if self._stop_signal is not None:
                 log.info("%s: finishing the current capture, then exiting",
