@@ -7,6 +7,7 @@ fail on speed.
 
     python -m bench.run                  # every benchmark
     python -m bench.run parse            # one of them
+    MEMLEDGER_REALWORLD=DIR python -m bench.run realworld   # the real-world logs
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from memledger.exporters.inputs import InputError, load
+from memledger.store.ledger import compute_ledger
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 
@@ -147,13 +150,72 @@ def bench_parse(n: int = 200) -> dict[str, Any]:
     }
 
 
-def _pg() -> Any:
-    """tests/pgserver.py's PgServer (Debian's postgresql in a temporary directory)."""
-    spec = importlib.util.spec_from_file_location("pgserver", ROOT / "tests" / "pgserver.py")
+def _tests_module(name: str) -> Any:
+    """A helper module of tests/ (tests/pgserver.py, tests/realworld.py)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module.PgServer()
+    return module
+
+
+def _pg() -> Any:
+    """tests/pgserver.py's PgServer (Debian's postgresql in a temporary directory)."""
+    return _tests_module("pgserver").PgServer()
+
+
+def bench_realworld() -> dict[str, Any]:
+    """analyze's work (reading, splitting, parsing, the ledger; no start-up) on every log
+    of the real-world corpus (tests/realworld.py) in one process, against `grep -c` over
+    the same files. Oracle: the corpus test's own check of every boot against its lines."""
+    rw = _tests_module("realworld")
+    where = rw.corpus_dir()
+    if not where.is_dir():
+        raise SystemExit(f"bench realworld: no corpus at {where} (set MEMLEDGER_REALWORLD)")
+    entries = rw.manifest()
+    paths = [str(where / e.file) for e in entries]
+    size = sum(e.bytes for e in entries)
+    grep_s, grep_all = _best(lambda: subprocess.run(["grep", "-c", "memblock", *paths],
+                                                    capture_output=True, check=False))
+    ledgers: dict[str, list[dict[str, Any]] | None] = {}
+
+    def analyze(path: str) -> None:
+        try:
+            ledgers[path] = [compute_ledger(ev).as_dict() for ev in load(path)]
+        except InputError:
+            ledgers[path] = None
+
+    def analyze_all_logs() -> None:
+        for path in paths:
+            analyze(path)
+
+    analyze_s, analyze_all = _best(analyze_all_logs)
+    slowest = []
+    for e, path in zip(entries, paths, strict=True):
+        t0 = time.perf_counter()
+        analyze(path)
+        slowest.append((e.bytes / 1e6 / max(time.perf_counter() - t0, 1e-9), e.file, e.format))
+    slowest.sort()
+    problems = []
+    for path in paths:
+        lines = rw.lines_of(Path(path).read_bytes())
+        for i, led in enumerate(ledgers[path] or []):
+            problems += [f"{path}: {p}" for p in rw.check_boot(lines, led, i == 0)]
+    if problems:
+        raise SystemExit("bench realworld: " + "; ".join(problems[:5]))
+    mb = size / 1e6
+    return {
+        "logs": len(entries), "bytes": size,
+        "boots": sum(len(v or []) for v in ledgers.values()),
+        "refused": sum(1 for v in ledgers.values() if v is None),
+        "analyze_seconds": analyze_s, "analyze_runs": analyze_all,
+        "grep_seconds": grep_s, "grep_runs": grep_all,
+        "analyze_mb_per_s": mb / analyze_s, "grep_mb_per_s": mb / grep_s,
+        "ratio_to_grep": analyze_s / grep_s,
+        "slowest_logs": [{"file": f, "format": fmt, "mb_per_s": r} for r, f, fmt in slowest[:5]],
+        "consistent": True,
+    }
 
 
 def _stored_headlines(db: str) -> dict[tuple[str, str], tuple[Any, ...]]:
@@ -470,8 +532,9 @@ def bench_parse_cost() -> dict[str, Any]:
 
 
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
-    "parse": bench_parse, "parse-cost": bench_parse_cost, "backfill": bench_backfill,
-    "compare": bench_compare, "scrape": bench_scrape, "footprint": bench_footprint}
+    "parse": bench_parse, "parse-cost": bench_parse_cost, "realworld": bench_realworld,
+    "backfill": bench_backfill, "compare": bench_compare, "scrape": bench_scrape,
+    "footprint": bench_footprint}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -482,6 +545,11 @@ def _table(results: dict[str, Any]) -> str:
                     f"without start-up), {p['ratio_to_grep']:.1f}x grep -c "
                     f"({p['grep_mb_per_s']:.0f} MB/s); floors: " + ", ".join(
                         f"{k} {v:.0f}x" for k, v in p["floors_ratio_to_grep"].items()))
+    if rw := results.get("realworld"):
+        rows.append(f"realworld {rw['logs']} real logs, {rw['bytes'] / 1e6:.1f} MB, {rw['boots']} boots "
+                    f"({rw['refused']} refused): {rw['analyze_mb_per_s']:.1f} MB/s without start-up, "
+                    f"{rw['ratio_to_grep']:.1f}x grep -c; slowest log "
+                    f"{rw['slowest_logs'][0]['mb_per_s']:.1f} MB/s ({rw['slowest_logs'][0]['format']})")
     if pc := results.get("parse-cost"):
         for r in pc["runs"]:
             rows.append(f"parse-cost {r['log_bytes'] / 2**20:.0f} MiB log ({r['capture_bytes'] / 2**20:.1f} "
@@ -519,6 +587,10 @@ def _table(results: dict[str, Any]) -> str:
 
 def main(argv: list[str]) -> int:
     names = argv or list(BENCHES)
+    if not argv and not _tests_module("realworld").corpus_dir().is_dir():
+        print("bench: realworld left out: no real-world corpus (set MEMLEDGER_REALWORLD)",
+              file=sys.stderr)
+        names.remove("realworld")
     unknown = [n for n in names if n not in BENCHES]
     if unknown:
         print(f"bench: unknown benchmark {', '.join(unknown)} (have: {', '.join(BENCHES)})",

@@ -37,6 +37,25 @@ def _table(title: str) -> Table:
     return t
 
 
+def _unseen(d: dict[str, Any]) -> list[str]:
+    """What the inputs could not show, said plainly (one line each), where it matters."""
+    fw, bs, fid = d["firmware"], d["efi_boot_services"], d["fidelity"]
+    out = []
+    if fw["efi"] is None:
+        out.append("cannot show: whether this boot was EFI (the log lost its start)")
+    if fw["efi"] and bs["reclaimed_bytes"] is None and not d["kernel"].get("kdump") \
+            and not fid["efi_debug"]:
+        out.append("cannot show: how much boot-services memory was freed (no 'Freeing EFI "
+                   "boot services memory' line, memblock=debug or boot trace)")
+    if fw["efi"] and bs["total_bytes"] is None and not d["kernel"].get("kdump"):
+        out.append("cannot show: the boot-services total (no EFI memory map: efi=debug "
+                   "prints it, a capture reads it from /sys)")
+    if fw["efi"] and not fid["sources"].get("proc_meminfo"):
+        out.append("cannot show: a leak (needs this boot's /proc/meminfo and /proc/zoneinfo: "
+                   "memledger capture)")
+    return out
+
+
 def render_ledger(d: dict[str, Any], console: Console) -> None:
     boot, kernel, fw = d["boot"], d["kernel"], d["firmware"]
     bs, low, acct, fid = (d["efi_boot_services"], d["low_memory"], d["kernel_accounting"],
@@ -46,12 +65,15 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
             + (f" ({fw['efi_vendor']})" if fw.get("efi_vendor") else ""))
 
     t1 = _table("EFI boot services")
-    t1.add_row("total", fmt_bytes(bs["total_bytes"]), bs["total_source"] or "")
-    t1.add_row("reclaimed", fmt_bytes(bs["reclaimed_bytes"]), bs["reclaimed_source"] or "")
-    t1.add_row("kept", fmt_bytes(bs["kept_bytes"]), "")
-    for reason, value in (bs["kept_by_reason"] or {}).items():
-        t1.add_row(f"  {reason}", fmt_bytes(value), "")
-    t1.add_row("leaked", fmt_bytes(bs["leaked_bytes"]), "MemTotal - Σ managed")
+    if fw["efi"] is False:
+        t1.add_row("not an EFI boot", "[dim]does not apply[/dim]", "BIOS: no boot services")
+    else:
+        t1.add_row("total", fmt_bytes(bs["total_bytes"]), bs["total_source"] or "")
+        t1.add_row("reclaimed", fmt_bytes(bs["reclaimed_bytes"]), bs["reclaimed_source"] or "")
+        t1.add_row("kept", fmt_bytes(bs["kept_bytes"]), "")
+        for reason, value in (bs["kept_by_reason"] or {}).items():
+            t1.add_row(f"  {reason}", fmt_bytes(value), "")
+        t1.add_row("leaked", fmt_bytes(bs["leaked_bytes"]), "MemTotal - Σ managed")
 
     t2 = _table("Below 1 MiB")
     t2.add_row("usable (E820)", fmt_bytes(low["usable_bytes"]), "")
@@ -71,7 +93,7 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
     t3.add_row("residual", fmt_bytes(acct["residual_bytes"]), "")
 
     src = ", ".join(k for k, v in fid["sources"].items() if v) or "none"
-    lines = [f"sources: {src}"]
+    lines = [f"sources: {src}", *_unseen(d)]
     if fid["unreadable"]:
         lines.append("unreadable: " + ", ".join(fid["unreadable"]))
     lines.extend(f"note: {n}" for n in fid.get("notes", []))

@@ -39,29 +39,28 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
     bs = ledger.efi_boot_services
     efi = ledger.firmware["efi"]
 
-    if efi_debug:
-        if efi:
-            add(Anomaly("efi_debug_set", "warning",
-                        "efi=debug is set: the kernel keeps all EFI boot-services memory "
-                        "(efi_free_boot_services returns early)",
-                        f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
-        else:
-            add(Anomaly("efi_debug_set", "info", "efi=debug is set on a non-EFI boot (no effect)",
-                        f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
+    # On a BIOS boot (or one whose firmware the log does not show) efi=debug does nothing.
+    if efi_debug and efi:
+        add(Anomaly("efi_debug_set", "warning",
+                    "efi=debug is set: the kernel keeps all EFI boot-services memory "
+                    "(efi_free_boot_services returns early)",
+                    f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
     if log is not None and not log.complete:
         add(Anomaly("log_truncated", "warning",
                     "the kernel log does not start at 'Linux version': early messages were "
                     "lost (ring buffer wrapped or capture started late)",
                     f"{where}:{log.first_lineno}"))
-    # free_initmem() prints "Freeing unused kernel image (initmem) memory" (before 5.0:
-    # "unused kernel memory") once every initcall has run, efi_free_boot_services() too
-    # (an arch_initcall since a4b0bf6a40f3; earlier, in efi_enter_virtual_mode()).
-    ends_early = log is not None and log.message_count > 0 and not any(
-        f.name.startswith("unused kernel") for f in log.freeing)
+    # kernel_init() prints "Freeing unused kernel image (initmem) memory" (before 5.0:
+    # "unused kernel memory"; with debug_pagealloc "debug: unmapping init"), "Write
+    # protecting the kernel read-only data" and "Run /init as init process" once every
+    # initcall has run, efi_free_boot_services() too (an arch_initcall since a4b0bf6a40f3;
+    # earlier, in efi_enter_virtual_mode()). Any of them ends kernel init.
+    ends_early = log is not None and log.message_count > 0 and log.init_done is None
     if ends_early and log is not None:
         add(Anomaly("log_truncated", "warning",
                     "the kernel log ends before the end of kernel init (no 'Freeing unused "
-                    "kernel image' line): later messages were lost (log cut short)",
+                    "kernel', 'Write protecting the kernel read-only data' or 'Run … as init "
+                    "process' line): later messages were lost (log cut short)",
                     f"{where}:{log.last_lineno}"))
     if ledger.kernel["cmdline_truncated"]:
         add(Anomaly("cmdline_truncated", "info",
@@ -120,12 +119,15 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     "the sources of the reclaimed figure disagree: "
                     + ", ".join(f"{k}={v}" for k, v in known.items()), where))
     kexec = ev.loader is not None and ev.loader.kexec
-    if kexec:
+    kdump = bool(ledger.kernel["kdump"])
+    if kexec or kdump:
         add(Anomaly("kexec_boot", "info",
-                    "started by kexec: the firmware's EFI boot-services memory was freed by the "
+                    ("a kdump capture kernel, " if kdump else "")
+                    + "started by kexec: the firmware's EFI boot-services memory was freed by the "
                     "kernel before this one, so this boot has no reclaim to measure (not a leak)",
                     f"sys/kernel/boot_params/data: type_of_loader "
-                    f"{ev.loader.type_of_loader:#04x}" if ev.loader else where))
+                    f"{ev.loader.type_of_loader:#04x}" if kexec and ev.loader else
+                    f"cmdline: elfcorehdr= ({ledger.kernel['cmdline_source']})"))
     elif efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
         if ends_early:
             why = "the log ends before the kernel had finished booting (see log_truncated)"

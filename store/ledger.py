@@ -95,8 +95,12 @@ def _kernel(ev: Evidence) -> tuple[dict[str, Any], str | None, str | None]:
     if cmdline is None and log is not None and log.cmdline is not None:
         cmdline, source = log.cmdline, "log"
     truncated = source == "log" and len(cmdline or "") + len("Command line: ") >= _CMDLINE_CUT
+    # A kdump capture kernel is always started by kexec, and kexec-tools gives it
+    # elfcorehdr= (the address of the crashed kernel's ELF core header).
+    kdump = "elfcorehdr" in parse_cmdline(cmdline) if cmdline is not None else None
     return ({"release": release, "cmdline": cmdline, "cmdline_source": source,
              "cmdline_truncated": truncated if cmdline is not None else None,
+             "kdump": kdump,
              "loader": ev.loader.name if ev.loader else None,
              "type_of_loader": ev.loader.type_of_loader if ev.loader else None},
             release, cmdline)
@@ -159,18 +163,19 @@ def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool) -> di
     }
 
 
-def _kexec_boot_services(bs: BootServices, type_of_loader: int) -> None:
-    """A kernel started by kexec (boot_params type_of_loader 0xD0, tracer/bootparams.py)
-    gets the EFI memory map its predecessor kept: the boot-services regions were freed
-    (and, from v6.1's efi_free_boot_services, dropped from the map) before it ran. So this
-    boot has no reclaim of its own to measure: total, reclaimed and kept are unknown here,
-    never 0, and the leak check (MemTotal against the zones) still applies."""
+def _kexec_boot_services(bs: BootServices, how: str) -> None:
+    """A kernel started by kexec (boot_params type_of_loader 0xD0, tracer/bootparams.py;
+    or a kdump kernel, known from elfcorehdr= on its command line) gets the EFI memory map
+    its predecessor kept: the boot-services regions were freed (and, from v6.1's
+    efi_free_boot_services, dropped from the map) before it ran. So this boot has no
+    reclaim to measure: total, reclaimed and kept are unknown here, never 0, and the leak
+    check (MemTotal against the zones) still applies."""
     for name in ("total_bytes", "reclaimed_bytes", "kept_bytes", "kept_by_reason",
                  "runtime_by_cause", "total_source", "reclaimed_source", "regions"):
         setattr(bs, name, None)
     bs.span = None
-    bs.notes.append(f"started by kexec (boot_params type_of_loader {type_of_loader:#04x}): the "
-                    "firmware's boot-services memory was handled by the kernel before this one")
+    bs.notes.append(f"started by kexec ({how}): the firmware's boot-services memory was "
+                    "handled by the kernel before this one")
 
 
 def compute_ledger(ev: Evidence) -> Ledger:
@@ -184,7 +189,9 @@ def compute_ledger(ev: Evidence) -> Ledger:
     efi_debug = "debug" in efi_values or bool(ev.log and ev.log.efi_debug_segments_warning)
     bs = account_boot_services(ev, efi_debug, release, efi, tf)
     if ev.loader is not None and ev.loader.kexec and efi:
-        _kexec_boot_services(bs, ev.loader.type_of_loader)
+        _kexec_boot_services(bs, f"boot_params type_of_loader {ev.loader.type_of_loader:#04x}")
+    elif kernel["kdump"] and efi:
+        _kexec_boot_services(bs, "a kdump kernel: elfcorehdr= on its command line")
     low = account_low_memory(ev, params, release, bs.span, tf.phys_ranges if tf else [])
     lazy = "lazy" in params.get("deferred_init", [])
     acct = account_kernel(ev, lazy)

@@ -144,5 +144,6 @@ def test_plain_text_is_read_as_a_log_not_a_capture(tmp_path: Path) -> None:
     path.write_bytes(b"hello world\n" * 10)
     proc = run_cli("analyze", str(path))
     assert proc.returncode == 2
-    assert proc.stderr == f"memledger: error: {path}:1: no kernel messages found " \
-        "(expected dmesg, /dev/kmsg, dmesg -r or journalctl -k output)\n"
+    assert proc.stderr == f"memledger: error: {path}:1: no kernel messages found: 10 lines " \
+        "read as plain, none of them a boot or memory message (no 'Linux version', E820, " \
+        "EFI, 'Memory:' or 'Freeing' line)\n"

@@ -96,6 +96,8 @@ class KernelLog:
     efi_debug_segments_warning: bool = False
     no_trampoline_memory: bool = False
     lazy_deferred_pages: int | None = None  # "deferred_init=lazy: N pages left to …"
+    init_done: Positioned | None = None  # the first line kernel_init() prints after initcalls
+    efi_invalid_entries: int = 0  # "(invalid)" rows after "Invalid EFI memory map entries:"
     bad_lines: list[tuple[int, str]] = field(default_factory=list)
 
     @property
@@ -104,11 +106,32 @@ class KernelLog:
 
 
 _VERSION = re.compile(r"^Linux version (?P<rel>\S+)")
-_EFI = re.compile(r"^efi: EFI v(?P<ver>[\d.]+) by (?P<vendor>.+?)\s*$")
+# efi_systab_report_header(); 2.6 kernels printed the banner without "efi: ".
+_EFI = re.compile(r"^(?:efi: )?EFI v(?P<ver>[\d.]+) by (?P<vendor>.+?)\s*$")
 _EFI_TABLE = re.compile(r"(?P<name>[A-Za-z][\w .-]*?)=(?P<addr>0x[0-9a-fA-F]+)")
-_MEMORY = re.compile(r"^Memory: (?P<avail>\d+)K/(?P<total>\d+)K available \((?P<rest>.*)\)\s*$")
-_MEMORY_FIELD = re.compile(r"(?P<kib>\d+)K (?P<name>[\w -]+?)\s*(?:,|$)")
-_FREEING = re.compile(r"^(?:(?P<prefix>[\w.-]+): )?Freeing (?P<name>.+?) memory: (?P<kib>\d+)K\s*$")
+# mem_init_print_info() prints "K" since 7ee3d4e8cd56 ("mm: introduce helper function
+# mem_init_print_info() to simplify mem_init()", v3.11); x86's own mem_init() before it
+# (v3.10, and RHEL 7) printed "k" and an "absent" field: "Memory: 4965544k/9437184k available (6886k
+# kernel code, 1049032k absent, 409120k reserved, 4535k data, 1764k init)". Its "reserved"
+# is the same figure (present pages not given to the buddy allocator).
+_MEMORY = re.compile(r"^Memory: (?P<avail>\d+)[Kk]/(?P<total>\d+)[Kk] available \((?P<rest>.*)\)\s*$")
+_MEMORY_FIELD = re.compile(r"(?P<kib>\d+)[Kk] (?P<name>[\w -]+?)\s*(?:,|$)")
+# free_reserved_area(): "Freeing %s memory: %ldK", with " (%p - %p)" after it until
+# adb1fe9ae2ee ("mm/page_alloc: Remove kernel address exposure in free_reserved_area()",
+# v4.10); the EFI summary has an "efi: " prefix.
+_FREEING = re.compile(r"^(?:(?P<prefix>[\w.-]+): )?Freeing (?P<name>.+?) memory: (?P<kib>\d+)[Kk]"
+                      r"(?: \([0-9a-fA-Fx]+ - [0-9a-fA-Fx]+\))?\s*$")
+# x86's free_init_pages() before "mm/x86: use free_reserved_area() to simplify code"
+# (v3.11): "Freeing %s: %luk freed", %s being "unused kernel memory", "initrd memory" or
+# "SMP alternatives".
+_FREED = re.compile(r"^Freeing (?P<name>.+?)(?: memory)?: (?P<kib>\d+)[Kk] freed\s*$")
+# What a kernel prints once every initcall has run, in kernel_init(): free_initmem()'s
+# Freeing line ("unused kernel" on x86 and arm64, "init" on 32-bit arm; with
+# debug_pagealloc, x86 prints "debug: unmapping init [mem …]" instead), mark_rodata_ro()
+# ("Write protecting the kernel read-only data: %luk" on x86_64), and since v4.19
+# run_init_process() ("Run %s as init process"; before it, nothing).
+_INIT_DONE = ("Freeing unused kernel", "Freeing init memory", "debug: unmapping init ",
+              "Write protecting the kernel read-only data", "Run ")
 _RAMDISK = re.compile(r"^RAMDISK: \[mem (?P<s>0x[0-9a-fA-F]+)-(?P<e>0x[0-9a-fA-F]+)\]")
 # Generic kernel/crash_reserve.c (x86 since ~v6.7) and the v6.1 x86 strings (setup.c).
 _CRASH_GENERIC = re.compile(
@@ -127,10 +150,10 @@ def _parse_memory(at: Positioned, m: re.Match[str]) -> MemoryLine:
 
 # Every message _dispatch acts on starts with one of these.
 _MEMBLOCK = ("memblock_", "_memblock_", "__memblock_")  # memblock_dbg(): "%s: [%pa-%pa] %pS"
-_WANTED = (*_MEMBLOCK, "BIOS-e820: ", "efi: ", "e820: ", "Freeing ", "Memory: ",
+_WANTED = (*_MEMBLOCK, "BIOS-e820: ", "efi: ", "EFI v", "e820: ", "Freeing ", "Memory: ",
            "Linux version ", "Command line: ", "Kernel command line: ", "DMI: ", "RAMDISK: ",
            "Reserving ", "crashkernel ", "No sub-1M memory is available for the trampoline",
-           "deferred_init=lazy: ")
+           "deferred_init=lazy: ", *_INIT_DONE)
 _LAZY = re.compile(r"^deferred_init=lazy: (?P<pages>\d+) pages left")
 
 
@@ -148,8 +171,14 @@ def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
             change = e820.parse_change(msg)
             if change is not None:
                 log.e820_changes.append((at, change))
+    elif c == "E" and msg.startswith("EFI v"):
+        _efi_line(log, at, "efi: " + msg, state)
     elif c == "F" and msg.startswith("Freeing "):
         _freeing(log, at, msg)
+        if msg.startswith(_INIT_DONE):
+            _init_done(log, at, msg)
+    elif c in "dWR" and msg.startswith(_INIT_DONE):
+        _init_done(log, at, msg)
     elif c == "M" and msg.startswith("Memory: "):
         m = _MEMORY.match(msg)
         if m and log.memory is None:
@@ -191,6 +220,11 @@ def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
 
 def _efi_line(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) -> None:
     if msg.startswith("efi: mem"):
+        if msg.endswith("(invalid)"):
+            # efi_clean_memmap() ("efi/x86: Prune invalid memory map entries and fix boot
+            # regression", v4.10) prints these rows and removes them from the map.
+            log.efi_invalid_entries += 1
+            return
         desc = efimap.parse_memmap_line(msg)
         if desc is None:
             return
@@ -219,9 +253,15 @@ def _efi_line(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
 
 
 def _freeing(log: KernelLog, at: Positioned, msg: str) -> None:
-    m = _FREEING.match(msg)
+    m = _FREEING.match(msg) or _FREED.match(msg)
     if m:
-        log.freeing.append(FreeingLine(at, m.group("name"), int(m.group("kib")), m.group("prefix")))
+        prefix = m.groupdict().get("prefix")
+        log.freeing.append(FreeingLine(at, m.group("name"), int(m.group("kib")), prefix))
+
+
+def _init_done(log: KernelLog, at: Positioned, msg: str) -> None:
+    if log.init_done is None and (not msg.startswith("Run ") or msg.endswith(" as init process")):
+        log.init_done = at
 
 
 def parse_boot(boot: BootLog) -> KernelLog:

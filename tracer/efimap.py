@@ -45,6 +45,16 @@ _LINE = re.compile(
     r"^efi: mem(?P<idx>\d+): \[(?P<body>[^\]]*)\] range=\[(?P<s>0x[0-9a-fA-F]+)-"
     r"(?P<e>0x[0-9a-fA-F]+)\]"
 )
+# Up to v3.17, before the type and attribute names, a row gave numbers and an exclusive end:
+# "efi: mem00: type=3, attr=0xf, range=[0x0000000000000000-0x0000000000001000) (0MB)".
+_OLD_LINE = re.compile(
+    r"^efi: mem(?P<idx>\d+): type=(?P<type>\d+), attr=(?P<attr>0x[0-9a-fA-F]+), "
+    r"range=\[(?P<s>0x[0-9a-fA-F]+)-(?P<e>0x[0-9a-fA-F]+)\)"
+)
+# EFI_MEMORY_* attribute bits (UEFI spec) under the names the newer rows print.
+_ATTR_BITS = {0x1: "UC", 0x2: "WC", 0x4: "WT", 0x8: "WB", 0x10: "UCE", 0x1000: "WP",
+              0x2000: "RP", 0x4000: "XP", 0x8000: "NV", 0x10000: "MR", 0x20000: "RO",
+              0x40000: "SP", 0x80000: "CC", EFI_MEMORY_RUNTIME: "RUN"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +101,28 @@ def parse_memmap_line(msg: str) -> EfiMemDesc | None:
     """One ``efi: memNN:`` row, or None when ``msg`` is not one."""
     m = _LINE.match(msg)
     if m is None:
-        return None
+        return _parse_old_line(msg)
     name, _, rest = m.group("body").partition("|")
     attrs = frozenset(t.strip() for t in rest.split("|") if t.strip())
     start, last = int(m.group("s"), 16), int(m.group("e"), 16)
-    if last < start:
+    # A descriptor of zero pages (firmware does print them) ends one byte before it starts.
+    if last + 1 < start:
         raise ValueError(f"EFI range ends before it starts: {msg!r}")
     return EfiMemDesc(int(m.group("idx")), _type_of(name), name.strip(), attrs, start,
                       last + 1)
+
+
+def _parse_old_line(msg: str) -> EfiMemDesc | None:
+    m = _OLD_LINE.match(msg)
+    if m is None:
+        return None
+    attr = int(m.group("attr"), 16)
+    attrs = frozenset(name for bit, name in _ATTR_BITS.items() if attr & bit)
+    start, end = int(m.group("s"), 16), int(m.group("e"), 16)
+    if end < start:
+        raise ValueError(f"EFI range ends before it starts: {msg!r}")
+    kind = int(m.group("type"))
+    return EfiMemDesc(int(m.group("idx")), kind, f"type={kind}", attrs, start, end)
 
 
 def parse_runtime_map_entry(index: int, fields: dict[str, str]) -> RuntimeMapEntry:

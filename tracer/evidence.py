@@ -16,7 +16,7 @@ from memledger.tracer import bootparams, efimap, memblock, procfs, sysfs
 from memledger.tracer import intervals as iv
 from memledger.tracer.bootlog import KernelLog, parse_boot
 from memledger.tracer.ftrace import TraceEvent, TraceLog, parse_trace
-from memledger.tracer.logformat import split_boots
+from memledger.tracer.logformat import BootLog, split_boots
 from memledger.tracer.reader import Snapshot
 
 __all__ = ("Evidence", "NotAKernelLog", "build_evidence", "is_trace_text")
@@ -79,6 +79,17 @@ class Evidence:
 def is_trace_text(text: str) -> bool:
     """True for tracefs ``trace`` output (it starts with ``# tracer:``)."""
     return text[:4096].lstrip().startswith("# tracer:")
+
+
+def _refusal(boots: list[BootLog]) -> str:
+    """Why a log gave no boot: which format its lines were read as, and what was missing."""
+    if not boots:
+        return ("no kernel messages found (expected dmesg, dmesg -T, /dev/kmsg, dmesg -r, "
+                "syslog or journalctl -k output)")
+    n = sum(len(b.msgs) for b in boots)
+    return (f"no kernel messages found: {n} line{'s' if n != 1 else ''} read as "
+            f"{boots[0].format}, none of them a boot or memory message (no 'Linux version', "
+            "E820, EFI, 'Memory:' or 'Freeing' line)")
 
 
 def _recognised(log: KernelLog) -> bool:
@@ -166,11 +177,15 @@ def build_evidence(snap: Snapshot, *, host_data: bool = True) -> list[Evidence]:
     if snap.kernel_log is not None:
         path = f"{source}/{snap.kernel_log_path}" if snap.kernel_log_path else source
         boots = split_boots(snap.kernel_log)
-        logs = [parse_boot(b) for b in boots]
-        logs = [k for k in logs if _recognised(k)]
+        parsed = [parse_boot(b) for b in boots]
+        # Pieces with no boot or memory message (the runtime tail of an earlier boot in a
+        # syslog) are left out; a log in a kernel format that holds nothing else is still
+        # a log, of a boot it does not show. Only text with no kernel prefix is refused.
+        logs = [k for k in parsed if _recognised(k)]
+        if not logs and boots and boots[0].format != "plain":
+            logs = parsed
         if not logs:
-            raise NotAKernelLog(path, 1, "no kernel messages found (expected dmesg, /dev/kmsg, "
-                                "dmesg -r or journalctl -k output)")
+            raise NotAKernelLog(path, 1, _refusal(boots))
     out: list[Evidence] = []
     for i, log in enumerate(logs):
         out.append(Evidence(source=source, boot_index=i, boot_count=len(logs), log=log,

@@ -4,6 +4,14 @@ Accepted forms, detected per file:
 
 ``dmesg``
     util-linux ``dmesg`` (``[    0.000000] msg``) and serial consoles.
+``dmesg-caller``
+    the same with printk caller ids (``CONFIG_PRINTK_CALLER``): ``[    0.000000][    T0] msg``
+    from the console, ``[    0.000000] [      T0] msg`` from ``dmesg``; MediaTek's
+    ``[    0.000000]  [0:        swapper:    0] msg`` is read the same way.
+``dmesg-ctime``
+    ``dmesg -T``: ``[Sun Jun 18 21:31:03 2023] msg`` (a wall clock, no monotonic time).
+``dmesg-iso``
+    ``dmesg --time-format iso``: ``2023-06-18T21:31:03,123456+02:00 msg``.
 ``plain``
     ``dmesg -t``: messages with no prefix at all.
 ``dmesg-raw``
@@ -14,17 +22,28 @@ Accepted forms, detected per file:
     raw ``/dev/kmsg`` records, ``6,123,456789,-;msg``; continuation lines that start
     with a space (``SUBSYSTEM=…``) are dictionary data and are skipped.
 ``journal``
-    ``journalctl -k -o short-monotonic``: ``[    0.000000] host kernel: msg``; the
-    ``-- Boot ID --`` separators of ``journalctl -b all`` start a new boot.
-``journal-short``
-    ``journalctl -k`` in the default wall-clock ``short``/``short-iso`` forms (no
-    monotonic time stamp).
+    ``journalctl -k -o short-monotonic``: ``[    0.000000] host kernel: msg``, with or
+    without the host name.
+``syslog``
+    syslog and kern.log (``Oct 18 21:26:33 host kernel: [    0.000000] msg``, the host and
+    the bracketed time stamp optional), which is also ``journalctl -k``'s default form.
+``syslog-iso``
+    the same with an ISO 8601 time (rsyslog's high-precision form,
+    ``2023-10-18T21:26:33.123456+02:00 host kernel: msg``; ``journalctl -o short-iso``).
 
-A file that holds several boots yields one :class:`BootLog` each. A boot starts at a
-``Linux version`` line, a journal boot separator, a kmsg sequence number that goes back, or
-a time stamp that drops by more than a second. A serial console that also dumps the ring
-buffer (``dmesg`` run at the end of the boot) shows the same boot twice; the shorter copy
-is recognised as a replay and dropped.
+Where a syslog line carries the kernel's own ``[    0.000000]`` time stamp, that is the
+record's time. Lines of other programs in a syslog file are noise, not records.
+
+A file that holds several boots yields one :class:`BootLog` each. A new boot is marked by
+what only a new boot prints: the kernel banner (``Linux version …``, with the
+``[    0.000000]`` lines that some kernels print just before it), a journal boot separator,
+or a kmsg sequence number that goes back. A time stamp that goes back is not enough: a
+secondary CPU or NUMA node whose clock is not yet synchronised prints earlier times in
+the middle of a boot. It starts a new boot only when the time stays back and the
+messages after it repeat the messages before it (the same kernel on the same machine
+booting again, its banner lost to a wrapped ring buffer). A serial console that also
+dumps the ring buffer (``dmesg`` run at the end of the boot) shows the same boot twice;
+the shorter copy is recognised as a replay and dropped.
 
 This is the hot path of ``memledger analyze`` and of every ingest (see BENCHMARKS.md): the
 text is cleaned once as a whole (CR, NUL, ANSI escapes), each line costs a few string
@@ -55,7 +74,8 @@ class LogLine:
 class BootLog:
     """The messages of one boot, in source order, as three columns of equal length:
     the message text, its 1-based line in the source, and its time stamp in seconds
-    (None where the format has none)."""
+    (None where the format has none). ``banner`` is the index of the kernel banner
+    (``Linux version …``), None when the log does not hold it."""
 
     msgs: list[str]
     linenos: Sequence[int]
@@ -63,6 +83,7 @@ class BootLog:
     format: str
     boot_id: str | None = None
     noise_lines: int = 0
+    banner: int | None = None
 
     @property
     def lines(self) -> tuple[LogLine, ...]:
@@ -71,11 +92,22 @@ class BootLog:
 
     @property
     def complete(self) -> bool:
-        """True when the log starts at the kernel banner (nothing was lost before it)."""
-        return bool(self.msgs) and self.msgs[0].startswith("Linux version ")
+        """True when the log starts at the kernel banner (nothing was lost before it), or
+        at the ``[    0.000000]`` lines that some kernels print before it (3.x's
+        "Initializing cgroup subsys cpuset", arm64's "Booting Linux on physical CPU")."""
+        return self.banner is not None and (self.banner == 0 or all(
+            t == 0.0 for t in self.ts[:self.banner]))
 
 
 _TS = r"\[\s*(?P<ts>\d+\.\d+)\]"
+# syslog's program field: "host kernel:", "kernel:" (BusyBox, no host) or "kernel[0]:".
+_KERNEL = r" (?:(?P<host>\S+) )?kernel(?:\[\d+\])?: ?"
+# "Oct 18 21:26:33"; the RHEL/CentOS installer's syslog (anaconda) has the time alone,
+# with milliseconds: "03:09:07,531 NOTICE kernel:Linux version …".
+_BSD_TIME = r"(?:[A-Z][a-z]{2} [ \d]\d )?\d\d:\d\d:\d\d(?:[.,]\d+)?"
+# RFC 3339 (rsyslog), journalctl's short-iso and short-full ("Wed 2023-10-18 21:26:33 CEST").
+_ISO_TIME = (r"(?:[A-Z][a-z]{2} )?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?"
+             r"(?: ?(?:Z|[+-]\d\d:?\d\d|[A-Z]{2,5}))?")
 # Each pattern matches a record's prefix; the message is the rest of the line.
 _PATTERNS: dict[str, re.Pattern[str]] = {
     "kmsg": re.compile(r"(?P<prio>\d+),(?P<seq>\d+),(?P<usec>\d+),[^;]*;"),
@@ -85,28 +117,43 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
         r"local[0-7])\s*:(?P<lvl>emerg|alert|crit|err|warn|notice|info|debug)\s*:\s?"
         r"(?:" + _TS + r" ?)?"
     ),
-    "journal": re.compile(_TS + r" (?P<host>\S+) kernel: ?"),
-    "journal-short": re.compile(
-        r"(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d(?:\.\d+)?|\d{4}-\d\d-\d\dT\S+)"
-        r" (?P<host>\S+) kernel: ?"
-    ),
+    "journal": re.compile(_TS + _KERNEL),
+    "syslog": re.compile(_BSD_TIME + _KERNEL),
+    "syslog-iso": re.compile(_ISO_TIME + _KERNEL),
+    "dmesg-ctime": re.compile(r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d "
+                              r"\d\d:\d\d:\d\d \d{4}\] ?"),
+    "dmesg-iso": re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d+[+-]\d\d:\d\d ?"),
     "dmesg": re.compile(_TS + r" ?"),
 }
-# Checked in this order: journal lines also match the dmesg pattern.
-_ORDER = ("kmsg", "dmesg-raw", "dmesg-decode", "journal", "journal-short", "dmesg")
+# Checked in this order: journal lines also match the dmesg pattern, syslog-iso lines the
+# dmesg-iso one.
+_ORDER = ("kmsg", "dmesg-raw", "dmesg-decode", "journal", "syslog", "syslog-iso",
+          "dmesg-ctime", "dmesg-iso", "dmesg")
+# The kernel's own time stamp inside a syslog line ("host kernel: [    0.000000] msg").
+_INNER_TS = re.compile(r"\[\s*(?P<ts>\d+\.\d+)\] ?")
+# printk's caller id (15d199a0cf9e, "printk: Add caller information to printk() output.",
+# v5.1): "[    T1]" for a task, "[    C0]" for a CPU in interrupt context; dmesg prints it
+# after a space, the console without. MediaTek kernels print "[cpu:  comm:  pid]",
+# Samsung's "c<cpu> <pid>" ("<5>[    0.000000] c0      0 Linux version …").
+_CALLER = re.compile(r" ?(?:\[\s*(?:[TC]\d+|\d+:[^\]]*:\s*\d+)\]|c\d{1,3} +\d+) ?")
+# A leading "<N>" before a dmesg record: a console line with its syslog priority.
+_PRIORITY = re.compile(r"<\d{1,3}>")
 _JOURNAL_MARK = re.compile(r"^-- (?:Boot (?P<boot>[0-9a-f]{32}) --|Reboot --|.*--)$")
 _ANSI = re.compile(r"\x1b(?:\[[0-9;=?]*[A-Za-z]|[()][0-9A-Za-z])")
 _DETECT_LINES = 2000
 # Matches that settle the format (a console log may open with firmware and loader lines).
 _DETECT_ENOUGH = 100
-# A time stamp that goes back by more than this many seconds starts a new boot.
+# A time stamp that goes back by more than this many seconds may start a new boot.
 _TS_RESET = 1.0
 # Records looked at after a time drop before calling it a new boot.
 _LOOKAHEAD = 16
+# Of those, the share that must repeat a message from before the drop.
+_REPEAT_SHARE = 0.5
 # A boot whose (time, message) pairs lie at least this much inside its neighbour is a replay.
 _REPLAY_SHARE = 0.9
 # A time stamp outside [0, this) is not one (float() also reads "nan", "inf", "1e9").
 _TS_MAX = 1e12
+_BANNER = "Linux version "
 
 
 def _clean_text(text: str) -> str:
@@ -122,10 +169,12 @@ def _clean_text(text: str) -> str:
 
 def detect_format(lines: Sequence[str]) -> str:
     """The format that matches most of the first lines (it stops at the first format to
-    match ``_DETECT_ENOUGH`` lines); ``plain`` when none does. The lines are cleaned
-    already (see :func:`split_boots`)."""
+    match ``_DETECT_ENOUGH`` lines); ``plain`` when none does. ``dmesg`` becomes
+    ``dmesg-caller`` when most of its messages start with a caller id. The lines are
+    cleaned already (see :func:`split_boots`)."""
     counts = dict.fromkeys(_ORDER, 0)
-    seen = 0
+    seen = callers = 0
+    best = ""
     for line in lines:
         if not line.strip():
             continue
@@ -133,13 +182,22 @@ def detect_format(lines: Sequence[str]) -> str:
         if seen > _DETECT_LINES:
             break
         for name in _ORDER:
-            if _PATTERNS[name].match(line):
+            m = _PATTERNS[name].match(line)
+            if m:
                 counts[name] += 1
+                if name == "dmesg" and _CALLER.match(line, m.end()):
+                    callers += 1
                 if counts[name] >= _DETECT_ENOUGH:
-                    return name
+                    best = name
                 break
-    best = max(_ORDER, key=lambda n: counts[n])
-    return best if counts[best] else "plain"
+        if best:
+            break
+    best = best or max(_ORDER, key=lambda n: counts[n])
+    if not counts[best]:
+        return "plain"
+    if best == "dmesg" and callers * 2 > counts["dmesg"]:
+        return "dmesg-caller"
+    return best
 
 
 @dataclass(slots=True)
@@ -152,6 +210,7 @@ class _Segment:
 
     first: int = 0
     boot_id: str | None = None
+    banner: int | None = None
     msgs: list[str] = field(default_factory=list)
     ts: list[float | None] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
@@ -165,9 +224,46 @@ class _Segment:
         skip = set(self.skipped)
         return list(islice(filterfalse(skip.__contains__, count(self.first)), n))
 
+    def prelude(self) -> int:
+        """Where the trailing ``[    0.000000]`` records start: the lines a kernel prints
+        before its banner, once the time went back to zero for them (len(msgs) if none;
+        never at or before this segment's own banner)."""
+        ts, k = self.ts, len(self.ts)
+        while k and ts[k - 1] == 0.0:
+            k -= 1
+        return k if self.banner is None else max(k, self.banner + 1)
+
+    def take_tail(self, k: int) -> _Segment:
+        """Move records ``k:`` (and the lines among and after them) to a new segment."""
+        tail = _Segment(boot_id=None)
+        if k >= len(self.msgs):
+            return tail
+        tail.first = first = self.linenos()[k]
+        tail.msgs, tail.ts = self.msgs[k:], self.ts[k:]
+        del self.msgs[k:], self.ts[k:]
+        tail.skipped = [n for n in self.skipped if n > first]
+        self.skipped = [n for n in self.skipped if n < first]
+        tail.noise = [n for n in self.noise if n > first]
+        self.noise = [n for n in self.noise if n < first]
+        tail.drops = [d - k for d in self.drops if d > k]
+        self.drops = [d for d in self.drops if d < k]
+        return tail
+
+
+def _banner_split(seg: _Segment) -> tuple[_Segment | None, _Segment]:
+    """At a banner: the finished segment (None when nothing of it is left) and the new
+    boot's segment, which takes the ``[    0.000000]`` records printed just before the
+    banner."""
+    new = seg.take_tail(seg.prelude())
+    new.banner = len(new.msgs)
+    return (seg if seg.msgs else None), new
+
 
 def _dmesg_prefix(line: str) -> tuple[float, str] | None:
-    """``[%5lu.%06lu]msg`` without the space, an empty message, or not a record."""
+    """``[%5lu.%06lu]msg`` without the space, ``<N>[…] msg`` with a priority, an empty
+    message, or not a record."""
+    if line[:1] == "<" and (p := _PRIORITY.match(line)) is not None:
+        line = line[p.end():]
     j = line.find("]", 2)
     if line[:1] != "[" or j < 0:
         return None
@@ -180,10 +276,11 @@ def _dmesg_prefix(line: str) -> tuple[float, str] | None:
     return ts, line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
 
 
-def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
-    """The two common forms by hand, without a regular expression:
+def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_Segment]:
+    """The common forms by hand, without a regular expression on the common path:
 
-    * ``dmesg``: ``[%5lu.%06lu] msg`` (printk's prefix; the space may be missing);
+    * ``dmesg``: ``[%5lu.%06lu] msg`` (printk's prefix; the space may be missing), and
+      ``dmesg-caller``, the same with a caller id before the message;
     * ``kmsg``: ``prio,seq,usec,flags[,…];msg`` (devkmsg_read()); a line that starts with
       a space is dictionary data of the record before. A sequence number that goes back
       starts a new boot.
@@ -196,6 +293,7 @@ def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
     msgs, tss = seg.msgs, seg.ts
     prev, prev_seq, seq = -1.0, -1, -1
     ts_max, reset = _TS_MAX, _TS_RESET  # locals: this loop runs once per line
+    strip_caller = _CALLER.match
     for lineno, line in enumerate(lines, 1):
         ts = -1.0
         if kmsg:
@@ -218,6 +316,8 @@ def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
                 msg = line[j + 2:]
             elif (rec := _dmesg_prefix(line)) is not None:
                 ts, msg = rec
+            if caller and 0.0 <= ts < ts_max and (c := strip_caller(msg)) is not None:
+                msg = msg[c.end():]
         if not 0.0 <= ts < ts_max:
             if line and not line.isspace() and not (kmsg and line[0] == " "):
                 seg.noise.append(lineno)
@@ -226,9 +326,18 @@ def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
             continue
         if not msgs:
             seg.first = lineno
-        elif seq < prev_seq or msg.startswith("Linux version "):
+            if msg.startswith(_BANNER):
+                seg.banner = 0
+        elif seq < prev_seq:
             yield seg
-            seg = _Segment(first=lineno)
+            seg = _Segment(first=lineno, banner=0 if msg.startswith(_BANNER) else None)
+            msgs, tss = seg.msgs, seg.ts
+        elif msg.startswith(_BANNER):
+            done, seg = _banner_split(seg)
+            if done is not None:
+                yield done
+            if not seg.msgs:
+                seg.first = lineno
             msgs, tss = seg.msgs, seg.ts
         elif ts < prev - reset:
             seg.drops.append(len(msgs))
@@ -241,12 +350,12 @@ def _scan_fast(lines: list[str], kmsg: bool) -> Iterator[_Segment]:
 def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
     """Every other form, with the format's prefix pattern (``plain``: every line)."""
     pattern = _PATTERNS.get(fmt)
-    journal = fmt.startswith("journal")
+    marks = fmt in ("journal", "syslog", "syslog-iso")
     has_ts = pattern is not None and "ts" in pattern.groupindex
     seg = _Segment()
     prev_ts: float | None = None
     for lineno, line in enumerate(lines, 1):
-        if journal and line.startswith("-- "):
+        if marks and line.startswith("-- "):
             mark = _JOURNAL_MARK.match(line)
             if mark:
                 if mark.group("boot") or line == "-- Reboot --":
@@ -263,16 +372,33 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
             if seg.msgs:
                 seg.skipped.append(lineno)
             continue
+        ts: float | None = None
         if m is None:
-            msg, ts = line, None
+            msg = line
         else:
             t = m.group("ts") if has_ts else None
-            msg, ts = line[m.end():], float(t) if t else None
+            msg = line[m.end():]
+            if t:
+                ts = float(t)
+            elif msg[:1] == "[" and (inner := _INNER_TS.match(msg)) is not None:
+                ts, msg = float(inner.group("ts")), msg[inner.end():]
+            if msg[:1] in "[ c" and (c := _CALLER.match(msg)) is not None:
+                msg = msg[c.end():]
+        if ts is not None and not 0.0 <= ts < _TS_MAX:
+            ts = None
         if not seg.msgs:
             seg.first = lineno
-        elif msg.startswith("Linux version "):
-            yield seg
-            seg = _Segment(first=lineno)
+            if msg.startswith(_BANNER):
+                seg.banner = 0
+        elif msg.startswith(_BANNER):
+            boot_id = seg.boot_id
+            done, seg = _banner_split(seg)
+            if done is None:
+                seg.boot_id = boot_id
+            else:
+                yield done
+            if not seg.msgs:
+                seg.first = lineno
         elif ts is not None and prev_ts is not None and ts < prev_ts - _TS_RESET:
             seg.drops.append(len(seg.msgs))
         seg.msgs.append(msg)
@@ -281,32 +407,45 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
     yield seg
 
 
-def _cuts(ts: list[float | None], drops: list[int]) -> list[int]:
-    """The time drops that start a new boot.
+def _cuts(msgs: list[str], ts: list[float | None], drops: list[int]) -> list[int]:
+    """The time drops that start a new boot: the time stays back for the look-ahead, and
+    most messages there repeat messages from before the drop.
 
     A secondary CPU prints before its clock is synchronised: on 6.1 and 6.12 under TCG,
     "[    0.371649] calibrate_delay_direct() failed to get a good estimate…" (two lines)
-    between 2.20 s and 2.39 s. A burst that returns to the old time is not a new boot; a
-    real one stays below it for far longer than the look-ahead.
+    between 2.20 s and 2.39 s, a burst that returns to the old time. On a NUMA server the
+    first CPU of another node can run ahead ("[    1.270005] .... node  #1, CPUs:   #8"
+    followed by "[    0.214304] …"), and the boot goes on from the earlier time: the
+    time stays back, but the messages are new. Only a second boot prints its messages
+    again.
     """
-    out = []
+    out: list[int] = []
+    seen: set[str] = set()
+    upto = 0
     for i in drops:
         before = ts[i - 1]
         if before is None:
             continue
         floor = before - _TS_RESET
-        if not any(t is not None and t >= floor for t in ts[i + 1:i + 1 + _LOOKAHEAD]):
+        if any(t is not None and t >= floor for t in ts[i + 1:i + 1 + _LOOKAHEAD]):
+            continue
+        seen.update(msgs[upto:i])
+        upto = i
+        window = msgs[i:i + _LOOKAHEAD]
+        if sum(1 for m in window if m in seen) >= _REPEAT_SHARE * len(window):
             out.append(i)
+            seen.clear()
     return out
 
 
 def _boots(seg: _Segment, fmt: str) -> Iterator[BootLog]:
     """A segment's boots: one, or more where the time drops say so."""
-    cuts = _cuts(seg.ts, seg.drops) if seg.drops else []
+    cuts = _cuts(seg.msgs, seg.ts, seg.drops) if seg.drops else []
     linenos = seg.linenos()
     if not cuts:
         if seg.msgs:
-            yield BootLog(seg.msgs, linenos, seg.ts, fmt, seg.boot_id, len(seg.noise))
+            yield BootLog(seg.msgs, linenos, seg.ts, fmt, seg.boot_id, len(seg.noise),
+                          seg.banner)
         return
     edges = [0, *cuts, len(seg.msgs)]
     for k, (a, b) in enumerate(pairwise(edges)):
@@ -314,8 +453,9 @@ def _boots(seg: _Segment, fmt: str) -> Iterator[BootLog]:
         low = linenos[a] if k else 0
         high = linenos[b] if b < len(linenos) else float("inf")
         noise = sum(1 for n in seg.noise if low <= n < high)
+        banner = seg.banner if k == 0 else None
         yield BootLog(seg.msgs[a:b], linenos[a:b], seg.ts[a:b], fmt,
-                      seg.boot_id if k == 0 else None, noise)
+                      seg.boot_id if k == 0 else None, noise, banner)
 
 
 def _is_replay(a: BootLog, b: BootLog) -> bool:
@@ -332,8 +472,8 @@ def split_boots(text: str) -> list[BootLog]:
     """Split a kernel log into boots. Returns an empty list when nothing matched."""
     lines = _clean_text(text).split("\n")
     fmt = detect_format(lines[: _DETECT_LINES * 2])
-    segments = (_scan_fast(lines, fmt == "kmsg") if fmt in ("dmesg", "kmsg")
-                else _scan(lines, fmt))
+    segments = (_scan_fast(lines, fmt == "kmsg", fmt == "dmesg-caller")
+                if fmt in ("dmesg", "dmesg-caller", "kmsg") else _scan(lines, fmt))
     boots: list[BootLog] = []
     for seg in segments:
         for log in _boots(seg, fmt):
@@ -347,7 +487,7 @@ def split_boots(text: str) -> list[BootLog]:
                 keep = log if len(log.msgs) >= len(prev.msgs) else prev
                 boots[-1] = BootLog(keep.msgs, keep.linenos, keep.ts, fmt,
                                     prev.boot_id or log.boot_id,
-                                    prev.noise_lines + log.noise_lines)
+                                    prev.noise_lines + log.noise_lines, keep.banner)
                 continue
             boots.append(log)
     return boots

@@ -296,9 +296,11 @@ def _text(data: bytes | None) -> str | None:
 
 
 def decode_text(data: bytes) -> str:
-    """The bytes as UTF-8, with undecodable bytes and NUL (which PostgreSQL text cannot
-    hold) replaced by U+FFFD: kernel logs are data, never refused for a stray byte."""
-    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+    """The bytes as UTF-8, undecodable bytes replaced by U+FFFD and NUL bytes dropped:
+    kernel logs are data, never refused for a stray byte. PostgreSQL text cannot hold NUL,
+    and a syslog file written at a crash is padded with NULs that run into the next
+    boot's first line."""
+    return data.decode("utf-8", errors="replace").replace("\x00", "")
 
 
 def _numbered_dirs(tree: Tree, rel: str,
