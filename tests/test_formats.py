@@ -51,6 +51,8 @@ FORMS = {
     "syslog-iso": _each("2025-10-14T11:24:04.0347{d}+08:00 nas kernel: [{ts}] {m}"),
     "syslog-iso-level": _each("2026-05-21T20:53:19.05753{d}Z INFO kernel: {m}"),
     "syslog-full": _each("Wed 2023-10-18 21:26:3{d} CEST host1 kernel: {m}"),
+    "syslog-installer": _each("03:09:07,53{d} NOTICE kernel:{m}"),
+    "dmesg-raw-samsung": _each("<6>[{ts}] c{d} {d:>6} {m}"),
     "dmesg-ctime": _each("[Sun Jun 18 21:31:0{d} 2023] {m}"),
     "dmesg-iso": _each("2023-06-18T21:31:0{d},12345{d}+02:00 {m}"),
     "dmesg-caller": _each("[{ts}] [{task:>7}] {m}"),
@@ -62,7 +64,8 @@ FORMS = {
 
 # The format each variant above is read as, where its name says more.
 FORMAT_OF = {"crlf": "dmesg", "journal-no-host": "journal", "syslog-kernel-time": "syslog",
-             "syslog-no-host": "syslog", "syslog-iso-level": "syslog-iso",
+             "syslog-no-host": "syslog", "syslog-installer": "syslog",
+             "dmesg-raw-samsung": "dmesg-raw", "syslog-iso-level": "syslog-iso",
              "syslog-full": "syslog-iso", "dmesg-caller-console": "dmesg-caller",
              "dmesg-caller-mediatek": "dmesg-caller"}
 

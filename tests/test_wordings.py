@@ -176,3 +176,12 @@ def test_the_table_of_a_bios_boot_says_not_efi(tmp_path: Path) -> None:
     section = _table(ledger).split("Below 1 MiB")[0]
     assert "not an EFI boot" in section and "does not apply" in section
     assert "unknown" not in section
+
+
+def test_a_log_without_its_boot_is_read_not_refused(tmp_path: Path) -> None:
+    # A syslog of a day without a reboot: kernel lines, none from the boot.
+    late = [ln for ln in G_TEXT.splitlines()[-60:] if "Freeing" not in ln and "efi" not in ln]
+    text = "\n".join(f"Oct 18 21:26:33 host kernel: {ln}" for ln in late) + "\n"
+    (ledger,) = _ledgers(tmp_path, text)
+    assert ledger["fidelity"]["log_format"] == "syslog" and ledger["kernel"]["release"] is None
+    assert ledger["firmware"]["efi"] is None and "log_truncated" in _codes(ledger)
