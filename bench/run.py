@@ -198,7 +198,9 @@ def bench_realworld() -> dict[str, Any]:
         slowest.append((e.bytes / 1e6 / max(time.perf_counter() - t0, 1e-9), e.file, e.format))
     slowest.sort()
     problems = []
-    for path in paths:
+    for e, path in zip(entries, paths, strict=True):
+        if e.format not in rw.READ_FORMATS:
+            continue  # a vendor's format, read as far as it goes
         lines = rw.lines_of(Path(path).read_bytes())
         for i, led in enumerate(ledgers[path] or []):
             problems += [f"{path}: {p}" for p in rw.check_boot(lines, led, i == 0)]

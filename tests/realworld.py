@@ -83,7 +83,7 @@ FREEING = re.compile(_START + r"(?:efi: )?Freeing (.+?) memory: (\d+)[Kk]"
 FREED_V3 = re.compile(_START + r"Freeing (.+?)(?: memory)?: (\d+)k freed\s*$")
 INIT_DONE = re.compile(r"Freeing unused kernel|Freeing init memory|debug: unmapping init |"
                        r"Write protecting the kernel read-only data|Run \S+ as init process")
-ZERO_TIME = re.compile(r"\[\s*0\.000000\]")
+ZERO_TIME = re.compile(r"\[\s*0\.000000\]|^\d+,\d+,0,")  # dmesg's, or a kmsg record's
 
 
 def lines_of(data: bytes) -> list[str]:
@@ -107,6 +107,8 @@ def check_boot(lines: list[str], ledger: dict[str, Any], first_boot: bool) -> li
     if not first_boot and not banners and ledger["boot"]["boot_id"] is None \
             and not ZERO_TIME.search(span[0]):
         problems.append(f"{where}: a boot without a banner after the first: split inside a boot")
+    if len(banners) > 1:
+        problems.append(f"{where}: {len(banners)} banners in one boot: two boots read as one")
     if banners:
         m = RELEASE.search(banners[0])
         if m and ledger["kernel"]["release"] != m.group(1):
@@ -124,6 +126,8 @@ def check_boot(lines: list[str], ledger: dict[str, Any], first_boot: bool) -> li
     if efi is not True:
         claimed = [k for k in ("total_bytes", "reclaimed_bytes", "kept_bytes", "leaked_bytes")
                    if bs[k] is not None]
+        if ledger["low_memory"]["boot_services_bytes"] is not None:
+            claimed.append("low_memory.boot_services_bytes")
         if claimed:
             problems.append(f"{where}: not an EFI boot, yet {', '.join(claimed)} known")
         if codes & {"efi_debug_set", "reclaim_unknown", "kept_unexplained"}:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from memledger.tracer import e820, efimap, memblock
 from memledger.tracer.e820 import E820Change, E820Entry
-from memledger.tracer.logformat import BootLog
+from memledger.tracer.logformat import BootLog, is_banner
 
 __all__ = (
     "Crashkernel",
@@ -105,7 +105,7 @@ class KernelLog:
         return self.efi_version is not None
 
 
-_VERSION = re.compile(r"^Linux version (?P<rel>\S+)")
+_VERSION = re.compile(r"(?:^| )Linux version (?P<rel>\S+)")
 # efi_systab_report_header(); 2.6 kernels printed the banner without "efi: ".
 _EFI = re.compile(r"^(?:efi: )?EFI v(?P<ver>[\d.]+) by (?P<vendor>.+?)\s*$")
 _EFI_TABLE = re.compile(r"(?P<name>[A-Za-z][\w .-]*?)=(?P<addr>0x[0-9a-fA-F]+)")
@@ -151,7 +151,7 @@ def _parse_memory(at: Positioned, m: re.Match[str]) -> MemoryLine:
 # Every message _dispatch acts on starts with one of these.
 _MEMBLOCK = ("memblock_", "_memblock_", "__memblock_")  # memblock_dbg(): "%s: [%pa-%pa] %pS"
 _WANTED = (*_MEMBLOCK, "BIOS-e820: ", "efi: ", "EFI v", "e820: ", "Freeing ", "Memory: ",
-           "Linux version ", "Command line: ", "Kernel command line: ", "DMI: ", "RAMDISK: ",
+           "Linux version ", "Booting Linux on physical CPU ", "Command line: ", "Kernel command line: ", "DMI: ", "RAMDISK: ",
            "Reserving ", "crashkernel ", "No sub-1M memory is available for the trampoline",
            "deferred_init=lazy: ", *_INIT_DONE)
 _LAZY = re.compile(r"^deferred_init=lazy: (?P<pages>\d+) pages left")
@@ -183,8 +183,8 @@ def _dispatch(log: KernelLog, at: Positioned, msg: str, state: dict[str, bool]) 
         m = _MEMORY.match(msg)
         if m and log.memory is None:
             log.memory = _parse_memory(at, m)
-    elif c == "L" and msg.startswith("Linux version "):
-        v = _VERSION.match(msg)
+    elif (c == "L" and msg.startswith("Linux version ")) or (c == "B" and is_banner(msg)):
+        v = _VERSION.search(msg)
         if v and log.release is None:
             log.release = v.group("rel")
     elif c in "CK":

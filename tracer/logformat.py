@@ -58,7 +58,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count, filterfalse, islice, pairwise
 
-__all__ = ("BootLog", "LogLine", "detect_format", "split_boots")
+__all__ = ("BootLog", "LogLine", "detect_format", "is_banner", "split_boots")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,9 +102,11 @@ class BootLog:
 _TS = r"\[\s*(?P<ts>\d+\.\d+)\]"
 # syslog's program field: "host kernel:", "kernel:" (BusyBox, no host) or "kernel[0]:".
 _KERNEL = r" (?:(?P<host>\S+) )?kernel(?:\[\d+\])?: ?"
+# A month or weekday as the C library abbreviates it in any locale ("Oct", "août", "déc.").
+_NAME = r"[^\W\d_]{2,5}\.?"
 # "Oct 18 21:26:33"; the RHEL/CentOS installer's syslog (anaconda) has the time alone,
 # with milliseconds: "03:09:07,531 NOTICE kernel:Linux version …".
-_BSD_TIME = r"(?:[A-Z][a-z]{2} [ \d]\d )?\d\d:\d\d:\d\d(?:[.,]\d+)?"
+_BSD_TIME = r"(?:" + _NAME + r" [ \d]\d )?\d\d:\d\d:\d\d(?:[.,]\d+)?"
 # RFC 3339 (rsyslog), journalctl's short-iso and short-full ("Wed 2023-10-18 21:26:33 CEST").
 _ISO_TIME = (r"(?:[A-Z][a-z]{2} )?\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?"
              r"(?: ?(?:Z|[+-]\d\d:?\d\d|[A-Z]{2,5}))?")
@@ -120,8 +122,7 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "journal": re.compile(_TS + _KERNEL),
     "syslog": re.compile(_BSD_TIME + _KERNEL),
     "syslog-iso": re.compile(_ISO_TIME + _KERNEL),
-    "dmesg-ctime": re.compile(r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) [A-Z][a-z]{2} [ \d]\d "
-                              r"\d\d:\d\d:\d\d \d{4}\] ?"),
+    "dmesg-ctime": re.compile(r"\[" + _NAME + " " + _NAME + r" [ \d]\d \d\d:\d\d:\d\d \d{4}\] ?"),
     "dmesg-iso": re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d,\d+[+-]\d\d:\d\d ?"),
     "dmesg": re.compile(_TS + r" ?"),
 }
@@ -154,6 +155,15 @@ _REPLAY_SHARE = 0.9
 # A time stamp outside [0, this) is not one (float() also reads "nan", "inf", "1e9").
 _TS_MAX = 1e12
 _BANNER = "Linux version "
+# Some arm64 consoles show "Booting Linux on physical CPU 0x… [0x…]" without its line
+# end, the banner joined to it (seen on Ubuntu's 6.8 on a Kunpeng server).
+_BOOTING = "Booting Linux on physical CPU "
+_BANNERS = (_BANNER, _BOOTING)  # one startswith() per record in the loops, is_banner() on a hit
+
+
+def is_banner(msg: str) -> bool:
+    """The kernel banner, alone or after arm64's "Booting Linux on physical CPU"."""
+    return msg.startswith(_BANNER) or (msg.startswith(_BOOTING) and " Linux version " in msg)
 
 
 def _clean_text(text: str) -> str:
@@ -326,13 +336,13 @@ def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_
             continue
         if not msgs:
             seg.first = lineno
-            if msg.startswith(_BANNER):
+            if msg.startswith(_BANNERS) and is_banner(msg):
                 seg.banner = 0
         elif seq < prev_seq:
             yield seg
-            seg = _Segment(first=lineno, banner=0 if msg.startswith(_BANNER) else None)
+            seg = _Segment(first=lineno, banner=0 if is_banner(msg) else None)
             msgs, tss = seg.msgs, seg.ts
-        elif msg.startswith(_BANNER):
+        elif msg.startswith(_BANNERS) and is_banner(msg):
             done, seg = _banner_split(seg)
             if done is not None:
                 yield done
@@ -366,7 +376,12 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
                     seg.skipped.append(lineno)
                 continue
         m = None
-        if not line or line.isspace() or (pattern is not None and (m := pattern.match(line)) is None):
+        if pattern is not None and line:
+            m = pattern.match(line)
+            if m is None and marks and " kernel:" in line:
+                # A line torn at a crash: the start of one line, then a whole one.
+                m = pattern.search(line, 1)
+        if not line or line.isspace() or (pattern is not None and m is None):
             if line and not line.isspace():
                 seg.noise.append(lineno)
             if seg.msgs:
@@ -388,9 +403,9 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
             ts = None
         if not seg.msgs:
             seg.first = lineno
-            if msg.startswith(_BANNER):
+            if is_banner(msg):
                 seg.banner = 0
-        elif msg.startswith(_BANNER):
+        elif is_banner(msg):
             boot_id = seg.boot_id
             done, seg = _banner_split(seg)
             if done is None:
