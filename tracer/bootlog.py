@@ -151,7 +151,8 @@ def _parse_memory(at: Positioned, m: re.Match[str]) -> MemoryLine:
 # Every message _dispatch acts on starts with one of these.
 _MEMBLOCK = ("memblock_", "_memblock_", "__memblock_")  # memblock_dbg(): "%s: [%pa-%pa] %pS"
 _WANTED = (*_MEMBLOCK, "BIOS-e820: ", "efi: ", "EFI v", "e820: ", "Freeing ", "Memory: ",
-           "Linux version ", "Booting Linux on physical CPU ", "Command line: ", "Kernel command line: ", "DMI: ", "RAMDISK: ",
+           "Linux version ", "Booting Linux on physical CPU ", "Command line: ",
+           "Kernel command line: ", "DMI: ", "RAMDISK: ",
            "Reserving ", "crashkernel ", "No sub-1M memory is available for the trampoline",
            "deferred_init=lazy: ", *_INIT_DONE)
 _LAZY = re.compile(r"^deferred_init=lazy: (?P<pages>\d+) pages left")
