@@ -70,7 +70,8 @@ def corpus_dir() -> Path:
 
 # --- the oracle: the log's own lines ----------------------------------------------------
 
-BANNER = re.compile(r"Linux version \d")
+# The banner starts a message: after a time stamp or caller id, "kernel:", a kmsg header.
+BANNER = re.compile(r"(?:^|[\];>] ?|\] c\d+ +\d+ |kernel: ?|CPU 0x\w+ \[0x\w+\] )Linux version \d")
 RELEASE = re.compile(r"Linux version (\S+)")
 EFI_LINE = re.compile(r"(?:efi: )?EFI v\d[\d.]* by |efi: mem\d+: |efi: Freeing EFI boot services")
 EFI_FREED = re.compile(r"efi: Freeing EFI boot services memory: (\d+)K")

@@ -168,6 +168,14 @@ def test_a_syslog_line_torn_at_a_crash_still_starts_the_next_boot() -> None:
     assert [(len(b.msgs), b.complete) for b in boots] == [(len(G_LINES), True)] * 2
 
 
+def test_a_syslog_whose_kernel_lines_come_late_is_still_a_syslog() -> None:
+    # Thousands of other programs' lines before the kernel's first.
+    others = [f"May 26 06:26:01 host CRON[{i}]: (root) CMD (true)" for i in range(5000)]
+    kernel = [f"May 26 19:43:59 host kernel: {m}" for _, _, m in G_LINES]
+    (boot,) = split_boots("\n".join([*others, *kernel]))
+    assert boot.format == "syslog" and boot.complete and boot.linenos[0] == 5001
+
+
 def test_a_console_line_with_a_priority_prefix_is_kept() -> None:
     lines = G_TEXT.splitlines()
     at = next(i for i, ln in enumerate(lines) if "Freeing EFI boot services memory" in ln)

@@ -358,33 +358,40 @@ def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_
 
 
 def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
-    """Every other form, with the format's prefix pattern (``plain``: every line)."""
+    """Every other form, with the format's prefix pattern (``plain``: every line). Like
+    :func:`_scan_fast`, a loop over every line of syslogs of many megabytes: names are
+    bound to locals and a substring test spares most lines the regular expression."""
     pattern = _PATTERNS.get(fmt)
+    match = pattern.match if pattern is not None else None
     marks = fmt in ("journal", "syslog", "syslog-iso")
     has_ts = pattern is not None and "ts" in pattern.groupindex
+    inner_ts, caller, banners, reset = _INNER_TS.match, _CALLER.match, _BANNERS, _TS_RESET
     seg = _Segment()
+    msgs, tss = seg.msgs, seg.ts
     prev_ts: float | None = None
     for lineno, line in enumerate(lines, 1):
-        if marks and line.startswith("-- "):
+        if marks and line[:3] == "-- ":
             mark = _JOURNAL_MARK.match(line)
             if mark:
                 if mark.group("boot") or line == "-- Reboot --":
-                    if seg.msgs:
+                    if msgs:
                         yield seg
                     seg = _Segment(boot_id=mark.group("boot"))
-                elif seg.msgs:
+                    msgs, tss = seg.msgs, seg.ts
+                elif msgs:
                     seg.skipped.append(lineno)
                 continue
         m = None
-        if pattern is not None and line:
-            m = pattern.match(line)
+        # Most lines of a syslog are other programs': one substring test spares the regex.
+        if match is not None and line and (not marks or "kernel" in line):
+            m = match(line)
             if m is None and marks and " kernel:" in line:
                 # A line torn at a crash: the start of one line, then a whole one.
-                m = pattern.search(line, 1)
-        if not line or line.isspace() or (pattern is not None and m is None):
+                m = pattern.search(line, 1)  # type: ignore[union-attr]
+        if m is None and (match is not None or not line or line.isspace()):
             if line and not line.isspace():
                 seg.noise.append(lineno)
-            if seg.msgs:
+            if msgs:
                 seg.skipped.append(lineno)
             continue
         ts: float | None = None
@@ -395,17 +402,20 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
             msg = line[m.end():]
             if t:
                 ts = float(t)
-            elif msg[:1] == "[" and (inner := _INNER_TS.match(msg)) is not None:
+            elif msg[:1] == "[" and (inner := inner_ts(msg)) is not None:
                 ts, msg = float(inner.group("ts")), msg[inner.end():]
-            if msg[:1] in "[ c" and (c := _CALLER.match(msg)) is not None:
+            first = msg[:1]
+            if (first == "[" or (first == " " and msg[1:2] == "[")
+                    or (first == "c" and msg[1:2].isdigit())) and (c := caller(msg)):
                 msg = msg[c.end():]
-        if ts is not None and not 0.0 <= ts < _TS_MAX:
-            ts = None
-        if not seg.msgs:
+            if ts is not None and not 0.0 <= ts < _TS_MAX:
+                ts = None
+        banner = msg.startswith(banners) and is_banner(msg)
+        if not msgs:
             seg.first = lineno
-            if is_banner(msg):
+            if banner:
                 seg.banner = 0
-        elif is_banner(msg):
+        elif banner:
             boot_id = seg.boot_id
             done, seg = _banner_split(seg)
             if done is None:
@@ -414,10 +424,11 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
                 yield done
             if not seg.msgs:
                 seg.first = lineno
-        elif ts is not None and prev_ts is not None and ts < prev_ts - _TS_RESET:
-            seg.drops.append(len(seg.msgs))
-        seg.msgs.append(msg)
-        seg.ts.append(ts)
+            msgs, tss = seg.msgs, seg.ts
+        elif ts is not None and prev_ts is not None and ts < prev_ts - reset:
+            seg.drops.append(len(msgs))
+        msgs.append(msg)
+        tss.append(ts)
         prev_ts = ts
     yield seg
 
@@ -486,7 +497,14 @@ def _is_replay(a: BootLog, b: BootLog) -> bool:
 def split_boots(text: str) -> list[BootLog]:
     """Split a kernel log into boots. Returns an empty list when nothing matched."""
     lines = _clean_text(text).split("\n")
-    fmt = detect_format(lines[: _DETECT_LINES * 2])
+    # A syslog may hold thousands of other programs' lines before the kernel's first: look
+    # further, window by window, before calling the text plain.
+    window = _DETECT_LINES
+    fmt = "plain"
+    for start in range(0, max(len(lines), 1), window):
+        fmt = detect_format(lines[start:start + window])
+        if fmt != "plain":
+            break
     segments = (_scan_fast(lines, fmt == "kmsg", fmt == "dmesg-caller")
                 if fmt in ("dmesg", "dmesg-caller", "kmsg") else _scan(lines, fmt))
     boots: list[BootLog] = []
