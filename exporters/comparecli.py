@@ -70,20 +70,25 @@ def _thresholds(pairs: tuple[str, ...], absolute: str, relative: str) -> Thresho
               help="Deltas this small are 'same'.")
 @click.option("--rel-threshold", default="2%", show_default=True,
               help="... or this share of the baseline median, if larger.")
+@click.option("--include-all", is_flag=True,
+              help="Count every boot with a known value, also those that cannot measure "
+              "the figure (efi=debug, kexec, BIOS, a truncated log).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "markdown", "html"]),
               default="table", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write to a file.")
 @DB_OPTION
 def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figure: tuple[str, ...],
-                abs_threshold: str, rel_threshold: str, fmt: str, output: str | None,
-                db: str | None) -> None:
-    """Compare the ledgers of the boots of two kernel releases: boots, median, p10, p90,
-    delta and a verdict for every figure. Exits 1 when any figure regressed."""
+                abs_threshold: str, rel_threshold: str, include_all: bool, fmt: str,
+                output: str | None, db: str | None) -> None:
+    """Compare the ledgers of the boots of two kernel releases: a verdict with its reasons
+    first, then for every figure the boots (or paired hosts) that measure it, median,
+    p10, p90, change, threshold and verdict; the paired hosts, anomaly codes, what else
+    differs, and every boot left out of a figure with why. Exits 1 on a regression."""
     filters = _where(where)
     thresholds = _thresholds(per_figure, abs_threshold, rel_threshold)
     with open_store(db, create=False) as engine:
         upgrade(engine)
-        result = compare(engine, baseline, candidate, filters, thresholds)
+        result = compare(engine, baseline, candidate, filters, thresholds, include_all)
     for side in (result.baseline, result.candidate):
         if not side["boots"]:
             fail(f"no stored boots match {side['selector']!r}"

@@ -1,24 +1,34 @@
 """``memledger compare`` output: a rich table, JSON, Markdown for a rollout ticket, and one
-self-contained HTML file with plots (matplotlib, drawn as inline SVG)."""
+self-contained HTML file with plots (matplotlib, drawn as inline SVG).
+
+Every format leads with the verdict and its reasons, then the figures (with each one's
+threshold and how it was compared), the paired hosts, the anomaly codes, what else
+differs between the sides, and the boots left out of some figures with why.
+"""
 
 from __future__ import annotations
 
 import html
 import io
 import json
+import statistics
 from typing import Any
 
-from memledger.store.compare import Comparison
+from memledger.store.compare import FIGURES, Comparison
+from memledger.store.measures import measures, reasons
 from rich import box
+from rich.console import Group, RenderableType
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "to_html", "to_json", "to_markdown", "to_table")
 
 BASELINE_COLOR = "#4c72b0"
 CANDIDATE_COLOR = "#dd8452"
 _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "changed": "yellow",
-                  "same": "dim", "unknown": "dim"}
-_PLOTTED = ("reclaimed", "kept")
+                  "same": "dim", "unknown": "dim", "no change": "bold"}
+_UNITS = {f.name: f.unit for f in FIGURES}
+_BOOT_ROWS = 500  # the HTML lists at most this many boots a side
 
 
 def _num(value: float | None, unit: str, signed: bool = False) -> str:
@@ -30,6 +40,14 @@ def _num(value: float | None, unit: str, signed: bool = False) -> str:
     return f"{mib:+,.2f} MiB" if signed else f"{mib:,.2f} MiB"
 
 
+def _mib(value: float | None, unit: str, signed: bool = False) -> str:
+    if value is None:
+        return "?"
+    if unit != "bytes":
+        return f"{value:+g}" if signed else f"{value:g}"
+    return f"{value / (1 << 20):+.1f}" if signed else f"{value / (1 << 20):.1f}"
+
+
 def _side(stats: dict[str, Any], unit: str) -> str:
     if not stats["n"]:
         return "no boots"
@@ -37,115 +55,303 @@ def _side(stats: dict[str, Any], unit: str) -> str:
             f"({_num(stats['p10'], unit)} to {_num(stats['p90'], unit)}, n={stats['n']})")
 
 
+def _compact(stats: dict[str, Any], unit: str) -> str:
+    if not stats["n"]:
+        return "none"
+    if stats["n"] == 1 or _mib(stats["p10"], unit) == _mib(stats["p90"], unit):
+        return _mib(stats["median"], unit)
+    return f"{_mib(stats['median'], unit)} ({_mib(stats['p10'], unit)}-{_mib(stats['p90'], unit)})"
+
+
+def _how(f: dict[str, Any], short: bool = False) -> str:
+    """How a figure was compared: "3 pairs" ("3p"), or "7/7" boots a side."""
+    if f["mode"] == "paired":
+        return f"{f['hosts']['paired']}{'p' if short else ' pairs'}"
+    return f"{f['baseline']['n']}/{f['candidate']['n']}"
+
+
+def _short(name: str) -> str:
+    return name.replace("low_", "<1M ").replace("boot_services", "boot svc")
+
+
 def _title(c: Comparison) -> str:
     def one(side: dict[str, Any]) -> str:
-        return f"{side['selector']} ({side['boots']} boots)"
+        return f"{side['selector']} ({side['boots']} boots, {side['hosts']} hosts)"
     where = ", ".join(f"{k}={v}" for k, v in c.baseline["where"].items())
     return f"{one(c.baseline)} → {one(c.candidate)}" + (f" where {where}" if where else "")
 
 
-def _mib(value: float | None, unit: str) -> str:
-    if value is None:
-        return "?"
-    return f"{value / (1 << 20):.1f}" if unit == "bytes" else f"{value:g}"
+def _host(d: dict[str, Any]) -> str:
+    return str(d["hostname"] or d["machine_id"][:12])
 
 
-def _compact(stats: dict[str, Any], unit: str) -> str:
-    if not stats["n"]:
-        return "[dim]none[/dim]"
-    return f"{_mib(stats['median'], unit)} ({_mib(stats['p10'], unit)}-{_mib(stats['p90'], unit)})"
-
-
-def to_table(c: Comparison) -> Table:
+def to_table(c: Comparison) -> RenderableType:
+    head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
+    reasons = Text("\n".join(f"- {r}" for r in c.reasons))
     t = Table(title=_title(c), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-              caption="MiB (anomalies: a count). median (p10-p90) over the n boots where the "
-              "figure is known (baseline/candidate); delta of the medians")
+              caption="MiB (anomalies: a count). median (p10-p90) of the boots that measure "
+              "the figure; n: boots a side, or paired hosts (p); change: median per-host change "
+              "when paired, else of the medians; thr: threshold")
     for col, justify in (("figure", "left"), ("n", "right"), ("baseline", "right"),
-                         ("candidate", "right"), ("delta", "right"), ("verdict", "left")):
-        t.add_column(col, justify=justify, no_wrap=col != "figure")  # type: ignore[arg-type]
+                         ("candidate", "right"), ("change", "right"), ("thr", "right"),
+                         ("verdict", "left")):
+        t.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for f in c.figures:
-        delta = "?" if f["delta"] is None else (
-            f"{f['delta'] / (1 << 20):+.1f}" if f["unit"] == "bytes" else f"{f['delta']:+g}")
-        t.add_row(f["name"].replace("low_", "<1M "), f"{f['baseline']['n']}/{f['candidate']['n']}",
-                  _compact(f["baseline"], f["unit"]), _compact(f["candidate"], f["unit"]), delta,
+        t.add_row(_short(f["name"]), _how(f, short=True),
+                  _compact(f["baseline"], f["unit"]), _compact(f["candidate"], f["unit"]),
+                  _mib(f["delta"], f["unit"], True), _mib(f["threshold"], f["unit"]),
                   f"[{_VERDICT_STYLE[f['verdict']]}]{f['verdict']}[/]")
-    return t
+    parts: list[RenderableType] = [head, reasons, t]
+    if c.pairs:
+        shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
+        p = Table(title="paired hosts (baseline → candidate, MiB)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+        p.add_column("host")
+        for name in shown:
+            p.add_column(_short(name), justify="right")
+        for d in c.pairs:
+            p.add_row(_host(d), *(_pair_cell(d["figures"].get(name), _UNITS[name]) for name in shown))
+        parts.append(p)
+    parts += [Text(line) for line in _context_lines(c)]
+    return Group(*parts)
+
+
+def _pair_cell(v: dict[str, Any] | None, unit: str) -> str:
+    if v is None:
+        return "?"
+    return f"{_mib(v['baseline'], unit)} → {_mib(v['candidate'], unit)}"
+
+
+def _context_lines(c: Comparison) -> list[str]:
+    """Anomaly codes, other differences and the boots left out, a line each."""
+    a = c.anomalies
+    lines = []
+    for side in ("baseline", "candidate"):
+        codes = ", ".join(f"{k} ({n})" for k, n in a[side].items()) or "none"
+        lines.append(f"anomalies on the {side}'s measuring boots: {codes}")
+    for attr, sides in c.differences.items():
+        lines.append(f"differs, {attr}: " + "; ".join(
+            f"{side} " + ", ".join(f"{v} ({n})" for v, n in vals.items())
+            for side, vals in sides.items()))
+    for d in c.left_out:
+        lines.append(f"{'counted anyway' if c.include_all else 'left out'} ({d['side']}): "
+                     f"{_host(d)} boot {d['boot_id'][:8]} {d['kernel_release']}, of "
+                     f"{', '.join(d['figures'])}: {'; '.join(d['why'])}")
+    return lines
 
 
 def to_json(c: Comparison) -> str:
-    return json.dumps(c.as_dict(), indent=2)
+    return json.dumps(c.as_dict(), indent=2, default=str)
 
 
 def to_markdown(c: Comparison) -> str:
-    lines = [f"### memledger compare: {_title(c)}", "",
-             "| figure | baseline | candidate | delta | verdict |",
-             "|---|---:|---:|---:|---|"]
+    lines = [f"### memledger compare: {_title(c)}", "", f"**Verdict: {c.verdict}**", ""]
+    lines += [f"- {r}" for r in c.reasons]
+    lines += ["", "| figure | compared | baseline | candidate | change | threshold | verdict |",
+              "|---|---|---:|---:|---:|---:|---|"]
     for f in c.figures:
         verdict = f"**{f['verdict']}**" if f["verdict"] == "regression" else f["verdict"]
-        lines.append(f"| {f['label']} | {_side(f['baseline'], f['unit'])} | "
+        how = f"{_how(f)} ({f['mode']})" if f["mode"] else "-"
+        lines.append(f"| {f['label']} | {how} | {_side(f['baseline'], f['unit'])} | "
                      f"{_side(f['candidate'], f['unit'])} | {_num(f['delta'], f['unit'], True)} | "
-                     f"{verdict} |")
+                     f"{_num(f['threshold'], f['unit'])} | {verdict} |")
+    if c.pairs:
+        shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
+        lines += ["", "Paired hosts (baseline → candidate, MiB):", "",
+                  "| host | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
+        lines += [f"| {_host(d)} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
+                                                  for n in shown) + " |" for d in c.pairs]
+    lines += [""] + [f"- {line}" for line in _context_lines(c)]
     regs = c.regressions
     lines += ["", f"Regressions: {', '.join(regs)}." if regs else "No regression.", ""]
     return "\n".join(lines)
 
 
-def _plot(c: Comparison, figure: str) -> str:
-    """A box-and-points plot of one figure per kernel release, as an SVG string."""
+def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
+    """Every boot as a point, one row per side (filled: counted; hollow: left out), with
+    each side's median as a bar; an SVG string."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    data = c.samples[figure]
-    base = set(c.baseline["releases"])
-    releases = sorted(data, key=lambda r: (r not in base, r))
-    fig, ax = plt.subplots(figsize=(7, 0.6 + 0.55 * max(1, len(releases))))
-    if releases:
-        values = [[v / (1 << 20) for v in data[r]] for r in releases]
-        parts = ax.boxplot(values, vert=False, patch_artist=True, widths=0.6)
-        for patch, r in zip(parts["boxes"], releases, strict=True):
-            patch.set_facecolor(BASELINE_COLOR if r in base else CANDIDATE_COLOR)
-            patch.set_edgecolor("#333333")
-        for i, vals in enumerate(values, 1):
-            ax.scatter(vals, [i] * len(vals), s=14, color="#222222", zorder=3)
-        ax.set_yticks(range(1, len(releases) + 1), releases)
-    ax.set_xlabel(f"{figure} (MiB)")
+    scale = (1 << 20) if unit == "bytes" else 1
+    fig, ax = plt.subplots(figsize=(7, 1.5))
+    for y, (side, color) in enumerate((("candidate", CANDIDATE_COLOR),
+                                       ("baseline", BASELINE_COLOR))):
+        counted: list[float] = []
+        left: list[float] = []
+        for r in c.rows[side]:
+            value = r._mapping[key]
+            if value is None:
+                continue
+            ok = c.include_all or measures(fig_name, reasons(r.efi, r.efi_debug, r.kexec,
+                                                             r.log_complete))
+            (counted if ok else left).append(value / scale)
+        jitter = [((i * 7) % 11 - 5) * 0.025 for i in range(max(len(counted), len(left)))]
+        ax.scatter(counted, [y + j for j in jitter[:len(counted)]], s=36, color=color,
+                   edgecolor="#222222", linewidths=0.5, zorder=3)
+        ax.scatter(left, [y + j for j in jitter[:len(left)]], s=36, facecolors="none",
+                   edgecolors=color, linewidths=1.2, zorder=3)
+        if counted:
+            med = statistics.median(counted)
+            ax.plot([med, med], [y - 0.3, y + 0.3], color=color, linewidth=3, zorder=2)
+    ax.set_yticks([0, 1], ["candidate", "baseline"])
+    ax.set_ylim(-0.6, 1.6)
+    ax.set_xlabel(f"{fig_name} ({'MiB' if unit == 'bytes' else 'count'})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     out = io.StringIO()
     fig.savefig(out, format="svg")
     plt.close(fig)
-    svg = out.getvalue()
+    svg: str = out.getvalue()
     return svg[svg.index("<svg"):]
 
 
+def _e(value: Any) -> str:
+    return html.escape("?" if value is None else str(value))
+
+
+def _tri(value: bool | None, yes: str, no: str) -> str:
+    return "?" if value is None else (yes if value else no)
+
+
+def _boots_table(c: Comparison, side: str) -> str:
+    rows = sorted(c.rows[side], key=lambda r: (r.kernel_release or "", r.hostname or "",
+                                               r.machine_id, str(r.captured_at)))
+    body = "".join(
+        f"<tr><td>{_e(r.hostname or r.machine_id[:12])}</td><td>{_e(r.boot_id[:8])}</td>"
+        f"<td>{_e(r.kernel_release)}</td><td>{_e(r.captured_at)}</td>"
+        f"<td>{_tri(r.efi, 'EFI', 'not EFI')}</td><td>{_tri(r.efi_debug, 'efi=debug', '-')}</td>"
+        f"<td>{_tri(r.kexec, 'kexec', '-')}</td>"
+        f"<td>{_tri(r.log_complete, 'complete', 'truncated')}</td>"
+        + "".join(f"<td>{_e(_mib(r._mapping[f.key], f.unit))}</td>" for f in FIGURES)
+        + f"<td>{_e(r.anomaly_codes or '-')}</td></tr>" for r in rows[:_BOOT_ROWS])
+    more = (f"<p>… and {len(rows) - _BOOT_ROWS} more boots (the JSON format counts them "
+            "all).</p>") if len(rows) > _BOOT_ROWS else ""
+    head = "".join(f"<th>{h}</th>" for h in ("host", "boot", "kernel", "captured", "firmware",
+                                            "efi=debug", "kexec", "kernel log",
+                                            *(f.name for f in FIGURES), "anomaly codes"))
+    return f"<table class='boots'><tr>{head}</tr>{body}</table>{more}"
+
+
 def to_html(c: Comparison) -> str:
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in c.reasons)
     rows = "".join(
         f"<tr class='{f['verdict']}'><td>{html.escape(f['label'])}</td>"
+        f"<td>{html.escape(_how(f))}{' (' + f['mode'] + ')' if f['mode'] else ''}</td>"
         f"<td>{html.escape(_side(f['baseline'], f['unit']))}</td>"
         f"<td>{html.escape(_side(f['candidate'], f['unit']))}</td>"
         f"<td>{html.escape(_num(f['delta'], f['unit'], True))}</td>"
-        f"<td>{f['verdict']}</td></tr>" for f in c.figures)
-    plots = "".join(f"<h2>{name}, per kernel release</h2><div class='plot'>{_plot(c, name)}</div>"
-                    for name in _PLOTTED)
-    regs = c.regressions
+        f"<td title='{html.escape(f['threshold_rule'])}'>"
+        f"{html.escape(_num(f['threshold'], f['unit']))}</td>"
+        f"<td>{f['left_out']['baseline']}/{f['left_out']['candidate']}</td>"
+        f"<td class='verdict'>{f['verdict']}</td></tr>" for f in c.figures)
+    plots = "".join(
+        f"<figure><figcaption>{html.escape(f.label)}</figcaption>{_plot(c, f.name, f.key, f.unit)}"
+        "</figure>"
+        for f, s in zip(FIGURES, c.figures, strict=True)
+        if s["baseline"]["n"] or s["candidate"]["n"] or any(s["left_out"].values()))
+    shown = [f for f in c.figures if f["mode"] == "paired"]
+    pairs = "".join(
+        f"<tr><td>{_e(d['hostname'] or d['machine_id'][:12])}</td>"
+        f"<td>{d['boots']['baseline']}/{d['boots']['candidate']}</td>"
+        + "".join(_pair_td(d["figures"].get(f["name"]), f["unit"]) for f in shown) + "</tr>"
+        for d in c.pairs)
+    pairs_html = (
+        "<table class='pairs'><tr><th>host</th><th>boots</th>"
+        + "".join(f"<th>{html.escape(f['name'])}</th>" for f in shown) + f"</tr>{pairs}</table>"
+        if c.pairs else "<p>No host booted both sides: the two populations are compared.</p>")
+    a = c.anomalies
+    codes = sorted(a["baseline"].keys() | a["candidate"].keys())
+    anomalies = "".join(
+        f"<tr class='{_code_class(code, a)}'><td>{html.escape(code)}</td>"
+        f"<td>{a['baseline'].get(code, 0)}</td><td>{a['candidate'].get(code, 0)}</td>"
+        f"<td>{_code_class(code, a).replace('-', ' ')}</td></tr>" for code in codes)
+    diffs = "".join(
+        f"<tr><td>{html.escape(attr)}</td>"
+        + "".join("<td>" + "<br>".join(f"{html.escape(v)} ({n})" for v, n in sides[s].items())
+                  + "</td>" for s in ("baseline", "candidate")) + "</tr>"
+        for attr, sides in c.differences.items())
+    left = "".join(
+        f"<tr><td>{d['side']}</td><td>{_e(d['hostname'] or d['machine_id'][:12])}</td>"
+        f"<td>{_e(d['boot_id'][:8])}</td><td>{_e(d['kernel_release'])}</td>"
+        f"<td>{html.escape(', '.join(d['figures']))}</td>"
+        f"<td>{html.escape('; '.join(d['why']))}</td></tr>" for d in c.left_out)
     return f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>memledger compare</title>
+<html><head><meta charset="utf-8"><title>memledger compare: {c.verdict}</title>
 <style>
-body {{ font-family: sans-serif; margin: 2em; color: #222; }}
-table {{ border-collapse: collapse; }} td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; }}
-td:nth-child(n+2) {{ text-align: right; }} tr.regression {{ background: #fbe3e3; }}
-tr.improvement {{ background: #e3f5e3; }} tr.changed {{ background: #fff6dc; }}
+body {{ font-family: sans-serif; margin: 2em; color: #222; max-width: 80em; }}
+table {{ border-collapse: collapse; margin-bottom: 1em; }}
+td, th {{ padding: 3px 8px; border-bottom: 1px solid #ddd; text-align: left; }}
+tr.regression, tr.new-kernel, td.worse {{ background: #fbe3e3; }}
+tr.improvement, tr.gone, td.better {{ background: #e3f5e3; }}
+tr.changed, tr.new-capture {{ background: #fff6dc; }}
+#verdict {{ font-size: 1.6em; padding: 0.4em 0.6em; border-radius: 4px; display: inline-block; }}
+#verdict.regression {{ background: #c62828; color: white; }}
+#verdict.improvement {{ background: #2e7d32; color: white; }}
+#verdict.no-change, #verdict.unknown {{ background: #eeeeee; }}
 .key span {{ display: inline-block; width: 1em; height: 1em; vertical-align: middle; }}
+.plots {{ display: flex; flex-wrap: wrap; gap: 0 2em; }}
+figure {{ margin: 0 0 1em 0; }} figcaption {{ font-weight: bold; }}
+table.boots td, table.boots th {{ font-size: 0.85em; }}
 </style></head><body>
 <h1>memledger compare</h1>
-<p>{html.escape(_title(c))}</p>
-<p class="key"><span style="background:{BASELINE_COLOR}"></span> baseline
-<span style="background:{CANDIDATE_COLOR}"></span> candidate</p>
-<p><b>{html.escape("Regressions: " + ", ".join(regs) if regs else "No regression.")}</b></p>
-<table><tr><th>figure</th><th>baseline</th><th>candidate</th><th>delta</th><th>verdict</th></tr>
+<p id="sides">{html.escape(_title(c))}</p>
+<div id="verdict" class="{c.verdict.replace(' ', '-')}">verdict: {c.verdict}</div>
+<ul id="reasons">{reasons}</ul>
+<h2>Figures</h2>
+<table id="figures"><tr><th>figure</th><th>compared</th><th>baseline</th><th>candidate</th>
+<th>change</th><th>threshold</th><th>left out</th><th>verdict</th></tr>
 {rows}</table>
-{plots}
+<p>median (p10 to p90, nearest rank) of the boots that measure the figure. Change: the median
+of the paired hosts' changes, else the candidate median minus the baseline median. Hover a
+threshold for its rule. Left out: boots with a value that cannot measure the figure
+(listed below).</p>
+<h2>Every boot</h2>
+<p class="key"><span style="background:{BASELINE_COLOR}"></span> baseline
+<span style="background:{CANDIDATE_COLOR}"></span> candidate; a hollow point is a boot left
+out of the figure; a bar is a side's median.</p>
+<div class="plots">{plots}</div>
+<h2>Paired hosts (baseline → candidate)</h2>
+{pairs_html}
+<h2>Anomalies</h2>
+<table id="anomalies"><tr><th>code</th><th>baseline boots</th><th>candidate boots</th><th></th></tr>
+{anomalies}</table>
+<h2>What else differs</h2>
+{_table("differences", ("", "baseline", "candidate"), diffs,
+        "Nothing else: firmware, product, command lines and memory sizes are the same on both sides.")}
+<h2>Boots left out of some figures</h2>
+{_table("left-out", ("side", "host", "boot", "kernel", "left out of", "why"), left,
+        "None: every boot measures every figure it has.")}
+<h2>Baseline boots</h2>
+{_boots_table(c, "baseline")}
+<h2>Candidate boots</h2>
+{_boots_table(c, "candidate")}
 </body></html>
 """
+
+
+def _table(ident: str, heads: tuple[str, ...], rows: str, empty: str) -> str:
+    if not rows:
+        return f"<p>{html.escape(empty)}</p>"
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
+    return f"<table id='{ident}'><tr>{head}</tr>{rows}</table>"
+
+
+def _pair_td(v: dict[str, Any] | None, unit: str) -> str:
+    if v is None:
+        return "<td>?</td>"
+    cls = {"regression": "worse", "improvement": "better"}.get(v["verdict"], "")
+    return (f"<td class='{cls}'>{_mib(v['baseline'], unit)} → {_mib(v['candidate'], unit)} "
+            f"({_mib(v['delta'], unit, True)})</td>")
+
+
+def _code_class(code: str, a: dict[str, Any]) -> str:
+    if code in a["new_kernel"]:
+        return "new-kernel"
+    if code in a["new_capture"]:
+        return "new-capture"
+    if code in a["gone"]:
+        return "gone"
+    return "both"

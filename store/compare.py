@@ -1,30 +1,61 @@
-"""Kernel against kernel: the ledger figures of two sets of stored boots, with verdicts.
+"""Kernel against kernel: the ledger figures of two sets of stored boots, with a verdict
+and its reasons.
 
 A selector is a kernel release or a shell glob (``6.12.*``), narrowed by ``where``
-(firmware_version, firmware_vendor, product). For every figure each side gets its number
-of boots where the figure is known, p10, median and p90; the delta is candidate median
-minus baseline median. The verdict compares the delta with a threshold: the larger of an
-absolute one (default 1 MiB) and a relative one (default 2 % of the baseline median);
-figures where any increase matters (leaked bytes, memory freed below 1 MiB, anomalies)
-use 0. Whether a change is a regression or an improvement depends on the figure's
-direction; figures the kernel does not decide alone (the firmware's total, usable memory)
-are only ``changed``.
+(firmware_version, firmware_vendor, product).
+
+**Only measurements count.** Each figure uses only the boots that can measure it
+(store/measures.py): an ``efi=debug`` boot counts for the total but not for reclaimed,
+kept or leaked; a BIOS boot for no EFI figure; and so on. Every boot left out of a
+figure is listed with its reasons; ``include_all`` counts them anyway.
+
+**Pairs.** A host that booted both kernels is its own control: when the hosts with a
+figure on both sides are at least half of all the hosts with that figure, the figure is
+compared host by host (each host's median on each side; the change is the median of the
+hosts' changes, and each host is worse, better or the same). Otherwise the two
+populations are compared (the change is candidate median minus baseline median).
+
+**Thresholds.** A change within the threshold is ``same``: the larger of an absolute one
+(default 1 MiB) and a relative one (default 2 % of the baseline median). Figures where
+any increase matters (leaked bytes, memory freed below 1 MiB, anomalies) use 0, and
+regress when any paired host got worse or, between populations, when the candidate's
+highest value exceeds the baseline's. Whether a change is a regression or an improvement
+depends on the figure's direction; figures the kernel does not decide alone (the
+firmware's total, memory below 1 MiB as the firmware laid it out) are only ``changed``.
+
+**Anomalies.** A kernel anomaly code (a leak, memory freed below 1 MiB, …) found on the
+candidate's measuring boots and on none of the baseline's is a regression; new codes
+about the capture (a truncated log, efi=debug) are reported, never a regression.
+
+**Small samples** (fewer than :data:`SMALL_N` boots a side, or paired hosts) are said
+plainly in the reasons.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import statistics
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from memledger.store.schema import boots, ledgers
+from memledger.store.measures import CAPTURE_CODES, REASONS, measures, reasons
+from memledger.store.schema import boots, hosts, ledgers
 from memledger.store.stats import summary
-from sqlalchemy import Engine, select
+from memledger.store.vendors import vendor_name
+from sqlalchemy import Engine, Row, select
 
-__all__ = ("FIGURES", "WHERE_KEYS", "Comparison", "Figure", "Thresholds", "compare", "select_boots")
+__all__ = ("FIGURES", "SMALL_N", "WHERE_KEYS", "Comparison", "Figure", "Thresholds", "compare",
+           "select_boots")
 
 Better = Literal["higher", "lower", "neutral"]
 WHERE_KEYS = ("firmware_version", "firmware_vendor", "product")
+SMALL_N = 5
+# Each side's boots, and why each may not measure some figures (store/measures.py).
+Sides = dict[str, tuple[list[Row[Any]], list[tuple[str, ...]]]]
+# What else may differ between the sides, besides the kernel.
+CONTEXT = ("firmware_vendor", "firmware_version", "product", "cmdline", "memory")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +87,20 @@ class Thresholds:
     relative: float = 0.02
     per_figure: dict[str, float] = field(default_factory=dict)
 
-    def for_figure(self, fig: Figure, baseline_median: float | None) -> float:
+    def for_figure(self, fig: Figure, baseline_median: float | None) -> tuple[float, str]:
+        """The threshold, and how it was chosen (for the reports)."""
         if fig.name in self.per_figure:
-            return self.per_figure[fig.name]
+            return self.per_figure[fig.name], "set by --threshold"
         if fig.strict:
-            return 0.0
+            return 0.0, "0: any increase matters"
+        absolute = self.absolute if fig.unit == "bytes" else 0.0
         rel = self.relative * abs(baseline_median or 0)
-        return max(self.absolute if fig.unit == "bytes" else 0.0, rel)
+        rule = f"the larger of {_size(absolute, fig.unit)} and {self.relative:.0%} of the baseline median"
+        return max(absolute, rel), rule
+
+
+def _size(value: float, unit: str) -> str:
+    return f"{value / (1 << 20):g} MiB" if unit == "bytes" else f"{value:g}"
 
 
 @dataclass(slots=True)
@@ -70,65 +108,71 @@ class Comparison:
     baseline: dict[str, Any]
     candidate: dict[str, Any]
     figures: list[dict[str, Any]]
-    # Each side's columns: kernel release, then FIGURES in order (see select_boots).
-    columns: dict[str, list[tuple[Any, ...]]] = field(repr=False, default_factory=dict)
-
-    @property
-    def samples(self) -> dict[str, dict[str, list[float]]]:
-        """Figure name → kernel release → known values (for the report's plots; built on
-        demand, as only the HTML report needs them)."""
-        out: dict[str, dict[str, list[float]]] = {}
-        for k, fig in enumerate(FIGURES, 1):
-            out[fig.name] = {}
-            for cols in self.columns.values():
-                out[fig.name].update(_by_release(cols[0], cols[k]))
-        return out
+    verdict: str  # "regression", "improvement", "no change" or "unknown"
+    reasons: list[str]
+    left_out: list[dict[str, Any]]
+    pairs: list[dict[str, Any]]
+    anomalies: dict[str, Any]
+    differences: dict[str, dict[str, dict[str, int]]]
+    include_all: bool = False
+    # Each side's boots (store rows), for the report's per-boot views.
+    rows: dict[str, list[Row[Any]]] = field(repr=False, default_factory=dict)
 
     @property
     def regressions(self) -> list[str]:
-        return [f["name"] for f in self.figures if f["verdict"] == "regression"]
+        out = [f["name"] for f in self.figures if f["verdict"] == "regression"]
+        return out + [f"anomaly:{code}" for code in self.anomalies["new_kernel"]]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"baseline": self.baseline, "candidate": self.candidate,
-                "figures": self.figures, "regressions": self.regressions}
+        return {"verdict": self.verdict, "reasons": self.reasons,
+                "baseline": self.baseline, "candidate": self.candidate,
+                "include_all": self.include_all, "figures": self.figures,
+                "regressions": self.regressions, "anomalies": self.anomalies,
+                "pairs": self.pairs, "left_out": self.left_out,
+                "differences": self.differences}
 
 
-def select_boots(engine: Engine, selector: str,
-                 where: dict[str, str]) -> tuple[list[str], list[tuple[Any, ...]]]:
-    """The releases a selector matches, and their boots' ledger columns as tuples
-    (release, then :data:`FIGURES` in order), in no particular order (sorting 100 000
-    rows would cost PostgreSQL more than the rest of the query)."""
+def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[list[str], list[Row[Any]]]:
+    """The releases a selector matches, and their boots (release, host, boot id, what
+    decides which figures they measure, their context, and :data:`FIGURES` by column
+    key), in no particular order (sorting 100 000 rows would cost PostgreSQL more than
+    the rest of the query)."""
     with engine.connect() as conn:
         releases = sorted({r for (r,) in conn.execute(select(boots.c.kernel_release).distinct())
                            if r is not None and fnmatch.fnmatchcase(r, selector)})
         if not releases:
             return [], []
-        q = (select(boots.c.kernel_release, *(ledgers.c[f.key] for f in FIGURES))
+        q = (select(boots.c.kernel_release, hosts.c.machine_id, hosts.c.hostname, boots.c.boot_id,
+                    boots.c.captured_at, boots.c.efi, boots.c.efi_debug, boots.c.kexec,
+                    boots.c.log_complete, boots.c.firmware_vendor, boots.c.firmware_version,
+                    boots.c.product, boots.c.cmdline, ledgers.c.memory_bytes,
+                    ledgers.c.anomaly_codes, *(ledgers.c[f.key] for f in FIGURES))
              .join(ledgers, ledgers.c.boot_pk == boots.c.id)
+             .join(hosts, hosts.c.id == boots.c.host_id)
              .where(boots.c.kernel_release.in_(releases)))
         for key, value in where.items():
-            q = q.where(boots.c[key] == value)
-        rows = [tuple(r) for r in conn.execute(q)]
+            q = q.where(boots.c[key] == (vendor_name(value) if key == "firmware_vendor" else value))
+        rows: list[Row[Any]] = list(conn.execute(q))
     return releases, rows
 
 
-def _columns(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """Rows to columns (100 000 rows: a transpose in C, not a dict per row)."""
-    return list(zip(*rows, strict=True)) if rows else [() for _ in range(len(FIGURES) + 1)]
+def _counted(fig: Figure, rows: Sequence[Row[Any]], whys: Sequence[tuple[str, ...]],
+             include_all: bool) -> tuple[list[tuple[str, float]], int]:
+    """(machine id, value) of the boots that count for ``fig``, and how many boots with a
+    known value were left out."""
+    out, left = [], 0
+    for row, why in zip(rows, whys, strict=True):
+        value = row._mapping[fig.key]
+        if value is None:
+            continue
+        if include_all or measures(fig.name, why):
+            out.append((row.machine_id, value))
+        else:
+            left += 1
+    return out, left
 
 
-def _by_release(releases: tuple[str, ...], column: tuple[Any, ...]) -> dict[str, list[float]]:
-    """Known values per release."""
-    out: dict[str, list[float]] = {}
-    for release, value in zip(releases, column, strict=True):
-        if value is not None:
-            out.setdefault(release, []).append(value)
-    return out
-
-
-def _verdict(fig: Figure, delta: float | None, threshold: float) -> str:
-    if delta is None:
-        return "unknown"
+def _direction(fig: Figure, delta: float, threshold: float) -> str:
     if abs(delta) <= threshold:
         return "same"
     if fig.better == "neutral":
@@ -137,28 +181,233 @@ def _verdict(fig: Figure, delta: float | None, threshold: float) -> str:
     return "regression" if worse else "improvement"
 
 
+def _by_host(values: list[tuple[str, float]]) -> dict[str, float]:
+    grouped: dict[str, list[float]] = {}
+    for mid, v in values:
+        grouped.setdefault(mid, []).append(v)
+    return {mid: statistics.median(vs) for mid, vs in grouped.items()}
+
+
+def _figure(fig: Figure, sides: Sides,
+            thresholds: Thresholds, include_all: bool) -> dict[str, Any]:
+    counted = {s: _counted(fig, rows, whys, include_all) for s, (rows, whys) in sides.items()}
+    stats = {s: summary(v for _, v in vals) for s, (vals, _) in counted.items()}
+    b, c = stats["baseline"]["median"], stats["candidate"]["median"]
+    threshold, rule = thresholds.for_figure(fig, b)
+    host_b, host_c = _by_host(counted["baseline"][0]), _by_host(counted["candidate"][0])
+    paired = sorted(host_b.keys() & host_c.keys())
+    out: dict[str, Any] = {
+        "name": fig.name, "label": fig.label, "unit": fig.unit, "better": fig.better,
+        "strict": fig.strict, "baseline": stats["baseline"], "candidate": stats["candidate"],
+        "left_out": {s: left for s, (_, left) in counted.items()},
+        "threshold": threshold, "threshold_rule": rule,
+        "mode": None, "hosts": None, "delta": None, "delta_pct": None, "verdict": "unknown",
+    }
+    if paired and 2 * len(paired) >= len(host_b.keys() | host_c.keys()):
+        changes = [host_c[h] - host_b[h] for h in paired]
+        each = Counter(_direction(fig, d, threshold) for d in changes)
+        worse = each["regression"]
+        better = each["improvement"]
+        delta = statistics.median(changes)
+        verdict = _direction(fig, delta, threshold)
+        if fig.strict and worse:
+            verdict = "regression"
+        elif fig.strict and better and verdict == "same":
+            verdict = "improvement"
+        out.update(mode="paired", delta=delta, verdict=verdict,
+                   hosts={"paired": len(paired), "worse": worse, "better": better,
+                          "changed": each["changed"], "same": each["same"],
+                          "unpaired": len(host_b.keys() ^ host_c.keys())})
+        n: int = len(paired)
+    elif b is not None and c is not None:
+        delta = c - b
+        verdict = _direction(fig, delta, threshold)
+        if fig.strict and verdict == "same":
+            top = stats["candidate"]["max"] - stats["baseline"]["max"]  # type: ignore[operator]
+            verdict = _direction(fig, top, threshold)
+        out.update(mode="populations", delta=delta, verdict=verdict)
+        n = min(int(stats["baseline"]["n"] or 0), int(stats["candidate"]["n"] or 0))
+    else:
+        return out
+    out["delta_pct"] = 100 * out["delta"] / b if b else None
+    out["small_n"] = n < SMALL_N
+    return out
+
+
+def _anomalies(sides: Sides,
+               include_all: bool) -> dict[str, Any]:
+    """Each side's anomaly codes on its measuring boots (boots with each), and the codes
+    new on the candidate or gone from it."""
+    seen: dict[str, Counter[str]] = {}
+    for side, (rows, whys) in sides.items():
+        seen[side] = Counter(code for row, why in zip(rows, whys, strict=True)
+                             if include_all or measures("anomalies", why)
+                             for code in (row.anomaly_codes or "").split())
+    new = sorted(seen["candidate"].keys() - seen["baseline"].keys())
+    gone = sorted(seen["baseline"].keys() - seen["candidate"].keys())
+    return {"baseline": dict(sorted(seen["baseline"].items())),
+            "candidate": dict(sorted(seen["candidate"].items())),
+            "new_kernel": [c for c in new if c not in CAPTURE_CODES],
+            "new_capture": [c for c in new if c in CAPTURE_CODES],
+            "gone": gone}
+
+
+def _memory(row: Row[Any]) -> str | None:
+    """RAM the kernel saw, to the nearest quarter GiB (a kernel's own reservations move
+    the exact figure by a few MiB)."""
+    if row.memory_bytes is None:
+        return None
+    return f"{round(row.memory_bytes / (1 << 28)) / 4:g} GiB"
+
+
+def _differences(sides: Sides) -> dict[str, dict[str, dict[str, int]]]:
+    """For each context attribute whose values differ between the sides: each side's
+    values with their boot counts (unknown as "unknown")."""
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for attr in CONTEXT:
+        got = {}
+        for side, (rows, _) in sides.items():
+            values = (_memory(r) if attr == "memory" else r._mapping[attr] for r in rows)
+            got[side] = dict(sorted(Counter("unknown" if v is None else str(v)
+                                            for v in values).items()))
+        if got["baseline"].keys() != got["candidate"].keys():
+            out[attr] = got
+    return out
+
+
+def _pairs(sides: Sides,
+           figures: list[dict[str, Any]], include_all: bool) -> list[dict[str, Any]]:
+    """Every host with boots on both sides: its counted values per figure, before and
+    after."""
+    by_host: dict[str, dict[str, list[tuple[Row[Any], tuple[str, ...]]]]] = {}
+    for side, (rows, whys) in sides.items():
+        for r, why in zip(rows, whys, strict=True):
+            by_host.setdefault(r.machine_id, {}).setdefault(side, []).append((r, why))
+    out = []
+    for mid in sorted(by_host):
+        got = by_host[mid]
+        if len(got) < 2:
+            continue
+        entry: dict[str, Any] = {
+            "machine_id": mid,
+            "hostname": got["baseline"][0][0].hostname or got["candidate"][0][0].hostname,
+            "boots": {s: len(got[s]) for s in ("baseline", "candidate")}, "figures": {}}
+        for fig, summary_ in zip(FIGURES, figures, strict=True):
+            vals = {}
+            for s in ("baseline", "candidate"):
+                known = [r._mapping[fig.key] for r, why in got[s]
+                         if r._mapping[fig.key] is not None
+                         and (include_all or measures(fig.name, why))]
+                vals[s] = statistics.median(known) if known else None
+            if vals["baseline"] is None and vals["candidate"] is None:
+                continue
+            change = (vals["candidate"] - vals["baseline"]
+                      if vals["baseline"] is not None and vals["candidate"] is not None else None)
+            entry["figures"][fig.name] = {
+                **vals, "delta": change,
+                "verdict": "unknown" if change is None
+                else _direction(fig, change, summary_["threshold"])}
+        out.append(entry)
+    return out
+
+
+def _left_out(sides: Sides) -> list[dict[str, Any]]:
+    out = []
+    for side, (rows, whys) in sides.items():
+        for r, why in zip(rows, whys, strict=True):
+            if not why:
+                continue
+            out.append({"side": side, "machine_id": r.machine_id, "hostname": r.hostname,
+                        "boot_id": r.boot_id, "kernel_release": r.kernel_release,
+                        "reasons": list(why), "why": [REASONS[w] for w in why],
+                        "figures": [f.name for f in FIGURES if not measures(f.name, why)]})
+    out.sort(key=lambda d: (d["side"] != "baseline", d["kernel_release"], d["machine_id"], d["boot_id"]))
+    return out
+
+
+def _num(value: float, unit: str) -> str:
+    if unit != "bytes":
+        return f"{value:+g}"
+    return f"{value / (1 << 20):+,.1f} MiB"
+
+
+def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
+             left_out: list[dict[str, Any]], include_all: bool) -> list[str]:
+    """The verdict's reasons: regressions first, then anomalies, improvements, changes,
+    what could not be compared, small samples and the boots left out."""
+    def how(f: dict[str, Any]) -> str:
+        thr = f"threshold {_size(f['threshold'], f['unit'])} ({f['threshold_rule']})"
+        if f["mode"] == "paired":
+            h = f["hosts"]
+            count = h["worse"] if f["verdict"] == "regression" else h["better"] \
+                if f["verdict"] == "improvement" else h["changed"]
+            return (f"{_num(f['delta'], f['unit'])} median change per host, "
+                    f"{count} of {h['paired']} paired hosts; {thr}")
+        return (f"{_num(f['delta'], f['unit'])} between the medians "
+                f"({f['baseline']['n']} → {f['candidate']['n']} boots); {thr}")
+
+    out = [f"{f['name']} regressed: {how(f)}" for f in figures if f["verdict"] == "regression"]
+    for code in anomalies["new_kernel"]:
+        out.append(f"new anomaly on the candidate: {code} "
+                   f"(on {anomalies['candidate'][code]} boots, on none of the baseline's)")
+    out += [f"{f['name']} improved: {how(f)}" for f in figures if f["verdict"] == "improvement"]
+    if anomalies["gone"]:
+        out.append(f"anomalies gone on the candidate: {', '.join(anomalies['gone'])}")
+    out += [f"{f['name']} changed (the firmware decides it, not only the kernel): {how(f)}"
+            for f in figures if f["verdict"] == "changed"]
+    if anomalies["new_capture"]:
+        out.append("new on the candidate, about the capture rather than the kernel: "
+                   + ", ".join(anomalies["new_capture"]))
+    unknown = [f["name"] for f in figures if f["verdict"] == "unknown"]
+    if unknown:
+        out.append(f"not compared (no measuring boot on one side): {', '.join(unknown)}")
+    small = [f for f in figures if f.get("small_n")]
+    if small:
+        out.append(f"small sample (fewer than {SMALL_N} boots or paired hosts) for "
+                   f"{', '.join(f['name'] for f in small)}: a change this size may be chance")
+    if left_out:
+        kinds = Counter(w for d in left_out for w in d["reasons"])
+        listed = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        out.append(f"{len(left_out)} boots counted for only some figures ({listed})"
+                   + (": --include-all counted them anyway" if include_all
+                      else "; --include-all counts them"))
+    return out
+
+
 def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str] | None = None,
-            thresholds: Thresholds | None = None) -> Comparison:
+            thresholds: Thresholds | None = None, include_all: bool = False) -> Comparison:
     where = where or {}
     thresholds = thresholds or Thresholds()
-    sides = {"baseline": select_boots(engine, baseline, where),
-             "candidate": select_boots(engine, candidate, where)}
-    columns = {side: _columns(rows) for side, (_, rows) in sides.items()}
-    figures: list[dict[str, Any]] = []
-    for k, fig in enumerate(FIGURES, 1):
-        stats = {side: summary(cols[k]) for side, cols in columns.items()}
-        b, c = stats["baseline"]["median"], stats["candidate"]["median"]
-        delta = c - b if b is not None and c is not None else None
-        threshold = thresholds.for_figure(fig, b)
-        figures.append({
-            "name": fig.name, "label": fig.label, "unit": fig.unit, "better": fig.better,
-            "baseline": stats["baseline"], "candidate": stats["candidate"],
-            "delta": delta,
-            "delta_pct": (100 * delta / b) if delta is not None and b else None,
-            "threshold": threshold,
-            "verdict": _verdict(fig, delta, threshold),
-        })
-    meta = {side: {"selector": sel, "where": where, "releases": sides[side][0],
-                   "boots": len(sides[side][1])}
+    selected = {"baseline": select_boots(engine, baseline, where),
+                "candidate": select_boots(engine, candidate, where)}
+    # Why each boot may not measure a figure: one small tuple per distinct state.
+    memo: dict[tuple[Any, ...], tuple[str, ...]] = {}
+    sides: Sides = {}
+    for side, (_, rows) in selected.items():
+        whys = []
+        for r in rows:
+            state = (r.efi, r.efi_debug, r.kexec, r.log_complete)
+            if state not in memo:
+                memo[state] = reasons(*state)
+            whys.append(memo[state])
+        sides[side] = (rows, whys)
+    figures = [_figure(fig, sides, thresholds, include_all) for fig in FIGURES]
+    anomalies = _anomalies(sides, include_all)
+    left_out = _left_out(sides)
+    verdicts = {f["verdict"] for f in figures}
+    if "regression" in verdicts or anomalies["new_kernel"]:
+        verdict = "regression"
+    elif "improvement" in verdicts:
+        verdict = "improvement"
+    elif verdicts == {"unknown"}:
+        verdict = "unknown"
+    else:
+        verdict = "no change"
+    meta = {side: {"selector": sel, "where": where, "releases": selected[side][0],
+                   "boots": len(selected[side][1]),
+                   "hosts": len({r.machine_id for r in selected[side][1]})}
             for side, sel in (("baseline", baseline), ("candidate", candidate))}
-    return Comparison(meta["baseline"], meta["candidate"], figures, columns)
+    return Comparison(meta["baseline"], meta["candidate"], figures, verdict,
+                      _reasons(figures, anomalies, left_out, include_all), left_out,
+                      _pairs(sides, figures, include_all), anomalies, _differences(sides),
+                      include_all, {s: rows for s, (rows, _) in sides.items()})

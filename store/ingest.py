@@ -33,6 +33,7 @@ from typing import Any, Literal
 from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
 from memledger.store.ledger import compute_ledger
+from memledger.store.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from memledger.store.trust import Untrusted, check_not_ahead
@@ -108,16 +109,11 @@ def _computed(data: bytes, sha: str, version: str) -> Prepared:
         raise BadCapture(str(exc)) from None
     ev = evidence[-1]  # the live boot: the one the manifest's boot id names
     doc = compute_ledger(ev).as_dict()
-    dmi = doc["firmware"]["dmi"] or {}
     bs, low = doc["efi_boot_services"], doc["low_memory"]
     boot = {
         "kernel_release": (doc["kernel"]["release"] or cap.manifest.kernel_release or None),
         "cmdline": doc["kernel"]["cmdline"],
-        "efi": doc["firmware"]["efi"],
-        "firmware_vendor": dmi.get("bios_vendor") or doc["firmware"]["efi_vendor"],
-        "firmware_version": dmi.get("bios_version"),
-        "product": dmi.get("product_name"),
-        "fidelity": doc["fidelity"],
+        **boot_columns(doc),
     }
     ledger = {
         "schema_version": doc["schema_version"],
@@ -131,6 +127,8 @@ def _computed(data: bytes, sha: str, version: str) -> Prepared:
         "low_boot_services_bytes": _i64(low["boot_services_bytes"]),
         "low_freed_bytes": _i64(low["freed_bytes"]),
         "anomaly_count": len(doc["anomalies"]),
+        "anomaly_codes": anomaly_codes(doc),
+        "memory_bytes": _i64(doc["kernel_accounting"]["present_bytes"]),
         "document": doc,
     }
     return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev))
@@ -153,8 +151,7 @@ def _columns(p: Prepared) -> dict[str, Any]:
     return {k: v for k, v in p.ledger.items() if k != "document"}
 
 
-_BOOT_COLUMNS = ("kernel_release", "cmdline", "efi", "firmware_vendor", "firmware_version",
-                 "product", "fidelity")
+_BOOT_COLUMNS = ("kernel_release", "cmdline", *BOOT_COLUMNS)
 
 
 def _host_pks(conn: Connection, items: Sequence[tuple[Prepared, str | None]],

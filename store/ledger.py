@@ -22,6 +22,7 @@ from memledger.store.boot_services import (
     trace_efi_free,
 )
 from memledger.store.lowmem import LowMemory, account_low_memory
+from memledger.store.vendors import vendor_name
 from memledger.tracer.evidence import Evidence
 
 __all__ = ("SCHEMA_VERSION", "Ledger", "compute_ledger", "parse_cmdline")
@@ -98,9 +99,13 @@ def _kernel(ev: Evidence) -> tuple[dict[str, Any], str | None, str | None]:
     # A kdump capture kernel is always started by kexec, and kexec-tools gives it
     # elfcorehdr= (the address of the crashed kernel's ELF core header).
     kdump = "elfcorehdr" in parse_cmdline(cmdline) if cmdline is not None else None
+    # Started by kexec: the boot_params loader type says so, and a kdump kernel always is.
+    kexec = True if (ev.loader is not None and ev.loader.kexec) or kdump else (
+        False if ev.loader is not None else None)
     return ({"release": release, "cmdline": cmdline, "cmdline_source": source,
              "cmdline_truncated": truncated if cmdline is not None else None,
              "kdump": kdump,
+             "kexec": kexec,
              "loader": ev.loader.name if ev.loader else None,
              "type_of_loader": ev.loader.type_of_loader if ev.loader else None},
             release, cmdline)
@@ -123,10 +128,12 @@ def _efi_state(ev: Evidence, tf: TraceFree | None) -> bool | None:
 
 def _firmware(ev: Evidence, efi: bool | None) -> dict[str, Any]:
     log = ev.log
+    efi_vendor = log.efi_vendor if log else None
     return {
         "efi": efi,
+        "vendor": vendor_name((ev.dmi or {}).get("bios_vendor") or efi_vendor),
         "efi_version": log.efi_version if log else None,
-        "efi_vendor": log.efi_vendor if log else None,
+        "efi_vendor": efi_vendor,
         "dmi": ev.dmi,
         "dmi_line": log.dmi if log else None,
     }

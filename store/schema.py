@@ -75,7 +75,11 @@ boots = Table(
     Column("kernel_release", String(255)),
     Column("cmdline", Text),
     Column("efi", Boolean),
-    Column("firmware_vendor", String(255)),
+    # Whether the boot can measure each figure (store/measures.py), from its ledger.
+    Column("efi_debug", Boolean),
+    Column("kexec", Boolean),
+    Column("log_complete", Boolean),
+    Column("firmware_vendor", String(255)),  # one name per vendor (store/vendors.py)
     Column("firmware_version", String(255)),
     Column("product", String(255)),
     Column("fidelity", JSON),
@@ -99,6 +103,8 @@ ledgers = Table(
     Column("low_boot_services_bytes", BigInteger),
     Column("low_freed_bytes", BigInteger),
     Column("anomaly_count", Integer, nullable=False),
+    Column("anomaly_codes", Text),  # the distinct codes, sorted, space-separated
+    Column("memory_bytes", BigInteger),  # Σ zone present pages: the RAM the kernel saw
 )
 
 # The whole ledger document, beside its headline columns: SQLite stores a row whole, and a

@@ -1,18 +1,21 @@
 """``memledger compare`` on the real fixture boots, on SQLite and on PostgreSQL.
 
 Oracle: the kernel's own ``efi: Freeing EFI boot services memory`` lines of the same
-boots (0 for efi=debug boots, which print none and keep everything; unknown for SeaBIOS).
+boots, its command line (efi=debug boots measure no reclaim and are left out), and its
+own MemTotal against the zones' managed pages (the leak).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
-from capturegen import BOOT_NAMES, BOOTS, make_capture
+from capturegen import BOOT_NAMES, BOOTS, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.exporters.report import BASELINE_COLOR, CANDIDATE_COLOR
 from memledger.store.db import make_engine, resolve_url
@@ -41,10 +44,8 @@ def kernel_reclaimed(release: str) -> list[int]:
             continue
         root = BOOTS / name / "root"
         freed = kernel_efi_freed_bytes((root / "dmesg.txt").read_text())
-        if freed is not None:
+        if freed is not None and "efi=debug" not in (root / "proc/cmdline").read_text():
             out.append(freed)
-        elif "efi=debug" in (root / "proc/cmdline").read_text():
-            out.append(0)
     return out
 
 
@@ -86,49 +87,161 @@ def test_all_four_formats(store: str, tmp_path: Path) -> None:
     md = run_cli(*args, "--format", "markdown")
     assert md.returncode == 0
     lines = md.stdout.splitlines()
-    assert lines[0] == f"### memledger compare: {OLD} (7 boots) → {NEW} (7 boots)"
-    assert "| figure | baseline | candidate | delta | verdict |" in lines
+    assert lines[0] == f"### memledger compare: {OLD} (7 boots, 7 hosts) → {NEW} (7 boots, 7 hosts)"
+    assert lines[2] == "**Verdict: improvement**"
+    assert "| figure | compared | baseline | candidate | change | threshold | verdict |" in lines
     assert any(ln.startswith("| EFI boot services: reclaimed |") and ln.endswith("| improvement |")
                for ln in lines)
     assert "No regression." in lines
     out = tmp_path / "r.html"
     html = run_cli(*args, "--format", "html", "-o", str(out))
     assert html.returncode == 0 and out.read_text().startswith("<!doctype html>")
-    assert out.read_text().count("<svg") == 2
+    # A plot for every figure some boot has (the anomaly count always is).
+    assert out.read_text().count("<svg") == 9
 
 
-def test_html_report_screenshot_shows_the_plots(tmp_path: Path) -> None:
-    """Headless Chromium renders the one-file report; the boxes of both sides' colours fill
-    far more pixels than the two legend squares could."""
+def _kernel_leak(name: str) -> int:
+    """The kernel's own MemTotal minus the pages its zones manage, in bytes."""
+    root = BOOTS / name / "root"
+    memtotal = int(re.search(r"MemTotal:\s+(\d+) kB", (root / "proc/meminfo").read_text()).group(1))
+    managed = sum(int(m) for m in re.findall(r"\n\s+managed\s+(\d+)", (root / "proc/zoneinfo").read_text()))
+    return memtotal * 1024 - managed * 4096
+
+
+def _store_of(tmp_path: Path, boots: list[tuple[str, int, int]]) -> str:
+    """A store holding fixture boots (name, host, boot number)."""
     db = f"sqlite:///{tmp_path / 'm.db'}"
     eng = make_engine(resolve_url(db))
     upgrade(eng)
-    for i, name in enumerate(BOOT_NAMES):
-        ingest_bytes(eng, make_capture(name, i, 1), "test")
+    for name, host, boot in boots:
+        ingest_bytes(eng, make_capture(name, host, boot, minutes=boot), "test")
     eng.dispose()
-    report = tmp_path / "report.html"
-    assert run_cli("compare", "--db", db, "--baseline", "6.1.*", "--candidate", "6.12.*",
-                   "--format", "html", "-o", str(report)).returncode == 0
+    return db
+
+
+# Two hosts roll from bullseye's 5.10 (the deferred-page leak at 2 GiB) to bookworm's 6.1.
+ROLLOUT = [("5.10.0-32-amd64-default", 1, 1), ("5.10.0-32-amd64-mem8g", 2, 1),
+           ("6.1.0-56-amd64-default", 1, 2), ("6.1.0-56-amd64-mem8g", 2, 2)]
+
+
+def test_a_host_that_booted_both_kernels_is_compared_with_itself(tmp_path: Path) -> None:
+    db = _store_of(tmp_path, ROLLOUT)
+    leak_2g, leak_8g = _kernel_leak(ROLLOUT[0][0]), _kernel_leak(ROLLOUT[1][0])
+    assert leak_2g > 0 and leak_8g == _kernel_leak(ROLLOUT[2][0]) == _kernel_leak(ROLLOUT[3][0]) == 0
+    code, d = _json(db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64")
+    assert code == 1 and d["verdict"] == "regression"
+    leaked = {f["name"]: f for f in d["figures"]}["leaked"]
+    assert leaked["mode"] == "paired"
+    assert leaked["hosts"] == {"paired": 2, "worse": 1, "better": 0, "changed": 0, "same": 1,
+                               "unpaired": 0}
+    assert leaked["delta"] == statistics.median([leak_2g, leak_8g])
+    assert leaked["verdict"] == "regression" and leaked["threshold"] == 0
+    assert "leaked" in d["regressions"] and "anomaly:leak" in d["regressions"]
+    assert d["reasons"][0].startswith("leaked regressed: ") and "1 of 2 paired hosts" in d["reasons"][0]
+    assert any(r.startswith("new anomaly on the candidate: leak") for r in d["reasons"])
+    assert any(r.startswith("small sample") and "leaked" in r for r in d["reasons"])
+    pair = {p["machine_id"]: p for p in d["pairs"]}[machine_id(1)]
+    assert pair["figures"]["leaked"] == {"baseline": 0, "candidate": leak_2g, "delta": leak_2g,
+                                         "verdict": "regression"}
+    # The other way round the leak is gone: an improvement, exit 0.
+    code, d = _json(db, "--baseline", "5.10.0-32-amd64", "--candidate", "6.1.0-56-amd64")
+    assert code == 0 and d["verdict"] == "improvement"
+    assert "leak" in d["anomalies"]["gone"]
+
+
+def test_an_efi_debug_boot_is_no_measurement_of_reclaim(tmp_path: Path) -> None:
+    """Three boots a side: one efi=debug boot on the candidate kept everything by design.
+    Counted, it made "kept" a 21 MiB regression; left out, it is named with why."""
+    db = _store_of(tmp_path, [
+        (f"{OLD}-memblock", 1, 1), (f"{OLD}-trace", 2, 1), (f"{OLD}-default", 3, 1),
+        (f"{NEW}-efidebug", 4, 1), (f"{NEW}-memblock", 5, 1), (f"{NEW}-default", 6, 1)])
+    code, d = _json(db, "--baseline", OLD, "--candidate", NEW)
+    assert code == 0 and d["verdict"] == "improvement", d["reasons"]
+    figs = {f["name"]: f for f in d["figures"]}
+    assert figs["kept"]["verdict"] == "same"
+    assert (figs["kept"]["candidate"]["n"], figs["kept"]["left_out"]["candidate"]) == (1, 1)
+    assert figs["total"]["candidate"]["n"] == 2  # its memory map's total is real
+    rec = figs["reclaimed"]
+    assert rec["candidate"]["median"] == statistics.median(kernel_reclaimed(NEW)[:0] + [
+        kernel_efi_freed_bytes((BOOTS / f"{NEW}-{c}/root/dmesg.txt").read_text())
+        for c in ("memblock", "default")])
+    [left] = d["left_out"]
+    assert (left["machine_id"], left["reasons"]) == (machine_id(4), ["efi_debug"])
+    assert left["figures"] == ["reclaimed", "kept", "leaked", "low_freed", "anomalies"]
+    # Counted anyway, it is the regression it was.
+    code, d = _json(db, "--baseline", OLD, "--candidate", NEW, "--include-all")
+    assert code == 1 and "kept" in d["regressions"]
+
+
+def test_one_name_per_firmware_vendor(store: str) -> None:
+    """DMI says "EFI Development Kit II / OVMF", the kernel log "EDK II": one vendor."""
+    ovmf = [n for n in BOOT_NAMES if n.rsplit("-", 1)[0] in (OLD, NEW)
+            and json.loads((BOOTS / n / "lab.json").read_text())["firmware"] == "ovmf"]
+    for spelling in ("EDK II", "EFI Development Kit II / OVMF"):
+        _, d = _json(store, "--baseline", OLD, "--candidate", NEW,
+                     "--where", f"firmware_vendor={spelling}")
+        assert d["baseline"]["boots"] + d["candidate"]["boots"] == len(ovmf) == 12
+
+
+def _rendered(report: Path, tmp_path: Path) -> tuple[str, Image.Image]:
+    """Headless Chromium's DOM after layout, and a screenshot."""
+    chrome = ["chromium", "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+    dom = subprocess.run([*chrome, "--dump-dom", report.as_uri()], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert dom.returncode == 0, dom.stderr[-2000:]
     shot = tmp_path / "shot.png"
-    proc = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
-                           "--hide-scrollbars", "--window-size=1200,1800",
-                           f"--screenshot={shot}", report.as_uri()],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run([*chrome, "--window-size=1200,3000", f"--screenshot={shot}",
+                           report.as_uri()], capture_output=True, text=True, timeout=120,
+                          check=False)
     assert proc.returncode == 0 and shot.exists(), proc.stderr[-2000:]
-    img = Image.open(shot).convert("RGB")
-    assert img.size == (1200, 1800)
-    raw = img.tobytes()
-    pixels = [(raw[i], raw[i + 1], raw[i + 2]) for i in range(0, len(raw), 3)]
+    return dom.stdout, Image.open(shot).convert("RGB")
 
-    def near(rgb: tuple[int, int, int], color: str) -> bool:
-        want = tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
-        return all(abs(a - b) <= 8 for a, b in zip(rgb, want, strict=True))
 
-    base = sum(1 for p in pixels if near(p, BASELINE_COLOR))
-    cand = sum(1 for p in pixels if near(p, CANDIDATE_COLOR))
-    blank = sum(1 for p in pixels if p == (255, 255, 255))
-    assert base > 3000 and cand > 3000, (base, cand)
-    assert blank < 0.97 * len(pixels)
+def _near(img: Image.Image, color: str, box: tuple[int, int, int, int] | None = None) -> int:
+    want = tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
+    raw = (img.crop(box) if box else img).tobytes()
+    return sum(1 for i in range(0, len(raw), 3)
+               if all(abs(raw[i + k] - want[k]) <= 8 for k in range(3)))
+
+
+def test_html_report_in_chromium_leads_with_the_verdict_and_shows_its_evidence(tmp_path: Path) -> None:
+    db = _store_of(tmp_path, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)])
+    report = tmp_path / "report.html"
+    proc = run_cli("compare", "--db", db, "--baseline", "6.1.0-56-amd64", "--candidate",
+                   "5.10.0-32-amd64", "--format", "html", "-o", str(report))
+    assert proc.returncode == 1, proc.stderr
+    dom, img = _rendered(report, tmp_path)
+    from lxml import html as lhtml
+
+    doc = lhtml.fromstring(dom)
+    assert doc.get_element_by_id("verdict").text_content() == "verdict: regression"
+    reasons = [li.text_content() for li in doc.get_element_by_id("reasons")]
+    assert reasons[0].startswith("leaked regressed:")
+    leak_mib = _kernel_leak(ROLLOUT[0][0]) / (1 << 20)
+    # The median of the two hosts' changes: the 2 GiB host's leak and the 8 GiB host's 0.
+    assert f"+{leak_mib / 2:.1f} MiB median change per host, 1 of 2 paired hosts" in reasons[0]
+    def rows(table: str) -> list[Any]:
+        return doc.xpath(f"//table[{table}]//tr[td]")
+
+    figures = {tr[0].text_content(): [td.text_content() for td in tr] for tr in rows("@id='figures'")}
+    assert figures["EFI boot services: leaked"][-1] == "regression"
+    assert figures["EFI boot services: leaked"][1] == "2 pairs (paired)"
+    hosts = [tr[0].text_content() for tr in rows("@class='pairs'")]
+    assert sorted(hosts) == ["host-1", "host-2"]
+    worse = [td.text_content() for tr in rows("@class='pairs'") for td in tr
+             if td.get("class") == "worse"]
+    assert worse[0] == f"0.0 → {leak_mib:.1f} (+{leak_mib:.1f})"  # host-1's leak, then anomalies
+    assert not any("MiB" in w or "." in w for w in worse[1:])
+    anomalies = {tr[0].text_content(): tr.get("class") for tr in rows("@id='anomalies'")}
+    assert anomalies["leak"] == "new-kernel"
+    left = [[td.text_content() for td in tr] for tr in rows("@id='left-out'")]
+    assert [(r[0], r[1]) for r in left] == [("baseline", "host-3")]
+    assert "efi=debug" in left[0][5]
+    boots = doc.xpath("//table[@class='boots']")
+    assert [len(t.xpath(".//tr[td]")) for t in boots] == [3, 2]
+    # On screen: the red verdict banner at the top, and both sides' points in the plots.
+    assert _near(img, "#c62828", (0, 0, 1200, 400)) > 2000
+    assert _near(img, BASELINE_COLOR) > 300 and _near(img, CANDIDATE_COLOR) > 300
 
 
 def test_where_and_thresholds(store: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
@@ -23,6 +24,7 @@ from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.store.db import default_db_path, make_engine, resolve_url
 from memledger.store.ingest import ingest_bytes, ingest_many, prepare, reprocess
 from memledger.store.migrate import HEAD, current_revision, head_revision, upgrade
+from memledger.store.migrate import _config as migrate_config
 from memledger.store.queries import boot_ledger, count_rows
 from memledger.store.schema import (
     boots,
@@ -58,7 +60,7 @@ def engine(db_url: str) -> Any:
 
 
 def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == HEAD == "0003"
+    assert current_revision(engine) == head_revision() == HEAD == "0004"
     upgrade(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
@@ -82,6 +84,41 @@ def test_0003_moves_each_ledger_document_to_its_own_table(db_url: str) -> None:
                             ).all() == [(7, doc)]
         assert conn.execute(select(ledgers.c.boot_pk, ledgers.c.anomaly_count)).all() == [(7, 0)]
     eng.dispose()
+
+
+def test_0004_fills_what_each_boot_measures_from_its_document(db_url: str) -> None:
+    """A store written before 0004: its boots gain efi_debug, kexec, log_complete, their
+    anomaly codes and memory size, and one vendor name, all from their ledger documents
+    (the oracle: the kernel's own cmdline and DMI strings of the same fixture boots)."""
+    eng = make_engine(resolve_url(db_url))
+    upgrade(eng)
+    names = ["6.1.0-47-amd64-efidebug", "6.1.0-47-amd64-default", "6.1.0-47-amd64-seabios"]
+    for i, name in enumerate(names):
+        ingest_bytes(eng, make_capture(name, i, 1), "t")
+    with eng.begin() as conn:  # back to what an 0003 store held
+        conn.execute(update(boots).values(firmware_vendor="EFI Development Kit II / OVMF"))
+        cfg = migrate_config()
+        cfg.attributes["connection"] = conn
+        alembic_command.downgrade(cfg, "0003")
+    assert current_revision(eng) == "0003"
+    upgrade(eng)
+    with eng.connect() as conn:
+        got = {r.boot_id: r for r in conn.execute(
+            select(boots.c.boot_id, boots.c.efi_debug, boots.c.kexec, boots.c.log_complete,
+                   boots.c.firmware_vendor, ledgers.c.anomaly_codes, ledgers.c.memory_bytes)
+            .join(ledgers, ledgers.c.boot_pk == boots.c.id))}
+    eng.dispose()
+    for i, name in enumerate(names):
+        root = BOOTS / name / "root"
+        row = got[boot_id(i, 1)]
+        assert row.efi_debug == ("efi=debug" in (root / "proc/cmdline").read_text())
+        assert row.kexec is None  # the lab's captures have no boot_params
+        assert row.log_complete is True
+        dmi_vendor = (root / "sys/class/dmi/id/bios_vendor").read_text().strip()
+        assert row.firmware_vendor == ("SeaBIOS" if dmi_vendor == "SeaBIOS" else "EDK II"), dmi_vendor
+        assert row.anomaly_codes == ("efi_debug_set" if row.efi_debug else None)
+        present = sum(int(m) for m in re.findall(r"present\s+(\d+)", (root / "proc/zoneinfo").read_text()))
+        assert row.memory_bytes == present * 4096
 
 
 def test_sqlite_connections_get_the_daemon_pragmas(tmp_path: Path) -> None:
