@@ -90,8 +90,9 @@ def to_table(c: Comparison) -> RenderableType:
     reasons = Text("\n".join(f"- {r}" for r in c.reasons))
     t = Table(title=_title(c), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
               caption="MiB (anomalies: a count). median (p10-p90) of the boots that measure "
-              "the figure; n: boots a side, or paired hosts (p); change: median per-host change "
-              "when paired, else of the medians; thr: threshold")
+              "the figure; n: boots a side, or paired hosts (p); change: of the median "
+              "(per host when paired); leaked, <1M freed, anomalies: the largest change; "
+              "thr: threshold")
     for col, justify in (("figure", "left"), ("n", "right"), ("baseline", "right"),
                          ("candidate", "right"), ("change", "right"), ("thr", "right"),
                          ("verdict", "left")):
@@ -305,9 +306,10 @@ table.boots td, table.boots th {{ font-size: 0.85em; }}
 <th>change</th><th>threshold</th><th>left out</th><th>verdict</th></tr>
 {rows}</table>
 <p>median (p10 to p90, nearest rank) of the boots that measure the figure. Change: the median
-of the paired hosts' changes, else the candidate median minus the baseline median. Hover a
-threshold for its rule. Left out: boots with a value that cannot measure the figure
-(listed below).</p>
+of the paired hosts' changes, else the candidate median minus the baseline median; where any
+increase matters (leaked, freed below 1 MiB, anomalies), the largest change on a host, else
+of the highest value. Hover a threshold for its rule. Left out: boots with a value that
+cannot measure the figure (listed below).</p>
 <h2>Every boot</h2>
 <p class="key"><span style="background:{BASELINE_COLOR}"></span> baseline
 <span style="background:{CANDIDATE_COLOR}"></span> candidate; a hollow point is a boot left

@@ -18,8 +18,8 @@ populations are compared (the change is candidate median minus baseline median).
 **Thresholds.** A change within the threshold is ``same``: the larger of an absolute one
 (default 1 MiB) and a relative one (default 2 % of the baseline median). Figures where
 any increase matters (leaked bytes, memory freed below 1 MiB, anomalies) use 0, and
-regress when any paired host got worse or, between populations, when the candidate's
-highest value exceeds the baseline's. Whether a change is a regression or an improvement
+their change is the largest one: on a host, when paired (one leaking host of three is
+a regression), else between the sides' highest values. Whether a change is a regression or an improvement
 depends on the figure's direction; figures the kernel does not decide alone (the
 firmware's total, memory below 1 MiB as the firmware laid it out) are only ``changed``.
 
@@ -201,31 +201,37 @@ def _figure(fig: Figure, sides: Sides,
         "strict": fig.strict, "baseline": stats["baseline"], "candidate": stats["candidate"],
         "left_out": {s: left for s, (_, left) in counted.items()},
         "threshold": threshold, "threshold_rule": rule,
-        "mode": None, "hosts": None, "delta": None, "delta_pct": None, "verdict": "unknown",
+        "mode": None, "hosts": None, "statistic": None, "delta": None, "delta_pct": None,
+        "verdict": "unknown", "small_n": None,
     }
     if paired and 2 * len(paired) >= len(host_b.keys() | host_c.keys()):
         changes = [host_c[h] - host_b[h] for h in paired]
         each = Counter(_direction(fig, d, threshold) for d in changes)
-        worse = each["regression"]
-        better = each["improvement"]
-        delta = statistics.median(changes)
-        verdict = _direction(fig, delta, threshold)
-        if fig.strict and worse:
-            verdict = "regression"
-        elif fig.strict and better and verdict == "same":
-            verdict = "improvement"
-        out.update(mode="paired", delta=delta, verdict=verdict,
+        worse, better = each["regression"], each["improvement"]
+        if fig.strict:  # any host's increase matters: the largest change is the one told
+            up = fig.better == "lower"
+            delta = (max(changes) if up else min(changes)) if worse else \
+                (min(changes) if up else max(changes)) if better else statistics.median(changes)
+            verdict = "regression" if worse else "improvement" if better else "same"
+            statistic = "largest change on a host"
+        else:
+            delta = statistics.median(changes)
+            verdict = _direction(fig, delta, threshold)
+            statistic = "median change per host"
+        out.update(mode="paired", delta=delta, verdict=verdict, statistic=statistic,
                    hosts={"paired": len(paired), "worse": worse, "better": better,
                           "changed": each["changed"], "same": each["same"],
                           "unpaired": len(host_b.keys() ^ host_c.keys())})
         n: int = len(paired)
     elif b is not None and c is not None:
-        delta = c - b
-        verdict = _direction(fig, delta, threshold)
-        if fig.strict and verdict == "same":
-            top = stats["candidate"]["max"] - stats["baseline"]["max"]  # type: ignore[operator]
-            verdict = _direction(fig, top, threshold)
-        out.update(mode="populations", delta=delta, verdict=verdict)
+        if fig.strict:  # the candidate's highest value against the baseline's
+            delta = stats["candidate"]["max"] - stats["baseline"]["max"]  # type: ignore[operator]
+            statistic = "change of the highest value"
+        else:
+            delta = c - b
+            statistic = "change of the median"
+        out.update(mode="populations", delta=delta, verdict=_direction(fig, delta, threshold),
+                   statistic=statistic)
         n = min(int(stats["baseline"]["n"] or 0), int(stats["candidate"]["n"] or 0))
     else:
         return out
@@ -341,15 +347,16 @@ def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
             h = f["hosts"]
             count = h["worse"] if f["verdict"] == "regression" else h["better"] \
                 if f["verdict"] == "improvement" else h["changed"]
-            return (f"{_num(f['delta'], f['unit'])} median change per host, "
+            return (f"{_num(f['delta'], f['unit'])} {f['statistic']}, "
                     f"{count} of {h['paired']} paired hosts; {thr}")
-        return (f"{_num(f['delta'], f['unit'])} between the medians "
+        return (f"{_num(f['delta'], f['unit'])} {f['statistic']} "
                 f"({f['baseline']['n']} → {f['candidate']['n']} boots); {thr}")
 
     out = [f"{f['name']} regressed: {how(f)}" for f in figures if f["verdict"] == "regression"]
     for code in anomalies["new_kernel"]:
+        n = anomalies["candidate"][code]
         out.append(f"new anomaly on the candidate: {code} "
-                   f"(on {anomalies['candidate'][code]} boots, on none of the baseline's)")
+                   f"(on {n} boot{'s' if n > 1 else ''}, on none of the baseline's)")
     out += [f"{f['name']} improved: {how(f)}" for f in figures if f["verdict"] == "improvement"]
     if anomalies["gone"]:
         out.append(f"anomalies gone on the candidate: {', '.join(anomalies['gone'])}")
