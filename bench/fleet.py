@@ -27,6 +27,7 @@ from typing import Any
 from memledger.store.compare import FIGURES
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.ingest import prepare
+from memledger.store.measures import measures, reasons
 from memledger.store.migrate import upgrade
 from memledger.store.schema import boots, hosts, ledger_documents, ledgers
 from sqlalchemy import insert
@@ -45,7 +46,7 @@ class Fleet:
     boots: int
     hosts: int
     releases: dict[str, int]            # release → boots
-    values: list[tuple[str, dict[str, Any]]]  # (release, ledger columns) per boot
+    values: list[tuple[str, dict[str, Any]]]  # (release, ledger columns and "why") per boot
 
 
 def _templates(work: Path) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
@@ -93,7 +94,8 @@ def populate(url: str, work: Path, seed: int, n: int = 100_000, per_host: int = 
                 ledger_rows.append({**{k: v for k, v in ledger.items() if k != "document"},
                                     "boot_pk": i + 1, "computed_at": when})
                 doc_rows.append({"boot_pk": i + 1, "document": ledger["document"]})
-                values.append((release, {f.key: ledger[f.key] for f in FIGURES}))
+                why = reasons(boot["efi"], boot["efi_debug"], boot["kexec"], boot["log_complete"])
+                values.append((release, {**{f.key: ledger[f.key] for f in FIGURES}, "why": why}))
             conn.execute(insert(boots), boot_rows)
             conn.execute(insert(ledgers), ledger_rows)
             conn.execute(insert(ledger_documents), doc_rows)
@@ -115,10 +117,12 @@ def populate(url: str, work: Path, seed: int, n: int = 100_000, per_host: int = 
 
 
 def expected_side(fleet: Fleet, selector: str) -> dict[str, tuple[int, float | None]]:
-    """(boots where known, median) of every figure over the boots ``selector`` matches."""
+    """(boots where known, median) of every figure over the boots ``selector`` matches
+    that measure it (store/measures.py's rules, applied to the boot columns written)."""
     out = {}
     for f in FIGURES:
         known = [v[f.key] for r, v in fleet.values
-                 if fnmatch.fnmatchcase(r, selector) and v[f.key] is not None]
+                 if fnmatch.fnmatchcase(r, selector) and v[f.key] is not None
+                 and measures(f.name, v["why"])]
         out[f.name] = (len(known), statistics.median(known) if known else None)
     return out

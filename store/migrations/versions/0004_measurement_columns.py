@@ -33,12 +33,12 @@ def _backfill() -> None:
     docs = sa.Table('ledger_documents', meta, autoload_with=conn)
     rows = conn.execute(sa.select(docs.c.boot_pk, docs.c.document)).all()
     for pk, doc in rows:
-        kernel, fw, fid = doc["kernel"], doc["firmware"], doc["fidelity"]
+        kernel, fw, fid = (doc.get(k) or {} for k in ("kernel", "firmware", "fidelity"))
         kexec = kernel.get("kexec")
         if kexec is None and (kernel.get("loader") == "kexec" or kernel.get("kdump")):
             kexec = True
         dmi = fw.get("dmi") or {}
-        codes = sorted({a["code"] for a in doc["anomalies"]})
+        codes = sorted({a["code"] for a in doc.get("anomalies") or []})
         conn.execute(sa.update(boots).where(boots.c.id == pk).values(
             efi_debug=fid.get("efi_debug"), kexec=kexec, log_complete=fid.get("log_complete"),
             firmware_vendor=vendor_name(dmi.get("bios_vendor") or fw.get("efi_vendor"))))
