@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from capturegen import BOOT_NAMES, BOOTS, machine_id, make_capture
+from capturegen import BOOT_NAMES, BOOTS, boot_id, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.exporters.report import BASELINE_COLOR, CANDIDATE_COLOR
 from memledger.store.db import make_engine, resolve_url
@@ -171,6 +171,24 @@ def test_an_efi_debug_boot_is_no_measurement_of_reclaim(tmp_path: Path) -> None:
     # Counted anyway, it is the regression it was.
     code, d = _json(db, "--baseline", OLD, "--candidate", NEW, "--include-all")
     assert code == 1 and "kept" in d["regressions"]
+
+
+def test_every_format_names_the_boots_left_out_and_the_pairs(tmp_path: Path) -> None:
+    db = _store_of(tmp_path, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)])
+    efidebug = boot_id(3, 2)[:8]
+    args = ["compare", "--db", db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64"]
+    table = run_cli(*args)
+    assert table.returncode == 1 and table.stdout.startswith("verdict: regression\n- leaked regressed:")
+    text = " ".join(table.stdout.split())  # rich wraps at 80 columns
+    assert (f"left out (baseline): host-3 boot {efidebug} 6.1.0-56-amd64, of reclaimed, kept, "
+            "leaked, low_freed, anomalies: efi=debug keeps every boot-services page by design") in text
+    leak = _kernel_leak(ROLLOUT[0][0]) / (1 << 20)
+    assert re.search(rf"host-1 +0\.0 → {leak:.1f} ", table.stdout)
+    md = run_cli(*args, "--format", "markdown").stdout.splitlines()
+    assert md[2] == "**Verdict: regression**" and md[4].startswith("- leaked regressed:")
+    assert f"- left out (baseline): host-3 boot {efidebug} 6.1.0-56-amd64, of reclaimed, kept, " \
+        "leaked, low_freed, anomalies: efi=debug keeps every boot-services page by design" in md
+    assert any(ln.startswith(f"| host-1 | 0.0 → {leak:.1f} |") for ln in md)
 
 
 def test_one_name_per_firmware_vendor(store: str) -> None:
