@@ -142,7 +142,9 @@ def _context_lines(c: Comparison) -> list[str]:
 
 
 def to_json(c: Comparison) -> str:
-    return json.dumps(c.as_dict(), indent=2, default=str)
+    """One line (json's C encoder: 15 000 paired hosts take 0.1 s, not the 1 s that
+    indenting costs); ``jq .`` indents it."""
+    return json.dumps(c.as_dict(), default=str) + "\n"
 
 
 def to_markdown(c: Comparison) -> str:

@@ -9,11 +9,12 @@ A selector is a kernel release or a shell glob (``6.12.*``), narrowed by ``where
 kept or leaked; a BIOS boot for no EFI figure; and so on. Every boot left out of a
 figure is listed with its reasons; ``include_all`` counts them anyway.
 
-**Pairs.** A host that booted both kernels is its own control: when the hosts with a
-figure on both sides are at least half of all the hosts with that figure, the figure is
-compared host by host (each host's median on each side; the change is the median of the
-hosts' changes, and each host is worse, better or the same). Otherwise the two
-populations are compared (the change is candidate median minus baseline median).
+**Pairs.** A host that booted both kernels is its own control: when the hosts that
+booted both sides are at least half of all the hosts, each figure is compared host by
+host over the paired hosts that have it on both sides (each host's median on each side;
+the change is the median of the hosts' changes, and each host is worse, better or the
+same). Otherwise, or for a figure no paired host has on both sides, the two populations
+are compared (the change is candidate median minus baseline median).
 
 **Thresholds.** A change within the threshold is ``same``: the larger of an absolute one
 (default 1 MiB) and a relative one (default 2 % of the baseline median). Figures where
@@ -36,7 +37,6 @@ from __future__ import annotations
 import fnmatch
 import statistics
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,8 +52,32 @@ __all__ = ("FIGURES", "SMALL_N", "WHERE_KEYS", "Comparison", "Figure", "Threshol
 Better = Literal["higher", "lower", "neutral"]
 WHERE_KEYS = ("firmware_version", "firmware_vendor", "product")
 SMALL_N = 5
-# Each side's boots, and why each may not measure some figures (store/measures.py).
-Sides = dict[str, tuple[list[Row[Any]], list[tuple[str, ...]]]]
+
+
+@dataclass(slots=True)
+class _Side:
+    """One side's boots as rows and as columns (name → values in row order), and why each
+    boot may not measure some figures (store/measures.py)."""
+
+    rows: list[Row[Any]]
+    cols: dict[str, tuple[Any, ...]]
+    whys: list[tuple[str, ...]]
+    by_host: dict[str, list[int]] = field(init=False)  # machine id → its boots' rows
+
+    def __post_init__(self) -> None:
+        self.by_host = {}
+        for i, mid in enumerate(self.cols["machine_id"]):
+            if (at := self.by_host.get(mid)) is None:
+                self.by_host[mid] = [i]
+            else:
+                at.append(i)
+
+    def counts(self, figure: str, include_all: bool) -> dict[tuple[str, ...], bool]:
+        """Whether each distinct ``why`` of this side counts for ``figure``."""
+        return {w: include_all or measures(figure, w) for w in set(self.whys)}
+
+
+Sides = dict[str, _Side]
 # What else may differ between the sides, besides the kernel.
 CONTEXT = ("firmware_vendor", "firmware_version", "product", "cmdline", "memory")
 
@@ -132,6 +156,14 @@ class Comparison:
                 "differences": self.differences}
 
 
+# What compare reads of each boot, and the table each column is in.
+_COLUMNS = ("kernel_release", "machine_id", "hostname", "boot_id", "captured_at", "efi",
+            "efi_debug", "kexec", "log_complete", "firmware_vendor", "firmware_version",
+            "product", "cmdline", "memory_bytes", "anomaly_codes", *(f.key for f in FIGURES))
+_TABLE = {name: hosts if name in ("machine_id", "hostname") else
+          ledgers if name in ledgers.c else boots for name in _COLUMNS}
+
+
 def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[list[str], list[Row[Any]]]:
     """The releases a selector matches, and their boots (release, host, boot id, what
     decides which figures they measure, their context, and :data:`FIGURES` by column
@@ -142,11 +174,7 @@ def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[
                            if r is not None and fnmatch.fnmatchcase(r, selector)})
         if not releases:
             return [], []
-        q = (select(boots.c.kernel_release, hosts.c.machine_id, hosts.c.hostname, boots.c.boot_id,
-                    boots.c.captured_at, boots.c.efi, boots.c.efi_debug, boots.c.kexec,
-                    boots.c.log_complete, boots.c.firmware_vendor, boots.c.firmware_version,
-                    boots.c.product, boots.c.cmdline, ledgers.c.memory_bytes,
-                    ledgers.c.anomaly_codes, *(ledgers.c[f.key] for f in FIGURES))
+        q = (select(*(_TABLE[name].c[name] for name in _COLUMNS))
              .join(ledgers, ledgers.c.boot_pk == boots.c.id)
              .join(hosts, hosts.c.id == boots.c.host_id)
              .where(boots.c.kernel_release.in_(releases)))
@@ -156,20 +184,25 @@ def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[
     return releases, rows
 
 
-def _counted(fig: Figure, rows: Sequence[Row[Any]], whys: Sequence[tuple[str, ...]],
-             include_all: bool) -> tuple[list[tuple[str, float]], int]:
-    """(machine id, value) of the boots that count for ``fig``, and how many boots with a
-    known value were left out."""
-    out, left = [], 0
-    for row, why in zip(rows, whys, strict=True):
-        value = row._mapping[fig.key]
-        if value is None:
-            continue
-        if include_all or measures(fig.name, why):
-            out.append((row.machine_id, value))
-        else:
-            left += 1
-    return out, left
+def _counted(fig: Figure, side: _Side, include_all: bool) -> tuple[list[float], int]:
+    """The values of the boots that count for ``fig``, and how many boots with a known
+    value were left out."""
+    ok = side.counts(fig.name, include_all)
+    known = [(v, w) for v, w in zip(side.cols[fig.key], side.whys, strict=True) if v is not None]
+    values = [v for v, w in known if ok[w]]
+    return values, len(known) - len(values)
+
+
+def _by_host(fig: Figure, side: _Side, include_all: bool, hosts: list[str]) -> dict[str, float]:
+    """Each host's median of the values that count for ``fig`` (hosts with none left out)."""
+    ok = side.counts(fig.name, include_all)
+    col, whys = side.cols[fig.key], side.whys
+    out: dict[str, float] = {}
+    for mid in hosts:
+        vs = [col[i] for i in side.by_host[mid] if col[i] is not None and ok[whys[i]]]
+        if vs:
+            out[mid] = vs[0] if len(vs) == 1 else statistics.median(vs)
+    return out
 
 
 def _direction(fig: Figure, delta: float, threshold: float) -> str:
@@ -181,20 +214,17 @@ def _direction(fig: Figure, delta: float, threshold: float) -> str:
     return "regression" if worse else "improvement"
 
 
-def _by_host(values: list[tuple[str, float]]) -> dict[str, float]:
-    grouped: dict[str, list[float]] = {}
-    for mid, v in values:
-        grouped.setdefault(mid, []).append(v)
-    return {mid: statistics.median(vs) for mid, vs in grouped.items()}
-
-
-def _figure(fig: Figure, sides: Sides,
-            thresholds: Thresholds, include_all: bool) -> dict[str, Any]:
-    counted = {s: _counted(fig, rows, whys, include_all) for s, (rows, whys) in sides.items()}
-    stats = {s: summary(v for _, v in vals) for s, (vals, _) in counted.items()}
+def _figure(fig: Figure, sides: Sides, thresholds: Thresholds, include_all: bool,
+            hosts: list[str],
+            per_host: dict[str, tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
+    """The figure's comparison, host by host over ``hosts`` (the hosts to pair, or none);
+    ``per_host`` gets those hosts' medians on each side."""
+    counted = {s: _counted(fig, side, include_all) for s, side in sides.items()}
+    stats = {s: summary(vals) for s, (vals, _) in counted.items()}
     b, c = stats["baseline"]["median"], stats["candidate"]["median"]
     threshold, rule = thresholds.for_figure(fig, b)
-    host_b, host_c = _by_host(counted["baseline"][0]), _by_host(counted["candidate"][0])
+    host_b, host_c = (_by_host(fig, sides[s], include_all, hosts) for s in ("baseline", "candidate"))
+    per_host[fig.name] = (host_b, host_c)
     paired = sorted(host_b.keys() & host_c.keys())
     out: dict[str, Any] = {
         "name": fig.name, "label": fig.label, "unit": fig.unit, "better": fig.better,
@@ -204,7 +234,7 @@ def _figure(fig: Figure, sides: Sides,
         "mode": None, "hosts": None, "statistic": None, "delta": None, "delta_pct": None,
         "verdict": "unknown", "small_n": None,
     }
-    if paired and 2 * len(paired) >= len(host_b.keys() | host_c.keys()):
+    if paired:
         changes = [host_c[h] - host_b[h] for h in paired]
         each = Counter(_direction(fig, d, threshold) for d in changes)
         worse, better = each["regression"], each["improvement"]
@@ -220,8 +250,7 @@ def _figure(fig: Figure, sides: Sides,
             statistic = "median change per host"
         out.update(mode="paired", delta=delta, verdict=verdict, statistic=statistic,
                    hosts={"paired": len(paired), "worse": worse, "better": better,
-                          "changed": each["changed"], "same": each["same"],
-                          "unpaired": len(host_b.keys() ^ host_c.keys())})
+                          "changed": each["changed"], "same": each["same"]})
         n: int = len(paired)
     elif b is not None and c is not None:
         if fig.strict:  # the candidate's highest value against the baseline's
@@ -240,15 +269,14 @@ def _figure(fig: Figure, sides: Sides,
     return out
 
 
-def _anomalies(sides: Sides,
-               include_all: bool) -> dict[str, Any]:
+def _anomalies(sides: Sides, include_all: bool) -> dict[str, Any]:
     """Each side's anomaly codes on its measuring boots (boots with each), and the codes
     new on the candidate or gone from it."""
     seen: dict[str, Counter[str]] = {}
-    for side, (rows, whys) in sides.items():
-        seen[side] = Counter(code for row, why in zip(rows, whys, strict=True)
-                             if include_all or measures("anomalies", why)
-                             for code in (row.anomaly_codes or "").split())
+    for name, side in sides.items():
+        ok = side.counts("anomalies", include_all)
+        seen[name] = Counter(code for codes, why in zip(side.cols["anomaly_codes"], side.whys, strict=True)
+                             if codes and ok[why] for code in codes.split())
     new = sorted(seen["candidate"].keys() - seen["baseline"].keys())
     gone = sorted(seen["baseline"].keys() - seen["candidate"].keys())
     return {"baseline": dict(sorted(seen["baseline"].items())),
@@ -258,12 +286,12 @@ def _anomalies(sides: Sides,
             "gone": gone}
 
 
-def _memory(row: Row[Any]) -> str | None:
+def _memory(memory_bytes: int | None) -> str | None:
     """RAM the kernel saw, to the nearest quarter GiB (a kernel's own reservations move
     the exact figure by a few MiB)."""
-    if row.memory_bytes is None:
+    if memory_bytes is None:
         return None
-    return f"{round(row.memory_bytes / (1 << 28)) / 4:g} GiB"
+    return f"{round(memory_bytes / (1 << 28)) / 4:g} GiB"
 
 
 def _differences(sides: Sides) -> dict[str, dict[str, dict[str, int]]]:
@@ -272,45 +300,37 @@ def _differences(sides: Sides) -> dict[str, dict[str, dict[str, int]]]:
     out: dict[str, dict[str, dict[str, int]]] = {}
     for attr in CONTEXT:
         got = {}
-        for side, (rows, _) in sides.items():
-            values = (_memory(r) if attr == "memory" else r._mapping[attr] for r in rows)
-            got[side] = dict(sorted(Counter("unknown" if v is None else str(v)
-                                            for v in values).items()))
+        for name, side in sides.items():
+            raw = Counter(side.cols["memory_bytes" if attr == "memory" else attr])
+            values: Counter[str] = Counter()
+            for value, n in raw.items():  # distinct values only: a handful
+                value = _memory(value) if attr == "memory" else value
+                values["unknown" if value is None else str(value)] += n
+            got[name] = dict(sorted(values.items()))
         if got["baseline"].keys() != got["candidate"].keys():
             out[attr] = got
     return out
 
 
-def _pairs(sides: Sides,
-           figures: list[dict[str, Any]], include_all: bool) -> list[dict[str, Any]]:
-    """Every host with boots on both sides: its counted values per figure, before and
-    after."""
-    by_host: dict[str, dict[str, list[tuple[Row[Any], tuple[str, ...]]]]] = {}
-    for side, (rows, whys) in sides.items():
-        for r, why in zip(rows, whys, strict=True):
-            by_host.setdefault(r.machine_id, {}).setdefault(side, []).append((r, why))
+def _pairs(sides: Sides, figures: list[dict[str, Any]], hosts: list[str],
+           per_host: dict[str, tuple[dict[str, float], dict[str, float]]]) -> list[dict[str, Any]]:
+    """Each paired host: its counted values per figure (its median on each side), before
+    and after."""
     out = []
-    for mid in sorted(by_host):
-        got = by_host[mid]
-        if len(got) < 2:
-            continue
+    for mid in hosts:
+        first = sides["baseline"].by_host[mid][0]
         entry: dict[str, Any] = {
-            "machine_id": mid,
-            "hostname": got["baseline"][0][0].hostname or got["candidate"][0][0].hostname,
-            "boots": {s: len(got[s]) for s in ("baseline", "candidate")}, "figures": {}}
+            "machine_id": mid, "hostname": sides["baseline"].cols["hostname"][first],
+            "boots": {s: len(sides[s].by_host[mid]) for s in ("baseline", "candidate")},
+            "figures": {}}
         for fig, summary_ in zip(FIGURES, figures, strict=True):
-            vals = {}
-            for s in ("baseline", "candidate"):
-                known = [r._mapping[fig.key] for r, why in got[s]
-                         if r._mapping[fig.key] is not None
-                         and (include_all or measures(fig.name, why))]
-                vals[s] = statistics.median(known) if known else None
-            if vals["baseline"] is None and vals["candidate"] is None:
+            host_b, host_c = per_host[fig.name]
+            before, after = host_b.get(mid), host_c.get(mid)
+            if before is None and after is None:
                 continue
-            change = (vals["candidate"] - vals["baseline"]
-                      if vals["baseline"] is not None and vals["candidate"] is not None else None)
+            change = after - before if before is not None and after is not None else None
             entry["figures"][fig.name] = {
-                **vals, "delta": change,
+                "baseline": before, "candidate": after, "delta": change,
                 "verdict": "unknown" if change is None
                 else _direction(fig, change, summary_["threshold"])}
         out.append(entry)
@@ -319,11 +339,11 @@ def _pairs(sides: Sides,
 
 def _left_out(sides: Sides) -> list[dict[str, Any]]:
     out = []
-    for side, (rows, whys) in sides.items():
-        for r, why in zip(rows, whys, strict=True):
+    for name, side in sides.items():
+        for r, why in zip(side.rows, side.whys, strict=True):
             if not why:
                 continue
-            out.append({"side": side, "machine_id": r.machine_id, "hostname": r.hostname,
+            out.append({"side": name, "machine_id": r.machine_id, "hostname": r.hostname,
                         "boot_id": r.boot_id, "kernel_release": r.kernel_release,
                         "reasons": list(why), "why": [REASONS[w] for w in why],
                         "figures": [f.name for f in FIGURES if not measures(f.name, why)]})
@@ -338,7 +358,8 @@ def _num(value: float, unit: str) -> str:
 
 
 def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
-             left_out: list[dict[str, Any]], include_all: bool) -> list[str]:
+             left_out: list[dict[str, Any]], include_all: bool, both: int, every: int,
+             pairing: bool) -> list[str]:
     """The verdict's reasons: regressions first, then anomalies, improvements, changes,
     what could not be compared, small samples and the boots left out."""
     def how(f: dict[str, Any]) -> str:
@@ -365,6 +386,9 @@ def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
     if anomalies["new_capture"]:
         out.append("new on the candidate, about the capture rather than the kernel: "
                    + ", ".join(anomalies["new_capture"]))
+    if both and not pairing:
+        out.append(f"not paired: {both} of {every} hosts booted both sides (fewer than half); "
+                   "the two populations are compared")
     unknown = [f["name"] for f in figures if f["verdict"] == "unknown"]
     if unknown:
         out.append(f"not compared (no measuring boot on one side): {', '.join(unknown)}")
@@ -390,15 +414,24 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
     # Why each boot may not measure a figure: one small tuple per distinct state.
     memo: dict[tuple[Any, ...], tuple[str, ...]] = {}
     sides: Sides = {}
-    for side, (_, rows) in selected.items():
+    for name, (_, rows) in selected.items():
+        # Rows to columns: 100 000 rows transposed in C, not a dict per row.
+        cols = dict(zip(_COLUMNS, zip(*rows, strict=True), strict=True)) if rows \
+            else dict.fromkeys(_COLUMNS, ())
         whys = []
-        for r in rows:
-            state = (r.efi, r.efi_debug, r.kexec, r.log_complete)
+        for state in zip(cols["efi"], cols["efi_debug"], cols["kexec"], cols["log_complete"],
+                         strict=True):
             if state not in memo:
                 memo[state] = reasons(*state)
             whys.append(memo[state])
-        sides[side] = (rows, whys)
-    figures = [_figure(fig, sides, thresholds, include_all) for fig in FIGURES]
+        sides[name] = _Side(rows, cols, whys)
+    # Hosts that booted both sides are compared with themselves when they are at least
+    # half of all the hosts; else the two populations are compared.
+    both = sides["baseline"].by_host.keys() & sides["candidate"].by_host.keys()
+    every = sides["baseline"].by_host.keys() | sides["candidate"].by_host.keys()
+    pairing = sorted(both) if both and 2 * len(both) >= len(every) else []
+    per_host: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    figures = [_figure(fig, sides, thresholds, include_all, pairing, per_host) for fig in FIGURES]
     anomalies = _anomalies(sides, include_all)
     left_out = _left_out(sides)
     verdicts = {f["verdict"] for f in figures}
@@ -415,6 +448,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
                    "hosts": len({r.machine_id for r in selected[side][1]})}
             for side, sel in (("baseline", baseline), ("candidate", candidate))}
     return Comparison(meta["baseline"], meta["candidate"], figures, verdict,
-                      _reasons(figures, anomalies, left_out, include_all), left_out,
-                      _pairs(sides, figures, include_all), anomalies, _differences(sides),
-                      include_all, {s: rows for s, (rows, _) in sides.items()})
+                      _reasons(figures, anomalies, left_out, include_all, len(both), len(every),
+                               bool(pairing)), left_out,
+                      _pairs(sides, figures, pairing, per_host), anomalies, _differences(sides),
+                      include_all, {name: side.rows for name, side in sides.items()})

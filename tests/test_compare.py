@@ -132,8 +132,7 @@ def test_a_host_that_booted_both_kernels_is_compared_with_itself(tmp_path: Path)
     assert code == 1 and d["verdict"] == "regression"
     leaked = {f["name"]: f for f in d["figures"]}["leaked"]
     assert leaked["mode"] == "paired"
-    assert leaked["hosts"] == {"paired": 2, "worse": 1, "better": 0, "changed": 0, "same": 1,
-                               "unpaired": 0}
+    assert leaked["hosts"] == {"paired": 2, "worse": 1, "better": 0, "changed": 0, "same": 1}
     assert leaked["delta"] == leak_2g  # any increase matters: the largest host's change
     assert leaked["verdict"] == "regression" and leaked["threshold"] == 0
     assert "leaked" in d["regressions"] and "anomaly:leak" in d["regressions"]
@@ -147,6 +146,20 @@ def test_a_host_that_booted_both_kernels_is_compared_with_itself(tmp_path: Path)
     code, d = _json(db, "--baseline", "5.10.0-32-amd64", "--candidate", "6.1.0-56-amd64")
     assert code == 0 and d["verdict"] == "improvement"
     assert "leak" in d["anomalies"]["gone"]
+
+
+def test_populations_are_compared_when_too_few_hosts_booted_both(tmp_path: Path) -> None:
+    """Two of five hosts booted both kernels: too few to stand for the fleet."""
+    db = _store_of(tmp_path, [*ROLLOUT, *((f"5.10.0-32-amd64-{c}", h, 1)
+                                        for h, c in ((5, "default"), (6, "mem8g"), (7, "default")))])
+    code, d = _json(db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64")
+    assert d["pairs"] == [] and {f["mode"] for f in d["figures"]} <= {"populations", None}
+    assert "not paired: 2 of 5 hosts booted both sides (fewer than half); the two populations " \
+        "are compared" in d["reasons"]
+    leaked = {f["name"]: f for f in d["figures"]}["leaked"]
+    # Any increase matters: the candidate's highest leak against the baseline's (none).
+    assert code == 1 and leaked["delta"] == _kernel_leak(ROLLOUT[0][0])
+    assert (leaked["baseline"]["n"], leaked["candidate"]["n"]) == (2, 5)
 
 
 def test_an_efi_debug_boot_is_no_measurement_of_reclaim(tmp_path: Path) -> None:
