@@ -23,6 +23,8 @@ examples:
         --where product='Standard PC (Q35 + ICH9, 2009)' --format markdown
     memledger compare --baseline 6.1.0-47-amd64 --candidate 6.12.117+deb12-amd64 \\
         --threshold reclaimed=8MiB --format html -o report.html
+    memledger compare --baseline '6.1.*' --candidate 5.10.0-32-amd64 \\
+        --where firmware_vendor='EDK II' --include-all --format json | jq .verdict
 \b
 exit status: 0 no regression, 1 a regression, 2 bad input
 """

@@ -20,9 +20,10 @@ are compared (the change is candidate median minus baseline median).
 (default 1 MiB) and a relative one (default 2 % of the baseline median). Figures where
 any increase matters (leaked bytes, memory freed below 1 MiB, anomalies) use 0, and
 their change is the largest one: on a host, when paired (one leaking host of three is
-a regression), else between the sides' highest values. Whether a change is a regression or an improvement
-depends on the figure's direction; figures the kernel does not decide alone (the
-firmware's total, memory below 1 MiB as the firmware laid it out) are only ``changed``.
+a regression), else between the sides' highest values. Whether a change is a regression
+or an improvement depends on the figure's direction; figures the kernel does not decide
+alone (the firmware's total, memory below 1 MiB as the firmware laid it out) are only
+``changed``.
 
 **Anomalies.** A kernel anomaly code (a leak, memory freed below 1 MiB, …) found on the
 candidate's measuring boots and on none of the baseline's is a regression; new codes
