@@ -29,6 +29,7 @@ _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "changed": "
                   "same": "dim", "unknown": "dim", "no change": "bold"}
 _UNITS = {f.name: f.unit for f in FIGURES}
 _BOOT_ROWS = 500  # the HTML lists at most this many boots a side
+_RASTER = 1000  # points of one side in one plot drawn as SVG elements, at most
 
 
 def _num(value: float | None, unit: str, signed: bool = False) -> str:
@@ -192,10 +193,13 @@ def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
                                                              r.log_complete))
             (counted if ok else left).append(value / scale)
         jitter = [((i * 7) % 11 - 5) * 0.025 for i in range(max(len(counted), len(left)))]
+        # Thousands of points as SVG elements would make a fleet's report hundreds of MB:
+        # past _RASTER points a side's points are one embedded image.
+        raster = len(counted) + len(left) > _RASTER
         ax.scatter(counted, [y + j for j in jitter[:len(counted)]], s=36, color=color,
-                   edgecolor="#222222", linewidths=0.5, zorder=3)
+                   edgecolor="#222222", linewidths=0.5, zorder=3, rasterized=raster)
         ax.scatter(left, [y + j for j in jitter[:len(left)]], s=36, facecolors="none",
-                   edgecolors=color, linewidths=1.2, zorder=3)
+                   edgecolors=color, linewidths=1.2, zorder=3, rasterized=raster)
         if counted:
             med = statistics.median(counted)
             ax.plot([med, med], [y - 0.3, y + 0.3], color=color, linewidth=3, zorder=2)
