@@ -66,6 +66,10 @@ def test_compare_shows_the_real_difference(store: str) -> None:
     assert rec["baseline"]["median"] == statistics.median(old)
     assert rec["candidate"]["median"] == statistics.median(new)
     assert rec["delta"] == statistics.median(new) - statistics.median(old)
+    # p10 and p90 are values some boot had (nearest rank), never between two boots.
+    for side, printed in (("baseline", old), ("candidate", new)):
+        assert {rec[side]["p10"], rec[side]["p90"]} <= set(printed), (rec[side], printed)
+        assert rec[side]["p10"] == sorted(printed)[0] and rec[side]["p90"] == sorted(printed)[-1]
     assert rec["verdict"] == "improvement"
     total = figs["total"]
     assert total["candidate"]["median"] > total["baseline"]["median"]
