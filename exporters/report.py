@@ -15,7 +15,6 @@ import statistics
 from typing import Any
 
 from memledger.store.compare import FIGURES, Comparison
-from memledger.store.measures import measures, reasons
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -185,13 +184,10 @@ def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
                                        ("baseline", BASELINE_COLOR))):
         counted: list[float] = []
         left: list[float] = []
-        for r in c.rows[side]:
+        for r, ok in c.counted(side, fig_name):
             value = r._mapping[key]
-            if value is None:
-                continue
-            ok = c.include_all or measures(fig_name, reasons(r.efi, r.efi_debug, r.kexec,
-                                                             r.log_complete))
-            (counted if ok else left).append(value / scale)
+            if value is not None:
+                (counted if ok else left).append(value / scale)
         jitter = [((i * 7) % 11 - 5) * 0.025 for i in range(max(len(counted), len(left)))]
         # Thousands of points as SVG elements would make a fleet's report hundreds of MB:
         # past _RASTER points a side's points are one embedded image.
@@ -224,7 +220,7 @@ def _tri(value: bool | None, yes: str, no: str) -> str:
 
 
 def _boots_table(c: Comparison, side: str) -> str:
-    rows = sorted(c.rows[side], key=lambda r: (r.kernel_release or "", r.hostname or "",
+    rows = sorted(c.rows(side), key=lambda r: (r.kernel_release or "", r.hostname or "",
                                                r.machine_id, str(r.captured_at)))
     body = "".join(
         f"<tr><td>{_e(r.hostname or r.machine_id[:12])}</td><td>{_e(r.boot_id[:8])}</td>"

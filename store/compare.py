@@ -64,8 +64,10 @@ class _Side:
     cols: dict[str, tuple[Any, ...]]
     whys: list[tuple[str, ...]]
     by_host: dict[str, list[int]] = field(init=False)  # machine id → its boots' rows
+    kinds: set[tuple[str, ...]] = field(init=False)  # the distinct whys: a handful
 
     def __post_init__(self) -> None:
+        self.kinds = set(self.whys)
         self.by_host = {}
         for i, mid in enumerate(self.cols["machine_id"]):
             if (at := self.by_host.get(mid)) is None:
@@ -75,7 +77,7 @@ class _Side:
 
     def counts(self, figure: str, include_all: bool) -> dict[tuple[str, ...], bool]:
         """Whether each distinct ``why`` of this side counts for ``figure``."""
-        return {w: include_all or measures(figure, w) for w in set(self.whys)}
+        return {w: include_all or measures(figure, w) for w in self.kinds}
 
 
 Sides = dict[str, _Side]
@@ -140,8 +142,17 @@ class Comparison:
     anomalies: dict[str, Any]
     differences: dict[str, dict[str, dict[str, int]]]
     include_all: bool = False
-    # Each side's boots (store rows), for the report's per-boot views.
-    rows: dict[str, list[Row[Any]]] = field(repr=False, default_factory=dict)
+    # Each side's boots, for the report's per-boot views.
+    sides: Sides = field(repr=False, default_factory=dict)
+
+    def rows(self, side: str) -> list[Row[Any]]:
+        return self.sides[side].rows
+
+    def counted(self, side: str, figure: str) -> list[tuple[Row[Any], bool]]:
+        """Each boot of ``side``, and whether it counted for ``figure``."""
+        s = self.sides[side]
+        ok = s.counts(figure, self.include_all)
+        return [(r, ok[why]) for r, why in zip(s.rows, s.whys, strict=True)]
 
     @property
     def regressions(self) -> list[str]:
@@ -341,13 +352,14 @@ def _pairs(sides: Sides, figures: list[dict[str, Any]], hosts: list[str],
 def _left_out(sides: Sides) -> list[dict[str, Any]]:
     out = []
     for name, side in sides.items():
+        left_of = {why: [f.name for f in FIGURES if not measures(f.name, why)] for why in side.kinds}
         for r, why in zip(side.rows, side.whys, strict=True):
             if not why:
                 continue
             out.append({"side": name, "machine_id": r.machine_id, "hostname": r.hostname,
                         "boot_id": r.boot_id, "kernel_release": r.kernel_release,
                         "reasons": list(why), "why": [REASONS[w] for w in why],
-                        "figures": [f.name for f in FIGURES if not measures(f.name, why)]})
+                        "figures": left_of[why]})
     out.sort(key=lambda d: (d["side"] != "baseline", d["kernel_release"], d["machine_id"], d["boot_id"]))
     return out
 
@@ -452,4 +464,4 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
                       _reasons(figures, anomalies, left_out, include_all, len(both), len(every),
                                bool(pairing)), left_out,
                       _pairs(sides, figures, pairing, per_host), anomalies, _differences(sides),
-                      include_all, {name: side.rows for name, side in sides.items()})
+                      include_all, sides)

@@ -13,10 +13,10 @@ from typing import Any
 
 from daemonrun import wait_for
 
-__all__ = ("Prometheus",)
+__all__ = ("Prometheus", "free_port")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -29,7 +29,7 @@ class Prometheus:
         if binary is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus; "
                                "make test installs it as root)")
-        self.port = _free_port()
+        self.port = free_port()
         cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(r) for r in rules],

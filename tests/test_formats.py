@@ -164,7 +164,7 @@ def test_a_syslog_line_torn_at_a_crash_still_starts_the_next_boot() -> None:
     # The first boot's syslog ends mid-line; the next boot's banner follows on that line.
     boot = [f"2025-03-26T14:43:09.40{i % 10}+00:00 erwin kernel: {m}" for i, (_, _, m) in enumerate(G_LINES)]
     torn = "2025-03-26T14:44:44" + boot[0]
-    boots = split_boots("\n".join([*boot, torn, *boot[1:]]).replace("46912K", "46908K", 1))
+    boots = split_boots("\n".join([*boot, torn, *boot[1:]]))
     assert [(len(b.msgs), b.complete) for b in boots] == [(len(G_LINES), True)] * 2
 
 

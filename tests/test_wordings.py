@@ -160,8 +160,8 @@ def _table(ledger: dict[str, Any]) -> str:
 
 
 def test_the_table_says_what_a_bare_log_cannot_show(tmp_path: Path) -> None:
-    # g predates nothing: it printed its Freeing line. Without it, the table says why the
-    # reclaimed figure is unknown instead of leaving a bare "unknown".
+    # Boot g printed its "Freeing EFI boot services memory" line; taken out, the table must
+    # say why the reclaimed figure is unknown instead of a bare "unknown".
     text = "\n".join(ln for ln in G_TEXT.splitlines() if "Freeing EFI boot services" not in ln)
     (ledger,) = _ledgers(tmp_path, text + "\n")
     table = _table(ledger)

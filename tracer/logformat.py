@@ -363,6 +363,7 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
     bound to locals and a substring test spares most lines the regular expression."""
     pattern = _PATTERNS.get(fmt)
     match = pattern.match if pattern is not None else None
+    search = pattern.search if pattern is not None else None
     marks = fmt in ("journal", "syslog", "syslog-iso")
     has_ts = pattern is not None and "ts" in pattern.groupindex
     inner_ts, caller, banners, reset = _INNER_TS.match, _CALLER.match, _BANNERS, _TS_RESET
@@ -385,9 +386,9 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
         # Most lines of a syslog are other programs': one substring test spares the regex.
         if match is not None and line and (not marks or "kernel" in line):
             m = match(line)
-            if m is None and marks and " kernel:" in line:
+            if m is None and marks and search is not None and " kernel:" in line:
                 # A line torn at a crash: the start of one line, then a whole one.
-                m = pattern.search(line, 1)  # type: ignore[union-attr]
+                m = search(line, 1)
         if m is None and (match is not None or not line or line.isspace()):
             if line and not line.isspace():
                 seg.noise.append(lineno)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ from conftest import MEMLEDGER, qemu_missing, run_cli
 from daemonrun import Daemon, wait_for
 from memledger.exporters.dashboard import expressions
 from memledger.tracer.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
-from promrun import Prometheus
+from promrun import Prometheus, free_port
 
 REPO = Path(__file__).parent.parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -66,12 +65,6 @@ def _missing() -> str | None:
 
 SKIP_REASON = _missing()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def kernel_leak_bytes(root: Path) -> int:
@@ -103,7 +96,7 @@ class Rollout:
         self.fleet_spool = tmp / "fleet-spool"
         self.fleet_spool.mkdir()
         self.fleet = Daemon(tmp, db, self.fleet_spool, "--fleet", "--fleet.refresh", "2s")
-        self.ports = {h: _free_port() for h in HOSTS}
+        self.ports = {h: free_port() for h in HOSTS}
         self.hosts: dict[str, Daemon] = {}
         self.roots: dict[str, dict[str, Path]] = {}
         targets = {h: f"127.0.0.1:{p}" for h, p in self.ports.items()}
