@@ -3,8 +3,9 @@
 SYSTEM_PYTHON ?= /usr/bin/python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# mypy sees the three folders through this symlinked view of the installed layout
-# (memledger.tracer, memledger.store, memledger.exporters).
+# The source folders, each installed as memledger.<folder> (pyproject.toml).
+PACKAGES := tracer ledger store spool exporters cli lab
+# mypy sees the folders through this symlinked view of the installed layout.
 TYPECHECK_ROOT := build/typecheck
 
 # The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
@@ -36,12 +37,12 @@ run: venv
 	@STATE_DIRECTORY=$(RUN_DIR)/state exec $(BIN)/memledger daemon --web.listen-address $(RUN_LISTEN)
 
 lint: venv
-	$(BIN)/ruff check tracer store exporters tests bench
+	$(BIN)/ruff check $(PACKAGES) tests bench
 
 typecheck: venv
 	mkdir -p $(TYPECHECK_ROOT)/memledger
-	for p in tracer store exporters; do ln -sfn ../../../$$p $(TYPECHECK_ROOT)/memledger/$$p; done
-	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy -p memledger.tracer -p memledger.store -p memledger.exporters
+	for p in $(PACKAGES); do ln -sfn ../../../$$p $(TYPECHECK_ROOT)/memledger/$$p; done
+	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy $(addprefix -p memledger.,$(PACKAGES))
 	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy -p bench
 
 unit: venv
@@ -68,7 +69,7 @@ fuzz: venv
 # The modules are byte-compiled first, as pip and dpkg do at install time (this
 # environment sets PYTHONDONTWRITEBYTECODE, so nothing would be cached otherwise).
 bench: venv
-	$(BIN)/python -m compileall -q tracer store exporters bench
+	$(BIN)/python -m compileall -q $(PACKAGES) bench
 	$(BIN)/python -m bench.run
 
 # Re-make tests/fixtures/boots from the cached kernels (kernel output, committed).

@@ -24,10 +24,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from memledger.ledger.measures import measures, reasons
 from memledger.store.compare import FIGURES
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.ingest import prepare
-from memledger.store.measures import measures, reasons
 from memledger.store.migrate import upgrade
 from memledger.store.schema import boots, hosts, ledger_documents, ledgers
 from sqlalchemy import insert
@@ -121,7 +121,7 @@ def populate(url: str, work: Path, seed: int, n: int = 100_000, per_host: int = 
 
 def expected_side(fleet: Fleet, selector: str) -> dict[str, tuple[int, float | None]]:
     """(boots where known, median) of every figure over the boots ``selector`` matches
-    that measure it (store/measures.py's rules, applied to the boot columns written)."""
+    that measure it (ledger/measures.py's rules, applied to the boot columns written)."""
     out = {}
     for f in FIGURES:
         known = [v[f.key] for r, v in fleet.values

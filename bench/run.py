@@ -29,8 +29,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from memledger.exporters.inputs import InputError, load
-from memledger.store.ledger import compute_ledger
+from memledger.cli.inputs import InputError, load
+from memledger.ledger.compute import compute_ledger
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 

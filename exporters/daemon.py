@@ -39,14 +39,15 @@ from pathlib import Path
 from types import FrameType
 
 import click
-from memledger.exporters.dboption import DB_OPTION, open_store
-from memledger.exporters.errors import fail
+from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.errors import fail
+from memledger.cli.units import parse_duration, parse_size
 from memledger.exporters.fleetview import FleetView
 from memledger.exporters.metrics import IngestMetrics, SpoolCollector, StoreCollector
 from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
-from memledger.exporters.units import parse_duration, parse_size
 from memledger.exporters.web import WebServer, parse_listen_address
+from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
 from memledger.store.db import (
     StoreError,
     default_db_path,
@@ -59,7 +60,6 @@ from memledger.store.db import (
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
 from memledger.store.runtime import BatchError, store_batch
-from memledger.store.spool import Claim, Refused, Spool, UnsafeSpool
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
 from memledger.tracer.untrusted import printable

@@ -21,12 +21,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from memledger.store.anomalies import CODES
-from memledger.store.boot_services import KEPT_REASONS
+from memledger.ledger.anomalies import CODES
+from memledger.ledger.boot_services import KEPT_REASONS
+from memledger.ledger.stats import summary
+from memledger.spool.reader import Spool
 from memledger.store.queries import STORE_COUNTS, FleetGroup, latest_boots
 from memledger.store.runtime import RuntimeTotals, runtime_totals
-from memledger.store.spool import Spool
-from memledger.store.stats import summary
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector

@@ -5,7 +5,7 @@ A selector is a kernel release or a shell glob (``6.12.*``), narrowed by ``where
 (firmware_version, firmware_vendor, product).
 
 **Only measurements count.** Each figure uses only the boots that can measure it
-(store/measures.py): an ``efi=debug`` boot counts for the total but not for reclaimed,
+(ledger/measures.py): an ``efi=debug`` boot counts for the total but not for reclaimed,
 kept or leaked; a BIOS boot for no EFI figure; and so on. Every boot left out of a
 figure is listed with its reasons; ``include_all`` counts them anyway.
 
@@ -41,10 +41,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from memledger.store.measures import CAPTURE_CODES, REASONS, measures, reasons
+from memledger.ledger.measures import CAPTURE_CODES, REASONS, measures, reasons
+from memledger.ledger.stats import summary
+from memledger.ledger.vendors import vendor_name
 from memledger.store.schema import boots, hosts, ledgers
-from memledger.store.stats import summary
-from memledger.store.vendors import vendor_name
 from sqlalchemy import Engine, Row, select
 
 __all__ = ("FIGURES", "SMALL_N", "WHERE_KEYS", "Comparison", "Figure", "Thresholds", "compare",
@@ -58,7 +58,7 @@ SMALL_N = 5
 @dataclass(slots=True)
 class _Side:
     """One side's boots as rows and as columns (name → values in row order), and why each
-    boot may not measure some figures (store/measures.py)."""
+    boot may not measure some figures (ledger/measures.py)."""
 
     rows: list[Row[Any]]
     cols: dict[str, tuple[Any, ...]]

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from memledger.ledger.compute import compute_ledger
+from memledger.ledger.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
 from memledger.store.db import as_utc, writer
 from memledger.store.events import event_rows
-from memledger.store.ledger import compute_ledger
-from memledger.store.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from memledger.store.trust import Untrusted, check_not_ahead

@@ -75,11 +75,11 @@ boots = Table(
     Column("kernel_release", String(255)),
     Column("cmdline", Text),
     Column("efi", Boolean),
-    # Whether the boot can measure each figure (store/measures.py), from its ledger.
+    # Whether the boot can measure each figure (ledger/measures.py), from its ledger.
     Column("efi_debug", Boolean),
     Column("kexec", Boolean),
     Column("log_complete", Boolean),
-    Column("firmware_vendor", String(255)),  # one name per vendor (store/vendors.py)
+    Column("firmware_vendor", String(255)),  # one name per vendor (ledger/vendors.py)
     Column("firmware_version", String(255)),
     Column("product", String(255)),
     Column("fidelity", JSON),

@@ -2,7 +2,7 @@
 
 Whoever can write the spool (root and the memledger group: memledger.tmpfiles) is trusted
 to say which host and boot a file describes: the store does not authenticate writers, so
-the spool's permissions are the authentication (store/spool.py refuses files and
+the spool's permissions are the authentication (spool/reader.py refuses files and
 directories anyone else could have written). A writer is not trusted with:
 
 - **time**: a capture or batch dated more than MAX_AHEAD past this store's clock is

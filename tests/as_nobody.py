@@ -8,11 +8,11 @@ privilege drop is real: every file memledger opens afterwards is opened as nobod
 import os
 import sys
 
-import memledger.exporters.cli as cli
-import memledger.exporters.inputs
-import memledger.exporters.render
-import memledger.store.anomalies
-import memledger.store.ledger  # noqa: F401  (loaded before the drop)
+import memledger.cli.inputs
+import memledger.cli.main as cli
+import memledger.cli.render
+import memledger.ledger.anomalies
+import memledger.ledger.compute  # noqa: F401  (loaded before the drop)
 
 NOBODY = 65534
 

@@ -31,8 +31,8 @@ def qemu_missing(cache: Path) -> str | None:
     """Why QEMU with OVMF cannot run here (the e2e tests skip with it), or None."""
     import shutil
 
-    from memledger.tracer.lab.firmware import FirmwareError, find_ovmf
-    from memledger.tracer.lab.qemu import QEMU
+    from memledger.lab.firmware import FirmwareError, find_ovmf
+    from memledger.lab.qemu import QEMU
 
     if shutil.which(QEMU) is None:
         return f"{QEMU} not installed (Debian package qemu-system-x86)"

@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from capturegen import targz
 from conftest import run_cli
-from memledger.tracer.lab import bootargs
-from memledger.tracer.lab.boot import LabError, extract_capture
-from memledger.tracer.lab.firmware import Ovmf
-from memledger.tracer.lab.handback import BEGIN, END, HandbackError, decode_capture
-from memledger.tracer.lab.initramfs import build_initramfs, init_script
-from memledger.tracer.lab.kernels import ERAS, AptState, CachedKernel, choose_default, era_of, release_of
-from memledger.tracer.lab.matrix import CONFIGS, ERA_CONFIGS, plan
-from memledger.tracer.lab.qemu import QemuSpec, qemu_command
+from memledger.lab import bootargs
+from memledger.lab.boot import LabError, extract_capture
+from memledger.lab.firmware import Ovmf
+from memledger.lab.handback import BEGIN, END, HandbackError, decode_capture
+from memledger.lab.initramfs import build_initramfs, init_script
+from memledger.lab.kernels import ERAS, AptState, CachedKernel, choose_default, era_of, release_of
+from memledger.lab.matrix import CONFIGS, ERA_CONFIGS, plan
+from memledger.lab.qemu import QemuSpec, qemu_command
 
 # x86 COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): longer command lines are cut.
 COMMAND_LINE_SIZE = 2048

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 from capturegen import targz
-from memledger.tracer.lab import accel
-from memledger.tracer.lab.boot import BootRequest, LabError, run_boot
+from memledger.lab import accel
+from memledger.lab.boot import BootRequest, LabError, run_boot
 from test_lab import _serial
 
 FAKE_QEMU = r'''#!@PYTHON@

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from memledger.exporters.inputs import InputError, load
-from memledger.store.ledger import compute_ledger
+from memledger.cli.inputs import InputError, load
+from memledger.ledger.compute import compute_ledger
 from realworld import READ_FORMATS, README, Entry, check_boot, corpus_dir, lines_of, manifest
 
 ENTRIES = manifest()

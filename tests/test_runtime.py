@@ -20,9 +20,9 @@ from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.migrate import upgrade
 from memledger.store.runtime import ingest_batch, runtime_totals
-from memledger.tracer.collect.bcc import caller_in, kfunc_text
 from memledger.tracer.ftrace import parse_trace
 from memledger.tracer.kmsg import SeqTracker, memory_event, parse_record
+from memledger.tracer.live.bcc import caller_in, kfunc_text
 from memledger.tracer.probes import PROBES, Assembler, choose_probes, hit_from_trace
 from memledger.tracer.runtime import (
     BatchError,
@@ -108,7 +108,7 @@ def test_seq_tracker_counts_gaps_and_ignores_rereads() -> None:
 def test_kmsg_follower_on_the_real_device(tmp_path: Path) -> None:
     """Reads this host's /dev/kmsg to its end, then sees a record written after that,
     with the next sequence number and nothing counted lost."""
-    from memledger.tracer.collect.kmsgfollow import KmsgFollower
+    from memledger.tracer.live.kmsgfollow import KmsgFollower
 
     if not os.access("/dev/kmsg", os.R_OK | os.W_OK):
         pytest.fail("/dev/kmsg must be readable and writable (the tests run as root)")

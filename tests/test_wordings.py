@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from conftest import CAPTURES
-from memledger.exporters.inputs import load
-from memledger.exporters.render import render_ledger
-from memledger.store.ledger import compute_ledger
+from memledger.cli.inputs import load
+from memledger.cli.render import render_ledger
+from memledger.ledger.compute import compute_ledger
 from memledger.tracer import efimap
 from memledger.tracer.bootlog import parse_boot
 from memledger.tracer.logformat import split_boots

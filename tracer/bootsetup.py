@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from memledger.tracer.lab.bootargs import KPROBE_EVENTS, TRACE_FUNCTIONS
+from memledger.lab.bootargs import KPROBE_EVENTS, TRACE_FUNCTIONS
 
 __all__ = (
     "DROPIN",

@@ -1,6 +1,6 @@
 """free_reserved_area() calls seen by kprobe/kretprobe events in a boot trace (pure).
 
-The lab's probes (:mod:`memledger.tracer.lab.bootargs`) record, at entry,
+The lab's probes (:mod:`memledger.lab.bootargs`) record, at entry,
 ``start end poison s base`` and, at return, ``pages``::
 
     free_reserved_area: (free_reserved_area+0x4/0x170) start=0xffff8e8c3d7ab000 end=0xffff8e8c3d8a7000 poison=204 s="initrd" base=0xffff8e8bc0000000

@@ -32,12 +32,12 @@ from typing import Any
 
 import pytest
 from conftest import qemu_missing
+from memledger.lab.boot import LabError
+from memledger.lab.firmware import find_ovmf
+from memledger.lab.guest import guest_image, provision_boot, tool_missing
+from memledger.lab.guestvm import GuestVM, free_port
+from memledger.lab.kernels import default_cache_dir
 from memledger.tracer.bootsetup import plan
-from memledger.tracer.lab.boot import LabError
-from memledger.tracer.lab.firmware import find_ovmf
-from memledger.tracer.lab.guest import guest_image, provision_boot, tool_missing
-from memledger.tracer.lab.guestvm import GuestVM, free_port
-from memledger.tracer.lab.kernels import default_cache_dir
 from promrun import Prometheus
 
 CACHE = default_cache_dir()

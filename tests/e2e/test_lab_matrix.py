@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from conftest import analyze_json, qemu_missing, run_cli
 from identities import EXPECTED, check_all, load_boot
-from memledger.tracer.lab.kernels import ERAS, CachedKernel, cached_kernels, default_cache_dir
-from memledger.tracer.lab.matrix import MatrixOutcome, plan, run_matrix
+from memledger.lab.kernels import ERAS, CachedKernel, cached_kernels, default_cache_dir
+from memledger.lab.matrix import MatrixOutcome, plan, run_matrix
 
 CACHE = default_cache_dir()
 

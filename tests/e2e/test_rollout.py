@@ -35,7 +35,7 @@ import pytest
 from conftest import MEMLEDGER, qemu_missing, run_cli
 from daemonrun import Daemon, wait_for
 from memledger.exporters.dashboard import expressions
-from memledger.tracer.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
+from memledger.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
 from promrun import Prometheus, free_port
 
 REPO = Path(__file__).parent.parent.parent

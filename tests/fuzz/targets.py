@@ -18,9 +18,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from memledger.store.boot_services import trace_efi_free
+from memledger.ledger.boot_services import trace_efi_free
+from memledger.ledger.compute import compute_ledger
 from memledger.store.ingest import BadCapture, prepare
-from memledger.store.ledger import compute_ledger
 from memledger.tracer import bootparams, bootsetup, e820, efimap, ftrace, kmsg, memblock, procfs
 from memledger.tracer.capture import CaptureError, Manifest, unpack
 from memledger.tracer.evidence import NotAKernelLog, build_evidence, is_trace_text
@@ -37,7 +37,7 @@ TRACE_BOOT = FIXTURES / "boots" / "6.1.0-47-amd64-trace" / "root"
 
 
 def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace")  # as exporters/inputs.py reads a file
+    return data.decode("utf-8", errors="replace")  # as cli/inputs.py reads a file
 
 
 def _ledgers(snap: Snapshot, host_data: bool) -> None:
@@ -46,7 +46,7 @@ def _ledgers(snap: Snapshot, host_data: bool) -> None:
 
 
 def kernel_log(data: bytes) -> None:
-    """A log or trace file given to ``memledger analyze`` (exporters/inputs.py)."""
+    """A log or trace file given to ``memledger analyze`` (cli/inputs.py)."""
     text = _text(data)
     snap = Snapshot(root="fuzz")
     if is_trace_text(text):

@@ -17,7 +17,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from memledger.store.ledger import compute_ledger
+from memledger.ledger.compute import compute_ledger
 from memledger.tracer import e820, efimap, memblock
 from memledger.tracer.evidence import build_evidence
 from memledger.tracer.reader import Snapshot

@@ -4,11 +4,11 @@ Revision ID: 0004
 Revises: 0003
 Create Date: 2026-11-30 22:40:00.000000
 
-``compare`` counts a figure only on the boots that can measure it (store/measures.py),
+``compare`` counts a figure only on the boots that can measure it (ledger/measures.py),
 pairs a host's boots, and says what else differs between two sets of boots. For that,
 without reading every boot's JSON document, ``boots`` gains ``efi_debug``, ``kexec``
 and ``log_complete``, and ``ledgers`` gains ``anomaly_codes`` and ``memory_bytes``.
-``firmware_vendor`` becomes one name per vendor (store/vendors.py). Existing rows are
+``firmware_vendor`` becomes one name per vendor (ledger/vendors.py). Existing rows are
 filled from their ledger documents; a document from before ``kernel.kexec`` existed
 says kexec through its loader or its kdump flag.
 """
@@ -24,7 +24,7 @@ depends_on = None
 
 def _backfill() -> None:
     # Imported here: the migration module must load without the package on older trees.
-    from memledger.store.vendors import vendor_name
+    from memledger.ledger.vendors import vendor_name
 
     conn = op.get_bind()
     meta = sa.MetaData()

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from memledger.tracer.lab.firmware import Ovmf
+from memledger.lab.firmware import Ovmf
 
 __all__ = ("QEMU", "QemuSpec", "qemu_command")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import sys
 
 import click
-from memledger.exporters.dboption import DB_OPTION, open_store
-from memledger.exporters.errors import fail
+from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.errors import fail
+from memledger.cli.units import parse_size
 from memledger.exporters.report import to_html, to_json, to_markdown, to_table
-from memledger.exporters.units import parse_size
 from memledger.store.compare import FIGURES, WHERE_KEYS, Thresholds, compare
 from memledger.store.migrate import upgrade
 from rich.console import Console

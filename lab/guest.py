@@ -36,9 +36,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from memledger.tracer.lab.boot import LabError
-from memledger.tracer.lab.firmware import Ovmf
-from memledger.tracer.lab.guestvm import GuestVM
+from memledger.lab.boot import LabError
+from memledger.lab.firmware import Ovmf
+from memledger.lab.guestvm import GuestVM
 
 __all__ = (
     "GUEST_PACKAGES",

@@ -7,9 +7,9 @@ import importlib
 import json
 
 import click
-from memledger.exporters.errors import fail
-from memledger.exporters.inputs import InputError, load
-from memledger.store.ledger import compute_ledger
+from memledger.cli.errors import fail
+from memledger.cli.inputs import InputError, load
+from memledger.ledger.compute import compute_ledger
 
 __all__ = ("main",)
 
@@ -30,15 +30,15 @@ examples:
 # 0.5 s of start-up). This is click's documented lazy-loading pattern ("Lazily Loading
 # Subcommands" in click's docs).
 LAZY = {
-    "capture": "memledger.exporters.storecli:capture",
-    "ingest": "memledger.exporters.storecli:ingest",
-    "boots": "memledger.exporters.storecli:boots",
-    "reprocess": "memledger.exporters.storecli:reprocess_cmd",
+    "capture": "memledger.cli.store:capture",
+    "ingest": "memledger.cli.store:ingest",
+    "boots": "memledger.cli.store:boots",
+    "reprocess": "memledger.cli.store:reprocess_cmd",
     "daemon": "memledger.exporters.daemon:daemon",
-    "collect": "memledger.exporters.collect:collect",
-    "boot-setup": "memledger.exporters.bootsetupcli:boot_setup",
-    "compare": "memledger.exporters.comparecli:compare_cmd",
-    "lab": "memledger.exporters.lab:lab",
+    "collect": "memledger.cli.collect:collect",
+    "boot-setup": "memledger.cli.bootsetup:boot_setup",
+    "compare": "memledger.cli.compare:compare_cmd",
+    "lab": "memledger.cli.lab:lab",
 }
 
 
@@ -85,7 +85,7 @@ def analyze(path: str, as_json: bool) -> None:
         click.echo(json.dumps(payload, indent=2))
         return
     # Only for the table: rich costs 30 ms of start-up that --json does not need.
-    from memledger.exporters.render import render_ledger
+    from memledger.cli.render import render_ledger
     from rich.console import Console
 
     console = Console()

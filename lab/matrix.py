@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
-from memledger.tracer.lab.accel import choose_accel
-from memledger.tracer.lab.boot import BootRequest, BootResult, LabError, run_boot
-from memledger.tracer.lab.initramfs import build_initramfs
-from memledger.tracer.lab.kernels import CachedKernel
-from memledger.tracer.lab.qemu import QEMU
+from memledger.lab.accel import choose_accel
+from memledger.lab.boot import BootRequest, BootResult, LabError, run_boot
+from memledger.lab.initramfs import build_initramfs
+from memledger.lab.kernels import CachedKernel
+from memledger.lab.qemu import QEMU
 
 __all__ = ("CONFIGS", "ERA_CONFIGS", "BootConfig", "MatrixOutcome", "PlannedBoot", "config_by_name",
            "plan", "run_matrix")
@@ -74,7 +74,7 @@ class MatrixOutcome:
 
 
 # What each era is booted in: every configuration where it shows something new, fewer
-# where it repeats an era already booted in full (tracer/lab/kernels.py says what each
+# where it repeats an era already booted in full (lab/kernels.py says what each
 # era shows). A kernel of no known era gets every configuration.
 ERA_CONFIGS: dict[str, tuple[str, ...]] = {
     # 2 GiB leaks deferred pages, 8 GiB does not; efi=debug prints the map the leak is

@@ -14,8 +14,8 @@ from importlib.metadata import version
 from typing import Any
 
 import click
-from memledger.exporters.dboption import DB_OPTION, open_store
-from memledger.exporters.errors import fail
+from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.errors import fail
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
 from memledger.store.ingest import ingest_many as store_ingest_many

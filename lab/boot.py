@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from memledger.tracer.lab import accel as lab_accel
-from memledger.tracer.lab import bootargs
-from memledger.tracer.lab.firmware import FIRMWARES, find_ovmf
-from memledger.tracer.lab.handback import HandbackError, decode_capture
-from memledger.tracer.lab.initramfs import build_initramfs
-from memledger.tracer.lab.qemu import QEMU, QemuSpec, qemu_command
+from memledger.lab import accel as lab_accel
+from memledger.lab import bootargs
+from memledger.lab.firmware import FIRMWARES, find_ovmf
+from memledger.lab.handback import HandbackError, decode_capture
+from memledger.lab.initramfs import build_initramfs
+from memledger.lab.qemu import QEMU, QemuSpec, qemu_command
 
 __all__ = ("BootRequest", "BootResult", "LabError", "extract_capture", "run_boot")
 

@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from memledger.tracer.lab.handback import BEGIN, END
+from memledger.lab.handback import BEGIN, END
 from memledger.tracer.sysfs import DMI_FIELDS
 
 __all__ = ("BUSYBOX", "INIT_SCRIPT", "InitramfsError", "build_initramfs")

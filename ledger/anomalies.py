@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from memledger.store.kernelver import at_least
+from memledger.ledger.kernelver import at_least
 from memledger.tracer.evidence import Evidence
 
 if TYPE_CHECKING:
-    from memledger.store.ledger import Ledger
+    from memledger.ledger.compute import Ledger
 
 __all__ = ("CODES", "Anomaly", "find_anomalies")
 

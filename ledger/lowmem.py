@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from memledger.store.kernelver import at_least
+from memledger.ledger.kernelver import at_least
 from memledger.tracer import intervals as iv
 from memledger.tracer.evidence import Evidence
 

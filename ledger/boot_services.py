@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from memledger.store.kernelver import at_least
+from memledger.ledger.kernelver import at_least
 from memledger.tracer import intervals as iv
 from memledger.tracer.efimap import EFI_PAGE_SIZE
 from memledger.tracer.evidence import Evidence

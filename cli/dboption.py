@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
-from memledger.exporters.errors import fail
+from memledger.cli.errors import fail
 from memledger.store.db import StoreError, describe_error, make_engine, resolve_url
 from memledger.store.migrate import upgrade
 from sqlalchemy import Engine

@@ -13,16 +13,16 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from memledger.store.accounting import KernelAccounting, account_kernel
-from memledger.store.anomalies import Anomaly, find_anomalies
-from memledger.store.boot_services import (
+from memledger.ledger.accounting import KernelAccounting, account_kernel
+from memledger.ledger.anomalies import Anomaly, find_anomalies
+from memledger.ledger.boot_services import (
     BootServices,
     TraceFree,
     account_boot_services,
     trace_efi_free,
 )
-from memledger.store.lowmem import LowMemory, account_low_memory
-from memledger.store.vendors import vendor_name
+from memledger.ledger.lowmem import LowMemory, account_low_memory
+from memledger.ledger.vendors import vendor_name
 from memledger.tracer.evidence import Evidence
 
 __all__ = ("SCHEMA_VERSION", "Ledger", "compute_ledger", "parse_cmdline")

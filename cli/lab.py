@@ -8,14 +8,13 @@ import time
 from pathlib import Path
 
 import click
-from memledger.exporters.errors import fail
-from memledger.exporters.inputs import InputError, load
-from memledger.exporters.render import render_ledger
-from memledger.store.ledger import compute_ledger
-from memledger.tracer.lab.boot import BootRequest, LabError, run_boot
-from memledger.tracer.lab.firmware import FIRMWARES, FirmwareError, fetch_ovmf, find_ovmf
-from memledger.tracer.lab.initramfs import InitramfsError
-from memledger.tracer.lab.kernels import (
+from memledger.cli.errors import fail
+from memledger.cli.inputs import InputError, load
+from memledger.cli.render import render_ledger
+from memledger.lab.boot import BootRequest, LabError, run_boot
+from memledger.lab.firmware import FIRMWARES, FirmwareError, fetch_ovmf, find_ovmf
+from memledger.lab.initramfs import InitramfsError
+from memledger.lab.kernels import (
     ERAS,
     AptState,
     CachedKernel,
@@ -25,7 +24,8 @@ from memledger.tracer.lab.kernels import (
     default_cache_dir,
     fetch_kernel,
 )
-from memledger.tracer.lab.matrix import CONFIGS, MatrixOutcome, config_by_name, plan, run_matrix
+from memledger.lab.matrix import CONFIGS, MatrixOutcome, config_by_name, plan, run_matrix
+from memledger.ledger.compute import compute_ledger
 from rich.console import Console
 from rich.table import Table
 
@@ -273,7 +273,7 @@ a rerun rebuilds only the layers whose inputs changed, and prints the image path
 @_cache_option
 def guest_image_cmd(checkout: Path, python: str, cache: Path | None) -> None:
     """Build the Debian 12 guest disk for the live-collection e2e test and print its path."""
-    from memledger.tracer.lab.guest import guest_image, provision_boot, tool_missing
+    from memledger.lab.guest import guest_image, provision_boot, tool_missing
 
     cache = cache or default_cache_dir()
     if (tool := tool_missing()) is not None:

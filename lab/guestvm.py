@@ -1,4 +1,4 @@
-"""Run the lab's Debian guest (tracer/lab/guest.py) under QEMU + OVMF, and drive it.
+"""Run the lab's Debian guest (lab/guest.py) under QEMU + OVMF, and drive it.
 
 Commands run in the guest through the QEMU guest agent (qemu-guest-agent in the
 guest, a virtio-serial port here): ``guest-exec`` and ``guest-exec-status`` over a
@@ -24,9 +24,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from memledger.tracer.lab.boot import LabError
-from memledger.tracer.lab.firmware import Ovmf
-from memledger.tracer.lab.qemu import QEMU
+from memledger.lab.boot import LabError
+from memledger.lab.firmware import Ovmf
+from memledger.lab.qemu import QEMU
 
 __all__ = ("ExecResult", "GuestVM", "free_port")
 

@@ -1,4 +1,4 @@
-"""The kernel-facing sources of ``memledger collect`` (exporters/collect.py runs them).
+"""The kernel-facing sources of ``memledger collect`` (cli/collect.py runs them).
 
 Unlike the rest of :mod:`memledger.tracer`, these modules do I/O: they read /dev/kmsg
 (:mod:`.kmsgfollow`), attach eBPF programs through bcc (:mod:`.bcc`, imported only when

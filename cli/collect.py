@@ -32,16 +32,16 @@ from types import FrameType
 from typing import Literal
 
 import click
-from memledger.exporters.errors import fail
+from memledger.cli.errors import fail
+from memledger.cli.units import parse_duration
 from memledger.exporters.notify import Notifier
-from memledger.exporters.spoolout import SpoolWriter
-from memledger.exporters.units import parse_duration
+from memledger.spool.writer import SpoolWriter
 from memledger.store.files import atomic_write
 from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id, record
-from memledger.tracer.collect.bcc import BccError, BccProbes
-from memledger.tracer.collect.kmsgfollow import KmsgFollower
-from memledger.tracer.collect.tracefs import TracefsError, TracefsProbes
 from memledger.tracer.kmsg import memory_event
+from memledger.tracer.live.bcc import BccError, BccProbes
+from memledger.tracer.live.kmsgfollow import KmsgFollower
+from memledger.tracer.live.tracefs import TracefsError, TracefsProbes
 from memledger.tracer.probes import Assembler, ProbeHit
 from memledger.tracer.reader import FsTree
 from memledger.tracer.runtime import BatchHeader, RuntimeEvent

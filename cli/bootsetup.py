@@ -9,7 +9,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 import click
-from memledger.exporters.errors import fail
+from memledger.cli.errors import fail
 from memledger.store.files import atomic_write
 from memledger.tracer.bootsetup import (
     DROPIN,
