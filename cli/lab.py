@@ -245,8 +245,8 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
             continue
         d = compute_ledger(load(str(o.result.root))[-1]).as_dict()
         bs = d["efi_boot_services"]
-        cells = [f"{bs[k] // 1024:,}" if bs[k] is not None else "-" for k in
-                 ("total_bytes", "reclaimed_bytes", "kept_bytes", "leaked_bytes")]
+        cells = [f"{v // 1024:,}" if v is not None else "-" for v in
+                 (bs["total_bytes"], bs["reclaimed_bytes"], bs["kept_bytes"], bs["leaked_bytes"])]
         table.add_row(o.boot.name, str(d["firmware"]["efi"]), *cells,
                       ", ".join(a["code"] for a in d["anomalies"]) or "")
     Console().print(table)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from rich.console import Console, Group
+from memledger.ledger.model import LedgerDoc
+from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
 
@@ -37,17 +36,17 @@ def _table(title: str) -> Table:
     return t
 
 
-def _unseen(d: dict[str, Any]) -> list[str]:
+def _unseen(d: LedgerDoc) -> list[str]:
     """What the inputs could not show, said plainly (one line each), where it matters."""
     fw, bs, fid = d["firmware"], d["efi_boot_services"], d["fidelity"]
     out = []
     if fw["efi"] is None:
         out.append("cannot show: whether this boot was EFI (the log lost its start)")
-    if fw["efi"] and bs["reclaimed_bytes"] is None and not d["kernel"].get("kdump") \
+    if fw["efi"] and bs["reclaimed_bytes"] is None and not d["kernel"]["kdump"] \
             and not fid["efi_debug"]:
         out.append("cannot show: how much boot-services memory was freed (no 'Freeing EFI "
                    "boot services memory' line, memblock=debug or boot trace)")
-    if fw["efi"] and bs["total_bytes"] is None and not d["kernel"].get("kdump"):
+    if fw["efi"] and bs["total_bytes"] is None and not d["kernel"]["kdump"]:
         out.append("cannot show: the boot-services total (no EFI memory map: efi=debug "
                    "prints it, a capture reads it from /sys)")
     if fw["efi"] and not fid["sources"].get("proc_meminfo"):
@@ -56,13 +55,14 @@ def _unseen(d: dict[str, Any]) -> list[str]:
     return out
 
 
-def render_ledger(d: dict[str, Any], console: Console) -> None:
+def render_ledger(d: LedgerDoc, console: Console) -> None:
     boot, kernel, fw = d["boot"], d["kernel"], d["firmware"]
     bs, low, acct, fid = (d["efi_boot_services"], d["low_memory"], d["kernel_accounting"],
                           d["fidelity"])
-    head = (f"boot {boot['index'] + 1} of {boot['of']}  ·  kernel {kernel['release'] or 'unknown'}"
+    index = "?" if boot["index"] is None else boot["index"] + 1
+    head = (f"boot {index} of {boot['of']}  ·  kernel {kernel['release'] or 'unknown'}"
             f"  ·  firmware {'EFI' if fw['efi'] else 'BIOS' if fw['efi'] is False else 'unknown'}"
-            + (f" ({fw['efi_vendor']})" if fw.get("efi_vendor") else ""))
+            + (f" ({fw['efi_vendor']})" if fw["efi_vendor"] else ""))
 
     t1 = _table("EFI boot services")
     if fw["efi"] is False:
@@ -96,7 +96,7 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
     lines = [f"sources: {src}", *_unseen(d)]
     if fid["unreadable"]:
         lines.append("unreadable: " + ", ".join(fid["unreadable"]))
-    lines.extend(f"note: {n}" for n in fid.get("notes", []))
+    lines.extend(f"note: {n}" for n in fid["notes"])
     anomalies = Table(show_header=False, box=None, pad_edge=False)
     anomalies.add_column()
     anomalies.add_column()
@@ -104,7 +104,7 @@ def render_ledger(d: dict[str, Any], console: Console) -> None:
         style = _SEVERITY.get(a["severity"], "")
         anomalies.add_row(f"[{style}]{a['severity']}[/{style}] {a['code']}",
                           f"{a['message']} [dim]({a['evidence']})[/dim]")
-    parts: list[Any] = [t1, "", t2, "", t3, "", "\n".join(lines)]
+    parts: list[RenderableType] = [t1, "", t2, "", t3, "", "\n".join(lines)]
     if d["anomalies"]:
         parts += ["", anomalies]
     console.print(Panel(Group(*parts), title=head, title_align="left", expand=False))

@@ -8,7 +8,7 @@ otherwise every ``--fleet.refresh`` (for other writers to the same store), and a
 appends the last rendering to the live metrics. A scrape that follows this daemon's own
 ingest waits for the rendering that includes it, so what it reports is never older than
 what this daemon stored. ``memledger_fleet_refresh_timestamp_seconds`` says how fresh the
-figures are, as the exporter guidelines ask of cached metrics (anchors B.1).
+figures are, as Prometheus's exporter guidelines ask of cached metrics.
 """
 
 from __future__ import annotations

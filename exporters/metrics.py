@@ -1,7 +1,7 @@
 """Prometheus metrics of the daemon, built from the store at scrape time.
 
 :class:`StoreCollector` makes new metric families on every collect, with no sample time
-stamps, as the exporter guidelines ask (anchors B.1, B.2). Unknown ledger figures are
+stamps, as Prometheus's exporter guidelines ask. Unknown ledger figures are
 left out, never exported as 0. No boot id, address or capture id is a label; host and
 fleet labels come from Prometheus target labels.
 
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Mapping
 
 from memledger.ledger.anomalies import CODES
 from memledger.ledger.boot_services import KEPT_REASONS
+from memledger.ledger.model import LedgerDoc
 from memledger.ledger.stats import summary
 from memledger.spool.reader import Spool
-from memledger.store.queries import STORE_COUNTS, FleetGroup, latest_boots
+from memledger.store.queries import STORE_COUNTS, FleetGroup, StoredBoot, latest_boots
 from memledger.store.runtime import RuntimeTotals, runtime_totals
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -66,17 +66,18 @@ def _g(name: str, doc: str, labels: list[str] | None = None) -> GaugeMetricFamil
     return GaugeMetricFamily(name, doc + _CACHE_NOTE, labels=labels)
 
 
-def _known(name: str, doc: str, label: str, keys: tuple[str, ...], values: dict[str, Any],
-           suffix: str = "_bytes") -> GaugeMetricFamily:
+def _known(name: str, doc: str, label: str, keys: tuple[str, ...],
+           values: Mapping[str, object], suffix: str = "_bytes") -> GaugeMetricFamily:
     """One sample per key whose value is known (None stays out: unknown is not 0)."""
     m = _g(name, doc, [label])
     for key in keys:
-        if values.get(key + suffix) is not None:
-            m.add_metric([key], values[key + suffix])
+        value = values.get(key + suffix)
+        if isinstance(value, int) and not isinstance(value, bool):
+            m.add_metric([key], value)
     return m
 
 
-def _fidelity(doc: dict[str, Any]) -> dict[str, bool]:
+def _fidelity(doc: LedgerDoc) -> dict[str, bool]:
     f = doc["fidelity"]
     out = {k: bool(v) for k, v in f["sources"].items()}
     out["kernel_log_complete"] = bool(f["log_complete"])
@@ -86,7 +87,7 @@ def _fidelity(doc: dict[str, Any]) -> dict[str, bool]:
     return out
 
 
-def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> Iterator[Metric]:
+def _host_metrics(current: StoredBoot, previous: StoredBoot | None) -> Iterator[Metric]:
     doc = current["document"]
     efi = {True: "true", False: "false", None: "unknown"}[current["efi"]]
     info = InfoMetricFamily("memledger_boot", "The current boot: kernel and firmware." + _CACHE_NOTE)
@@ -94,7 +95,7 @@ def _host_metrics(current: dict[str, Any], previous: dict[str, Any] | None) -> I
                          "firmware_vendor": label(current["firmware_vendor"]),
                          "firmware_version": label(current["firmware_version"]),
                          "product": label(current["product"]),
-                         "loader": label(doc["kernel"].get("loader"))})
+                         "loader": label(doc["kernel"]["loader"])})
     yield info
     ts = _g("memledger_boot_captured_timestamp_seconds", "When the current boot was captured.")
     ts.add_metric([], current["captured_at"].timestamp())

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from memledger.ledger.accounting import KernelAccounting
+from memledger.ledger.boot_services import BootServices
 from memledger.ledger.kernelver import at_least
+from memledger.ledger.lowmem import LowMemory
+from memledger.ledger.model import FidelityDoc, KernelDoc
 from memledger.tracer.evidence import Evidence
-
-if TYPE_CHECKING:
-    from memledger.ledger.compute import Ledger
 
 __all__ = ("CODES", "Anomaly", "find_anomalies")
 
@@ -31,20 +31,21 @@ def _kib(n: int) -> str:
     return f"{n // 1024} KiB" if n % 1024 == 0 else f"{n} bytes"
 
 
-def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomaly]:
+def find_anomalies(ev: Evidence, *, kernel: KernelDoc, efi: bool | None, fidelity: FidelityDoc,
+                   bs: BootServices, low: LowMemory, acct: KernelAccounting,
+                   efi_debug: bool) -> list[Anomaly]:
+    """What an operator should look at in one boot's account, each with its evidence."""
     out: list[Anomaly] = []
     add = out.append
     log = ev.log
     where = ev.log_path or ev.source
-    bs = ledger.efi_boot_services
-    efi = ledger.firmware["efi"]
 
     # On a BIOS boot (or one whose firmware the log does not show) efi=debug does nothing.
     if efi_debug and efi:
         add(Anomaly("efi_debug_set", "warning",
                     "efi=debug is set: the kernel keeps all EFI boot-services memory "
                     "(efi_free_boot_services returns early)",
-                    f"cmdline: {ledger.kernel['cmdline_source'] or 'log'}"))
+                    f"cmdline: {kernel['cmdline_source'] or 'log'}"))
     if log is not None and not log.complete:
         add(Anomaly("log_truncated", "warning",
                     "the kernel log does not start at 'Linux version': early messages were "
@@ -62,13 +63,12 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     "kernel', 'Write protecting the kernel read-only data' or 'Run … as init "
                     "process' line): later messages were lost (log cut short)",
                     f"{where}:{log.last_lineno}"))
-    if ledger.kernel["cmdline_truncated"]:
+    if kernel["cmdline_truncated"]:
         add(Anomaly("cmdline_truncated", "info",
                     "the command line comes from the log, where printk cuts it at about 1 KiB; "
                     "/proc/cmdline was not available", f"{where}"))
-    low = ledger.low_memory
     if low.freed_bytes:
-        if at_least(ledger.kernel["release"], 5, 13) is False:
+        if at_least(kernel["release"], 5, 13) is False:
             # Before f1d4d47c5851 (v5.13) efi_free_boot_services() frees below 1 MiB too.
             add(Anomaly("low_memory_freed", "info",
                         f"{_kib(low.freed_bytes)} below 1 MiB was freed, as kernels before v5.13 "
@@ -83,7 +83,6 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                     f"MemTotal and Σ zone managed pages differ by {_kib(bs.leaked_bytes)}: pages "
                     "counted in totalram were never given to the page allocator (the "
                     "deferred-init memblock_free_late leak)", "proc/meminfo, proc/zoneinfo"))
-    acct = ledger.kernel_accounting
     residual = acct.residual_bytes
     if residual:
         explained = acct.unexplained_residual_bytes == 0
@@ -118,20 +117,19 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
         add(Anomaly("reclaim_mismatch", "warning",
                     "the sources of the reclaimed figure disagree: "
                     + ", ".join(f"{k}={v}" for k, v in known.items()), where))
-    kexec = ev.loader is not None and ev.loader.kexec
-    kdump = bool(ledger.kernel["kdump"])
-    if kexec or kdump:
+    kdump = bool(kernel["kdump"])
+    if kernel["kexec"]:
         add(Anomaly("kexec_boot", "info",
                     ("a kdump capture kernel, " if kdump else "")
                     + "started by kexec: the firmware's EFI boot-services memory was freed by the "
                     "kernel before this one, so this boot has no reclaim to measure (not a leak)",
                     f"sys/kernel/boot_params/data: type_of_loader "
-                    f"{ev.loader.type_of_loader:#04x}" if kexec and ev.loader else
-                    f"cmdline: elfcorehdr= ({ledger.kernel['cmdline_source']})"))
+                    f"{ev.loader.type_of_loader:#04x}" if ev.loader and ev.loader.kexec else
+                    f"cmdline: elfcorehdr= ({kernel['cmdline_source']})"))
     elif efi and not efi_debug and bs.reclaimed_bytes is None and log is not None and log.complete:
         if ends_early:
             why = "the log ends before the kernel had finished booting (see log_truncated)"
-        elif ledger.fidelity.get("memblock_debug") or ledger.fidelity.get("boot_trace"):
+        elif fidelity["memblock_debug"] or fidelity["boot_trace"]:
             # a4b0bf6a40f3 frees with free_reserved_area(), which memblock=debug does not
             # log, and prints its total only when it freed something.
             why = ("neither a 'Freeing EFI boot services memory' line nor any "
@@ -142,7 +140,7 @@ def find_anomalies(ledger: Ledger, ev: Evidence, efi_debug: bool) -> list[Anomal
                    "(a4b0bf6a40f3) and neither memblock=debug nor a boot trace was captured")
         add(Anomaly("reclaim_unknown", "info", f"no record of the boot-services free: {why}",
                     where))
-    if ledger.fidelity.get("trace_overflowed"):
+    if fidelity["trace_overflowed"]:
         add(Anomaly("trace_overflowed", "warning",
                     "the trace ring buffer overwrote entries; raise trace_buf_size",
                     ", ".join(ev.trace_paths)))

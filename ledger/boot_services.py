@@ -1,7 +1,7 @@
 """The EFI boot-services account of one boot: total, reclaimed, kept (and why), leaked.
 
-The rules follow the kernel's own decisions, in its order (arch/x86/platform/efi/quirks.c,
-kernel-facts §2):
+The rules follow the kernel's own decisions, in its order (arch/x86/platform/efi/quirks.c:
+efi_reserve_boot_services, efi_free_boot_services, efi_unmap_boot_services):
 
 1. ``efi=debug``: efi_free_boot_services()/efi_unmap_boot_services() return early ("Keep
    all regions for /sys/kernel/debug/efi"), so everything is kept (reason ``efi_debug``).
@@ -200,8 +200,11 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
     if total_span is not None and bs.reclaimed_bytes is not None:
         bs.kept_bytes = bs.total_bytes - bs.reclaimed_bytes  # type: ignore[operator]
     if ev.meminfo is not None and ev.zones is not None and "MemTotal" in ev.meminfo:
-        # Pre-v6.19 memblock_free_late() counts skipped deferred pages in totalram but never
-        # hands them to a zone: MemTotal - Σmanaged is the deferred-init leak (§7.1).
+        # memblock_free_late() skips pages whose struct page deferred init has not set up
+        # yet, but (before aa164612ca91, "mm/memblock: correct totalram_pages accounting
+        # with KMSAN", v6.19) still counts them in totalram: MemTotal - Σmanaged is the
+        # leak. a4b0bf6a40f3 ("x86/efi: defer freeing of boot services memory", v7.0)
+        # frees after deferred init, so nothing is skipped.
         bs.leaked_bytes = ev.meminfo["MemTotal"] - PAGE * sum(z.managed for z in ev.zones)
     if efi_debug:
         reasons.update(dict.fromkeys(KEPT_REASONS, 0))

@@ -2,16 +2,14 @@
 what was kept and why, and whether anything leaked.
 
 :func:`compute_ledger` is pure: :class:`~memledger.tracer.evidence.Evidence` in,
-:class:`Ledger` out. :meth:`Ledger.as_dict` is the JSON schema documented in README.md.
-Unknown values are None (JSON null), never 0.
+:class:`Ledger` out. :meth:`Ledger.as_dict` gives the JSON document, typed in
+:mod:`memledger.ledger.model`. Unknown values are None (JSON null), never 0.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import shlex
 from dataclasses import dataclass, field
-from typing import Any
 
 from memledger.ledger.accounting import KernelAccounting, account_kernel
 from memledger.ledger.anomalies import Anomaly, find_anomalies
@@ -22,29 +20,40 @@ from memledger.ledger.boot_services import (
     trace_efi_free,
 )
 from memledger.ledger.lowmem import LowMemory, account_low_memory
+from memledger.ledger.model import (
+    SCHEMA_VERSION,
+    AnomalyDoc,
+    BootDoc,
+    FidelityDoc,
+    FirmwareDoc,
+    KernelAccountingDoc,
+    KernelDoc,
+    LedgerDoc,
+    LowMemoryDoc,
+)
 from memledger.ledger.vendors import vendor_name
 from memledger.tracer.evidence import Evidence
 
 __all__ = ("SCHEMA_VERSION", "Ledger", "compute_ledger", "parse_cmdline")
 
-SCHEMA_VERSION = 1
 # A printk record holds at most ~1 KiB; a "Command line:" line this long was probably cut.
 _CMDLINE_CUT = 960
 
 
 @dataclass(slots=True)
 class Ledger:
-    boot: dict[str, Any]
-    kernel: dict[str, Any]
-    firmware: dict[str, Any]
+    boot: BootDoc
+    kernel: KernelDoc
+    firmware: FirmwareDoc
     efi_boot_services: BootServices
     low_memory: LowMemory
     kernel_accounting: KernelAccounting
-    fidelity: dict[str, Any]
+    fidelity: FidelityDoc
     anomalies: list[Anomaly] = field(default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self) -> LedgerDoc:
         bs = self.efi_boot_services
+        low, acct = self.low_memory, self.kernel_accounting
         return {
             "schema_version": SCHEMA_VERSION,
             "boot": self.boot,
@@ -62,10 +71,30 @@ class Ledger:
                 "regions": bs.regions,
                 "cross_checks": bs.cross_checks,
             },
-            "low_memory": dataclasses.asdict(self.low_memory),
-            "kernel_accounting": dataclasses.asdict(self.kernel_accounting),
+            "low_memory": LowMemoryDoc(
+                usable_bytes=low.usable_bytes, reserved_bytes=low.reserved_bytes,
+                boot_services_bytes=low.boot_services_bytes, freed_bytes=low.freed_bytes,
+                crashkernel_low_bytes=low.crashkernel_low_bytes,
+                crashkernel_bytes=low.crashkernel_bytes, reserved_source=low.reserved_source,
+                freed_source=low.freed_source),
+            "kernel_accounting": KernelAccountingDoc(
+                boot_reserved_bytes=acct.boot_reserved_bytes,
+                freed_by_name=dict(acct.freed_by_name),
+                freed_after_memory_line_bytes=acct.freed_after_memory_line_bytes,
+                present_bytes=acct.present_bytes, managed_bytes=acct.managed_bytes,
+                memtotal_bytes=acct.memtotal_bytes,
+                unmanaged_totalram_bytes=acct.unmanaged_totalram_bytes,
+                residual_bytes=acct.residual_bytes, silent_freed_bytes=acct.silent_freed_bytes,
+                silent_freed_by_caller=dict(acct.silent_freed_by_caller),
+                unexplained_residual_bytes=acct.unexplained_residual_bytes,
+                trace_freed_by_name=(dict(acct.trace_freed_by_name)
+                                     if acct.trace_freed_by_name is not None else None),
+                lazy_deferred_init=acct.lazy_deferred_init,
+                lazy_left_at_boot_bytes=acct.lazy_left_at_boot_bytes,
+                lazy_uninitialised_bytes=acct.lazy_uninitialised_bytes),
             "fidelity": self.fidelity,
-            "anomalies": [dataclasses.asdict(a) for a in self.anomalies],
+            "anomalies": [AnomalyDoc(code=a.code, severity=a.severity, message=a.message,
+                                     evidence=a.evidence) for a in self.anomalies],
         }
 
 
@@ -89,26 +118,31 @@ def parse_cmdline(cmdline: str | None) -> dict[str, list[str]]:
     return out
 
 
-def _kernel(ev: Evidence) -> tuple[dict[str, Any], str | None, str | None]:
+def _kernel(ev: Evidence, cmdline: str | None, source: str | None,
+            params: dict[str, list[str]]) -> KernelDoc:
     log = ev.log
     release = ev.osrelease or (log.release if log else None)
-    cmdline, source = ev.proc_cmdline, "proc" if ev.proc_cmdline else None
-    if cmdline is None and log is not None and log.cmdline is not None:
-        cmdline, source = log.cmdline, "log"
     truncated = source == "log" and len(cmdline or "") + len("Command line: ") >= _CMDLINE_CUT
     # A kdump capture kernel is always started by kexec, and kexec-tools gives it
     # elfcorehdr= (the address of the crashed kernel's ELF core header).
-    kdump = "elfcorehdr" in parse_cmdline(cmdline) if cmdline is not None else None
+    kdump = "elfcorehdr" in params if cmdline is not None else None
     # Started by kexec: the boot_params loader type says so, and a kdump kernel always is.
     kexec = True if (ev.loader is not None and ev.loader.kexec) or kdump else (
         False if ev.loader is not None else None)
-    return ({"release": release, "cmdline": cmdline, "cmdline_source": source,
-             "cmdline_truncated": truncated if cmdline is not None else None,
-             "kdump": kdump,
-             "kexec": kexec,
-             "loader": ev.loader.name if ev.loader else None,
-             "type_of_loader": ev.loader.type_of_loader if ev.loader else None},
-            release, cmdline)
+    return KernelDoc(release=release, cmdline=cmdline, cmdline_source=source,
+                     cmdline_truncated=truncated if cmdline is not None else None,
+                     kdump=kdump, kexec=kexec,
+                     loader=ev.loader.name if ev.loader else None,
+                     type_of_loader=ev.loader.type_of_loader if ev.loader else None)
+
+
+def _cmdline(ev: Evidence) -> tuple[str | None, str | None]:
+    """The command line and where it came from: /proc/cmdline first, else the log."""
+    if ev.proc_cmdline is not None:
+        return ev.proc_cmdline, "proc"
+    if ev.log is not None and ev.log.cmdline is not None:
+        return ev.log.cmdline, "log"
+    return None, None
 
 
 def _efi_state(ev: Evidence, tf: TraceFree | None) -> bool | None:
@@ -126,20 +160,21 @@ def _efi_state(ev: Evidence, tf: TraceFree | None) -> bool | None:
     return None
 
 
-def _firmware(ev: Evidence, efi: bool | None) -> dict[str, Any]:
+def _firmware(ev: Evidence, efi: bool | None) -> FirmwareDoc:
     log = ev.log
     efi_vendor = log.efi_vendor if log else None
-    return {
-        "efi": efi,
-        "vendor": vendor_name((ev.dmi or {}).get("bios_vendor") or efi_vendor),
-        "efi_version": log.efi_version if log else None,
-        "efi_vendor": efi_vendor,
-        "dmi": ev.dmi,
-        "dmi_line": log.dmi if log else None,
-    }
+    return FirmwareDoc(
+        efi=efi,
+        vendor=vendor_name((ev.dmi or {}).get("bios_vendor") or efi_vendor),
+        efi_version=log.efi_version if log else None,
+        efi_vendor=efi_vendor,
+        dmi=ev.dmi,
+        dmi_line=log.dmi if log else None,
+    )
 
 
-def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool) -> dict[str, Any]:
+def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool,
+              notes: list[str]) -> FidelityDoc:
     log = ev.log
     trace = ev.trace
     sources = {
@@ -154,20 +189,21 @@ def _fidelity(ev: Evidence, params: dict[str, list[str]], efi_debug: bool) -> di
         "ftrace": trace is not None and bool(trace.events),
         "dmi": ev.dmi is not None,
     }
-    return {
-        "sources": sources,
-        "unreadable": sorted(ev.unreadable),
-        "log_format": log.format if log else None,
-        "log_complete": log.complete if log else None,
-        "log_lines": [log.first_lineno, log.last_lineno] if log else None,
-        "efi_debug": efi_debug,
-        "memblock_debug": ("memblock" in params and "debug" in ",".join(params["memblock"]))
+    return FidelityDoc(
+        sources=sources,
+        unreadable=sorted(ev.unreadable),
+        log_format=log.format if log else None,
+        log_complete=log.complete if log else None,
+        log_lines=[log.first_lineno, log.last_lineno] if log else None,
+        efi_debug=efi_debug,
+        memblock_debug=("memblock" in params and "debug" in ",".join(params["memblock"]))
         or bool(log and log.memblock),
-        "efi_memmap_printed": bool(log and log.efi_memmap),
-        "boot_trace": trace is not None and bool(trace.events),
-        "trace_overflowed": trace.overflowed if trace is not None else None,
-        "problems": [f"{src}: {msg}" for src, msg in ev.problems],
-    }
+        efi_memmap_printed=bool(log and log.efi_memmap),
+        boot_trace=trace is not None and bool(trace.events),
+        trace_overflowed=trace.overflowed if trace is not None else None,
+        problems=[f"{src}: {msg}" for src, msg in ev.problems],
+        notes=notes,
+    )
 
 
 def _kexec_boot_services(bs: BootServices, how: str) -> None:
@@ -187,8 +223,10 @@ def _kexec_boot_services(bs: BootServices, how: str) -> None:
 
 def compute_ledger(ev: Evidence) -> Ledger:
     """The ledger of one boot."""
-    kernel, release, cmdline = _kernel(ev)
+    cmdline, cmdline_source = _cmdline(ev)
     params = parse_cmdline(cmdline)
+    kernel = _kernel(ev, cmdline, cmdline_source, params)
+    release = kernel["release"]
     tf = trace_efi_free(ev.trace)
     efi = _efi_state(ev, tf)
     efi_values = [v for raw in params.get("efi", []) for v in raw.split(",")]
@@ -208,15 +246,15 @@ def compute_ledger(ev: Evidence) -> Ledger:
         bs.leaked_bytes = None
         bs.notes.append("deferred_init=lazy: MemTotal - Σ managed includes pages not yet "
                         "initialised, so a leak cannot be measured on this boot")
-    fidelity = _fidelity(ev, params, efi_debug)
-    fidelity["notes"] = bs.notes
-    boot = {
-        "index": ev.boot_index,
-        "of": ev.boot_count,
-        "boot_id": ev.boot_id or (ev.log.boot_id if ev.log else None),
-        "machine_id": ev.machine_id,
-        "source": ev.source,
-    }
-    ledger = Ledger(boot, kernel, _firmware(ev, efi), bs, low, acct, fidelity)
-    ledger.anomalies = find_anomalies(ledger, ev, efi_debug)
-    return ledger
+    fidelity = _fidelity(ev, params, efi_debug, bs.notes)
+    boot = BootDoc(
+        index=ev.boot_index,
+        of=ev.boot_count,
+        boot_id=ev.boot_id or (ev.log.boot_id if ev.log else None),
+        machine_id=ev.machine_id,
+        source=ev.source,
+    )
+    firmware = _firmware(ev, efi)
+    anomalies = find_anomalies(ev, kernel=kernel, efi=efi, fidelity=fidelity, bs=bs, low=low,
+                               acct=acct, efi_debug=efi_debug)
+    return Ledger(boot, kernel, firmware, bs, low, acct, fidelity, anomalies)

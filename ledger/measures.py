@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from memledger.ledger.model import LedgerDoc
+
 __all__ = ("BOOT_COLUMNS", "CAPTURE_CODES", "LEFT_OUT_OF", "REASONS", "anomaly_codes",
            "boot_columns", "measures", "reasons")
 
@@ -75,22 +77,22 @@ def measures(figure: str, why: tuple[str, ...]) -> bool:
     return not LEFT_OUT_OF[figure].intersection(why)
 
 
-def anomaly_codes(doc: dict[str, Any]) -> str | None:
+def anomaly_codes(doc: LedgerDoc) -> str | None:
     """A ledger document's distinct anomaly codes, sorted and space-separated."""
     codes = sorted({a["code"] for a in doc["anomalies"]})
     return " ".join(codes) if codes else None
 
 
-def boot_columns(doc: dict[str, Any]) -> dict[str, Any]:
+def boot_columns(doc: LedgerDoc) -> dict[str, Any]:
     """The boots columns of :data:`BOOT_COLUMNS` from a ledger document."""
     fw, fid = doc["firmware"], doc["fidelity"]
     dmi = fw["dmi"] or {}
     return {
         "efi": fw["efi"],
         "efi_debug": fid["efi_debug"],
-        "kexec": doc["kernel"].get("kexec"),
+        "kexec": doc["kernel"]["kexec"],
         "log_complete": fid["log_complete"],
-        "firmware_vendor": fw.get("vendor"),
+        "firmware_vendor": fw["vendor"],
         "firmware_version": dmi.get("bios_version"),
         "product": dmi.get("product_name"),
         "fidelity": fid,

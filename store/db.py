@@ -1,6 +1,6 @@
 """Where the database is, and opening it: SQLite by default, any SQLAlchemy URL with --db.
 
-Every SQLite connection gets the pragmas a daemon needs (anchors B.5): WAL, synchronous=
+Every SQLite connection gets the pragmas a daemon needs: WAL, synchronous=
 NORMAL, a busy timeout and foreign keys. pysqlite's own transaction handling is switched
 off so that writers can start with ``BEGIN IMMEDIATE`` and never deadlock on a lock
 upgrade (SQLAlchemy's "pysqlite serializable isolation" recipe). PostgreSQL

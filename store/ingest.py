@@ -90,7 +90,7 @@ class Prepared:
     sha256: str
     manifest: Manifest
     boot: dict[str, Any]
-    ledger: dict[str, Any]
+    ledger: dict[str, Any]  # ledgers columns, and the document (a LedgerDoc)
     events: list[dict[str, Any]]
 
 

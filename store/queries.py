@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
-from typing import Any
+from typing import Any, TypedDict, cast
 
+from memledger.ledger.model import LedgerDoc
 from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Connection, Engine, bindparam, func, select
@@ -53,14 +54,14 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]
     } for r in rows]
 
 
-def boot_ledger(engine: Engine, machine_id: str, boot_id: str) -> dict[str, Any] | None:
+def boot_ledger(engine: Engine, machine_id: str, boot_id: str) -> LedgerDoc | None:
     """The stored ledger document of one boot."""
     q = (select(ledger_documents.c.document).join(boots, boots.c.id == ledger_documents.c.boot_pk)
          .join(hosts, hosts.c.id == boots.c.host_id)
          .where(hosts.c.machine_id == machine_id, boots.c.boot_id == boot_id))
     with engine.connect() as conn:
-        doc: dict[str, Any] | None = conn.execute(q).scalar_one_or_none()
-    return doc
+        doc = conn.execute(q).scalar_one_or_none()
+    return cast(LedgerDoc | None, doc)
 
 
 def count_rows(engine: Engine) -> dict[str, int]:
@@ -86,7 +87,21 @@ STORE_COUNTS = select(select(func.count()).select_from(boots).scalar_subquery(),
                       select(func.count()).select_from(hosts).scalar_subquery())
 
 
-def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[dict[str, Any]]:
+class StoredBoot(TypedDict):
+    """One stored boot's identity and headline columns, with its ledger document."""
+
+    machine_id: str
+    boot_id: str
+    kernel_release: str | None
+    efi: bool | None
+    firmware_vendor: str | None
+    firmware_version: str | None
+    product: str | None
+    captured_at: datetime
+    document: LedgerDoc
+
+
+def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[StoredBoot]:
     """The newest ``n`` boots (by capture time) of ``machine_id`` with their ledger
     documents; when that machine has none (or None is given), of the machine whose boot
     was captured last."""
@@ -98,7 +113,10 @@ def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[d
     if host_pk is None:
         return []
     rows = conn.execute(_LATEST, {"host_pk": host_pk, "n": n}).all()
-    return [{**r._asdict(), "captured_at": as_utc(r.captured_at)} for r in rows]
+    return [StoredBoot(machine_id=r.machine_id, boot_id=r.boot_id, kernel_release=r.kernel_release,
+                       efi=r.efi, firmware_vendor=r.firmware_vendor,
+                       firmware_version=r.firmware_version, product=r.product,
+                       captured_at=as_utc(r.captured_at), document=r.document) for r in rows]
 
 
 FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_leaked_bytes",

@@ -65,7 +65,7 @@ def test_collector_unit_has_only_the_three_capabilities() -> None:
     assert s["Type"] == "notify"
     assert set(s["CapabilityBoundingSet"].split()) == {"CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG"}
     assert s["SupplementaryGroups"] == "memledger"
-    # The hardening options that break eBPF or the kernel log (anchors A.1) stay out.
+    # The hardening options that break eBPF or the kernel log stay out (the unit says why).
     for option in ("ProtectKernelTunables", "ProtectKernelLogs", "PrivateUsers",
                    "MemoryDenyWriteExecute", "PrivateDevices", "ProtectKernelModules"):
         assert option not in s, option

@@ -1,4 +1,4 @@
-"""Format variants from kernel-facts.md that the real captures do not cover.
+"""Kernel log formats the real captures do not cover (dmesg flags, syslog, journalctl, …).
 
 Log forms are built from the real capture g by re-wrapping each of its messages, so the
 messages (and the kernel's figures in them) stay the kernel's own.

@@ -2,20 +2,22 @@
 
 ``memledger boot-setup`` adds:
 
-* ``memblock=debug``: every memblock_reserve/free with its caller (kernel-facts §1.1);
+* ``memblock=debug``: every memblock_reserve/free with its caller (memblock_dbg prints
+  ``memblock_reserve: [base-end] caller``);
 * ``log_buf_len=16M``: memblock=debug prints a few hundred KiB on a small machine and
   more on a big one; the default 128 KiB-1 MiB ring buffer would wrap and lose the start;
 * boot-time tracing on the command line (stock Debian kernels have no
-  CONFIG_BOOT_CONFIG, lab-notes "Boot-time tracing"): ``trace_clock=global`` (else a
+  CONFIG_BOOT_CONFIG): ``trace_clock=global`` (else a
   clock switch in late_initcall resets the ring buffer on 6.1), ``trace_buf_size`` (per
   CPU: the boot writes a few hundred entries, so it stays small), ``ftrace=function``
-  with ``ftrace_filter=…``, and ``kprobe_event=…`` (the lab's probes, :mod:`lab.bootargs`).
+  with ``ftrace_filter=…``, and ``kprobe_event=…`` (the boot-time probes of
+  :mod:`memledger.tracer.probes`, the ones the lab uses).
   Function tracing needs CONFIG_FUNCTION_TRACER and kprobes CONFIG_KPROBE_EVENTS; a
   kernel config that lacks them drops those arguments, with a note.
 
 It never adds ``efi=debug``: that makes efi_unmap_boot_services() keep every EFI
-boot-services region (lab-notes "Findings"), so the boot frees none of the memory being
-measured. Asking for it is refused; finding it already set is reported.
+boot-services region ("Keep all regions for /sys/kernel/debug/efi"), so the boot frees
+none of the memory being measured. Asking for it is refused; finding it already set is reported.
 
 The drop-in is sourced by grub-mkconfig as shell, and its value lands unquoted on the
 ``linux`` line of grub.cfg, which GRUB's own lexer splits on ``;`` and expands ``$``
@@ -28,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from memledger.lab.bootargs import KPROBE_EVENTS, TRACE_FUNCTIONS
+from memledger.tracer.probes import BOOT_PROBES, BOOT_TRACE_FUNCTIONS
 
 __all__ = (
     "DROPIN",
@@ -126,11 +128,11 @@ def plan(config: dict[str, str] | None, current: list[str], extra: tuple[str, ..
                      "CONFIG_KPROBE_EVENTS")
     tracing = []
     if cfg.get("FUNCTION_TRACER", "y") == "y":
-        tracing += ["ftrace=function", "ftrace_filter=" + ",".join(TRACE_FUNCTIONS)]
+        tracing += ["ftrace=function", "ftrace_filter=" + ",".join(BOOT_TRACE_FUNCTIONS)]
     else:
         notes.append("CONFIG_FUNCTION_TRACER is not set: no boot-time function trace")
     if cfg.get("KPROBE_EVENTS", "y") == "y":
-        tracing.append("kprobe_event=" + ";".join(KPROBE_EVENTS))
+        tracing.append("kprobe_event=" + ";".join(p.boot_arg for p in BOOT_PROBES))
     else:
         notes.append("CONFIG_KPROBE_EVENTS is not set: no boot-time kprobes")
     if tracing:

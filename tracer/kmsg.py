@@ -25,7 +25,8 @@ __all__ = ("KmsgRecord", "SeqTracker", "memory_event", "parse_record")
 # The kernel prints prio as an int and the sequence number and microseconds as u64s: at
 # most 10 and 20 digits. Longer numbers are not a record (and would overflow a float).
 _HEAD = re.compile(rb"^(\d{1,10}),(\d{1,20}),(\d{1,20}),([^;,]*)[^;]*;")
-# Messages about memory that can appear after boot (kernel-facts §1.8, §6.1).
+# Messages about memory that can appear after boot: free_reserved_area()'s "Freeing %s
+# memory: %ldK" (late initrd, reserve_mem release) and memory hotplug.
 _FREEING = re.compile(r"^Freeing (?P<what>.+?) memory: (?P<kib>\d+)K$")
 _MEMORY = re.compile(
     r"^(?:Freeing |crashkernel|Crash kernel|kexec|reserve_mem|memory_hotplug|"

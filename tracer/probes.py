@@ -1,11 +1,23 @@
-"""The runtime probes, and how their hits become :class:`RuntimeEvent` records (pure).
+"""Every probe memledger attaches, at boot and at runtime, and how runtime hits become
+:class:`RuntimeEvent` records (pure). This is the one catalogue: the lab and
+``memledger boot-setup`` put :data:`BOOT_TRACE_FUNCTIONS` and :data:`BOOT_PROBES` on the
+kernel command line; ``memledger collect`` attaches :data:`PROBES`.
 
-Both collector back ends attach the same probes: bcc (eBPF programs on kprobes) and the
+At boot (stock Debian kernels have no CONFIG_BOOT_CONFIG, so these are command-line
+arguments): ``ftrace=function`` with ``ftrace_filter=`` :data:`BOOT_TRACE_FUNCTIONS` starts
+in start_kernel, early enough to see efi_free_boot_services and every free_reserved_area
+it calls (callers and times, no arguments); ``kprobe_event=`` :data:`BOOT_PROBES` become
+live at fs_initcall (init_kprobe_trace), after the arch_initcall EFI free, and see the
+initrd, initmem and rodata-gap frees with their arguments and return values. They record
+``base=@page_offset_base`` so that the direct-map addresses free_reserved_area takes can
+be turned into physical ones.
+
+At runtime, both collector back ends attach the same probes: bcc (eBPF programs on kprobes) and the
 tracefs fallback (kprobe events in a ``memledger`` trace instance). Each back end turns
 what it sees into :class:`ProbeHit` records, and one :class:`Assembler` turns hits into
 events, so the two cannot disagree about what an event means.
 
-What is probed (kernel-facts §5.2 and §6.1; x86-64 SysV arguments: %di, %si, %dx, %cx):
+What is probed at runtime (x86-64 SysV arguments: %di, %si, %dx, %cx):
 
 * ``free_reserved_area(start, end, poison, s)``: entry (direct-map range, the name the
   kernel prints in ``Freeing <s> memory``, and ``page_offset_base`` to make the range
@@ -31,6 +43,8 @@ from memledger.tracer.ftrace import TraceEvent
 from memledger.tracer.runtime import Kind, RuntimeEvent
 
 __all__ = (
+    "BOOT_PROBES",
+    "BOOT_TRACE_FUNCTIONS",
     "GROUP",
     "PAGE_SIZE",
     "PROBES",
@@ -52,12 +66,50 @@ class Probe:
     is_return: bool
     fetchargs: tuple[str, ...] = ()  # tracefs fetch arguments, NAME=FETCHARG[:TYPE]
     alternative_to: str | None = None  # used only when this function is missing
+    group: str = GROUP               # the event group (boot-time probes: "kprobes")
 
     @property
     def definition(self) -> str:
         """The line written to tracefs ``kprobe_events``."""
         kind = "r" if self.is_return else "p"
-        return " ".join((f"{kind}:{GROUP}/{self.event}", self.function, *self.fetchargs))
+        return " ".join((f"{kind}:{self.group}/{self.event}", self.function, *self.fetchargs))
+
+    @property
+    def boot_arg(self) -> str:
+        """This probe in ``kprobe_event=`` syntax: ``,`` where tracefs has spaces (the
+        command line joins probes with ``;``)."""
+        kind = "r" if self.is_return else "p"
+        return ",".join((f"{kind}:{self.group}/{self.event}", self.function, *self.fetchargs))
+
+
+# Functions the boot-time function tracer follows (ftrace_filter=).
+BOOT_TRACE_FUNCTIONS = (
+    "efi_free_boot_services", "efi_unmap_boot_services", "efi_enter_virtual_mode",
+    "free_reserved_area", "memblock_free_late", "memblock_phys_free", "memblock_free",
+    "memblock_discard", "free_init_pages", "free_initrd_mem", "free_initmem",
+    "free_kernel_image_pages", "deferred_init_memmap", "page_alloc_init_late",
+    "init_real_mode", "do_init_real_mode", "swiotlb_exit", "pci_iommu_init",
+)
+
+# The boot-time kprobes. Their event and field names are what tracer/kprobes.py reads
+# back from the boot trace.
+BOOT_PROBES: tuple[Probe, ...] = (
+    Probe("efi_free_boot_services", "efi_free_boot_services", False, group="kprobes"),
+    Probe("free_reserved_area", "free_reserved_area", False,
+          ("start=%di:x64", "end=%si:x64", "poison=%dx:s32", "s=+0(%cx):string",
+           "base=@page_offset_base:x64"), group="kprobes"),
+    Probe("free_reserved_area_ret", "free_reserved_area", True, ("pages=$retval:u64",),
+          group="kprobes"),
+    Probe("memblock_free_late", "memblock_free_late", False, ("base=%di:x64", "size=%si:x64"),
+          group="kprobes"),
+    Probe("free_init_pages", "free_init_pages", False,
+          ("what=+0(%di):string", "begin=%si:x64", "end=%dx:x64"), group="kprobes"),
+    Probe("free_initrd_mem", "free_initrd_mem", False, ("start=%di:x64", "end=%si:x64"),
+          group="kprobes"),
+    Probe("free_initmem", "free_initmem", False, group="kprobes"),
+    Probe("free_kernel_image_pages", "free_kernel_image_pages", False,
+          ("what=+0(%di):string", "begin=%si:x64", "end=%dx:x64"), group="kprobes"),
+)
 
 
 PROBES: tuple[Probe, ...] = (
