@@ -11,35 +11,63 @@ TYPECHECK_ROOT := build/typecheck
 # The lab cache (kernel images, OVMF when not installed, the initramfs) lives outside the
 # checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
 
-.PHONY: all run test lint typecheck unit e2e fuzz bench dashboards lab-kernels boot-fixtures venv system-deps clean
+.PHONY: all run demo check test lint typecheck fast unit e2e fuzz bench dashboards lab-kernels \
+	boot-fixtures venv system-deps clean
 
 all: test
 
+# Debian packages, by what needs them (scripts/install-system-deps says which are which).
 system-deps:
-	./scripts/install-system-deps
+	./scripts/install-system-deps test
 
+# One virtual environment; each stamp installs what its targets need, and no more.
 # Debian's python3-bpfcc lives in the system site-packages: the venv must see it.
-$(BIN)/.installed: pyproject.toml | system-deps
+$(BIN)/python:
+	./scripts/install-system-deps base
 	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,postgresql]'
+
+PIP := $(BIN)/pip install -q --disable-pip-version-check
+$(BIN)/.installed-run: pyproject.toml | $(BIN)/python
+	./scripts/install-system-deps run
+	$(PIP) -e .
+	touch $@
+$(BIN)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[report]'
+	touch $@
+$(BIN)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) -e '.[test,postgresql]'
 	touch $@
 
-venv: $(BIN)/.installed
+venv: $(BIN)/.installed-dev system-deps
 
-# The daemon on this host, in the foreground: SQLite in a local state directory, the
-# spool beside it, this boot captured at start. Ctrl-C stops it.
-RUN_DIR ?= $(CURDIR)/.run
+# The daemon on this host, in the foreground, with the database and spool every memledger
+# command uses by default (/var/lib/memledger for root): this boot is captured at start,
+# so `memledger boots` lists it. Ctrl-C stops it. RUN_DIR= puts the state elsewhere.
 RUN_LISTEN ?= 127.0.0.1:9031
-run: venv
-	@mkdir -p $(RUN_DIR)/state
-	@echo "make run: database $(RUN_DIR)/state/memledger.db, spool $(RUN_DIR)/state/spool;" \
-	      "metrics at http://$(RUN_LISTEN)/metrics (Ctrl-C stops)"
-	@STATE_DIRECTORY=$(RUN_DIR)/state exec $(BIN)/memledger daemon --web.listen-address $(RUN_LISTEN)
+run: $(BIN)/.installed-run
+	@$(if $(RUN_DIR),mkdir -p $(RUN_DIR))
+	@$(if $(RUN_DIR),STATE_DIRECTORY=$(abspath $(RUN_DIR))) $(BIN)/python -c \
+	    'from memledger.store.db import default_db_path as d; p = d(); \
+	     print(f"make run: database {p}, spool {p.parent}/spool; metrics at" \
+	           " http://$(RUN_LISTEN)/metrics (Ctrl-C stops)")'
+	@$(if $(RUN_DIR),STATE_DIRECTORY=$(abspath $(RUN_DIR))) exec $(BIN)/memledger daemon \
+	    --web.listen-address $(RUN_LISTEN)
 
-lint: venv
+# The committed lab boots of two kernels in a store, compared, with an HTML report.
+DEMO_DIR ?= .demo
+demo: $(BIN)/.installed-demo
+	BIN=$(BIN) DEMO_DIR=$(DEMO_DIR) ./scripts/demo
+
+# The fast loop: lint, types and the in-process tests (no servers, boots or subprocesses).
+check: lint typecheck fast
+
+fast: $(BIN)/.installed-dev
+	$(BIN)/pytest -q -m "not slow" --ignore=tests/e2e
+
+lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check $(PACKAGES) tests bench
 
-typecheck: venv
+typecheck: $(BIN)/.installed-dev
 	mkdir -p $(TYPECHECK_ROOT)/memledger
 	for p in $(PACKAGES); do ln -sfn ../../../$$p $(TYPECHECK_ROOT)/memledger/$$p; done
 	MYPYPATH=$(TYPECHECK_ROOT) $(BIN)/mypy $(addprefix -p memledger.,$(PACKAGES))

@@ -78,7 +78,10 @@ def render_ledger(d: LedgerDoc, console: Console) -> None:
     t2 = _table("Below 1 MiB")
     t2.add_row("usable (E820)", fmt_bytes(low["usable_bytes"]), "")
     t2.add_row("reserved", fmt_bytes(low["reserved_bytes"]), low["reserved_source"] or "")
-    t2.add_row("boot services", fmt_bytes(low["boot_services_bytes"]), "")
+    if fw["efi"] is False:
+        t2.add_row("boot services", "[dim]does not apply[/dim]", "BIOS")
+    else:
+        t2.add_row("boot services", fmt_bytes(low["boot_services_bytes"]), "")
     t2.add_row("freed", fmt_bytes(low["freed_bytes"]), low["freed_source"] or "")
     t2.add_row("crashkernel low", fmt_bytes(low["crashkernel_low_bytes"]), "")
 

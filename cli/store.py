@@ -46,7 +46,7 @@ CAPTURE_EXAMPLES = """
 \b
 examples:
     memledger capture -o boot.tar.gz                 # this host's current boot
-    memledger capture -o /var/spool/memledger/       # into the daemon's spool, named
+    memledger capture -o /var/lib/memledger/spool/   # into the daemon's spool, named
                                                      # MACHINE_ID-BOOT_ID.tar.gz
     memledger capture --root lab/out/root --machine-id $(systemd-id128 new) -o guest.tar.gz
     memledger analyze boot.tar.gz
@@ -80,6 +80,10 @@ def capture(root: str, output: str, machine_id: str | None, boot_id: str | None,
         return
     if os.path.isdir(output):
         output = os.path.join(output, f"{manifest.machine_id}-{manifest.boot_id}.tar.gz")
+    elif output.endswith(os.sep):
+        fail(f"{output}: no such directory (-o DIR/ writes into an existing directory)")
+    elif not os.path.isdir(os.path.dirname(output) or "."):
+        fail(f"{output}: no such directory: {os.path.dirname(output)}")
     try:
         atomic_write(output, data)
     except OSError as exc:
@@ -158,6 +162,9 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
     counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0, "failed": 0}
     errors: list[str] = []
     paths = _capture_paths(files)
+    if not paths:
+        fail(f"{', '.join(files)}: no capture files here (*.tar.gz, as `memledger capture` "
+             "writes them): nothing to ingest")
     err = Console(stderr=True)
     gc.disable()
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _Rate(),
@@ -185,33 +192,49 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
             if len(batch) >= INGEST_BATCH:
                 flush()
         flush()
-    for line in errors:
-        click.echo(f"memledger: error: {line}", err=True)
-    click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
-    if errors:
-        sys.exit(2)
+        for line in errors:
+            click.echo(f"memledger: error: {line}", err=True)
+        click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
+        if errors:
+            sys.exit(2)  # inside the store's context: a store this run created empty goes
 
 
-def _mib(value: int | None) -> str:
+def _mib(value: int | None, applies: bool = True) -> str:
+    if not applies:
+        return "[dim]-[/dim]"
     return "[dim]?[/dim]" if value is None else f"{value / (1 << 20):.1f}"
+
+
+def _firmware(r: dict[str, Any]) -> str:
+    """``EFI EDK II 0.0.0``, ``not EFI``, or ``?`` when the log cannot tell."""
+    if r["efi"] is False:
+        return "not EFI"
+    if r["efi"] is None:
+        return "[dim]?[/dim]"
+    return " ".join(v for v in ("EFI", r["firmware_vendor"], r["firmware_version"]) if v)
 
 
 def _boot_rows(rows: list[dict[str, Any]]) -> Table:
     t = Table(title="stored boots, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
-              padding=(0, 1), collapse_padding=True,
+              padding=(0, 0),
               caption="EFI boot services reclaimed, kept and leaked, and memory below 1 MiB "
-              "freed, in MiB; ? = unknown. --json has every figure.")
+              "freed, in MiB; ? = unknown, - = does not apply (not EFI). --json has every "
+              "figure.")
     t.add_column("host", no_wrap=True, max_width=12, overflow="ellipsis")
     t.add_column("boot", no_wrap=True, min_width=8)
-    t.add_column("kernel", no_wrap=True, overflow="ellipsis", max_width=20)
+    # The release is what compare selects by: never cut (a no_wrap column keeps its width).
+    t.add_column("kernel", no_wrap=True,
+                 min_width=max((len(r["kernel_release"] or "?") for r in rows), default=6))
+    t.add_column("firmware", min_width=9)  # wraps between words on a narrow terminal
     for name in ("reclaimed", "kept", "leaked", "<1M", "anom"):
         t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for r in rows:
-        bs = r["efi_boot_services"]
+        bs, efi = r["efi_boot_services"], r["efi"] is not False
         t.add_row(r["hostname"] or r["machine_id"][:12], r["boot_id"][:8],
-                  r["kernel_release"] or "[dim]?[/dim]",
-                  _mib(bs["reclaimed_bytes"]), _mib(bs["kept_bytes"]), _mib(bs["leaked_bytes"]),
-                  _mib(r["low_memory"]["freed_bytes"]), str(r["anomalies"]))
+                  r["kernel_release"] or "[dim]?[/dim]", _firmware(r),
+                  _mib(bs["reclaimed_bytes"], efi), _mib(bs["kept_bytes"], efi),
+                  _mib(bs["leaked_bytes"], efi), _mib(r["low_memory"]["freed_bytes"]),
+                  str(r["anomalies"]))
     return t
 
 
@@ -227,7 +250,9 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    Console().print(_boot_rows(rows))
+    # Piped, rich would lay the table out for 80 columns; a file gets every row on one line.
+    console = Console()
+    Console(width=None if console.is_terminal else 200).print(_boot_rows(rows))
 
 
 @click.command("reprocess", epilog="\b\nexamples:\n    memledger reprocess\n"

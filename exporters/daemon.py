@@ -59,6 +59,7 @@ from memledger.store.db import (
 )
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
+from memledger.store.queries import StoredBoot, latest_boots
 from memledger.store.runtime import BatchError, store_batch
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
@@ -109,6 +110,33 @@ class DaemonConfig:
     rescan_s: float = 60.0
     parse_timeout_s: float = TIME_LIMIT_S
     parse_memory: int = MEMORY_LIMIT
+
+
+def _mib(value: int | None) -> str:
+    return "unknown" if value is None else f"{value / (1 << 20):,.1f} MiB"
+
+
+def boot_facts(b: StoredBoot) -> dict[str, str]:
+    """The landing page's summary of one stored boot, "does not apply" said as such."""
+    doc = b["document"]
+    bs, low = doc["efi_boot_services"], doc["low_memory"]
+    codes = sorted({a["code"] for a in doc["anomalies"]})
+    out = {"current boot": f"{b['boot_id']} (kernel {b['kernel_release'] or 'unknown'}, "
+                           f"captured {b['captured_at']:%Y-%m-%d %H:%M:%S} UTC)"}
+    if b["efi"] is False:
+        out["firmware"] = "not EFI (BIOS): the EFI boot-services figures do not apply"
+    else:
+        firmware = " ".join(v for v in (b["firmware_vendor"], b["firmware_version"]) if v)
+        out["firmware"] = ("EFI" if b["efi"] else "unknown whether EFI") + \
+            (f", {firmware}" if firmware else "")
+        out["EFI boot services"] = ", ".join(
+            f"{k} {_mib(v)}" for k, v in (("total", bs["total_bytes"]),
+                                          ("reclaimed", bs["reclaimed_bytes"]),
+                                          ("kept", bs["kept_bytes"]), ("leaked", bs["leaked_bytes"])))
+    out["below 1 MiB"] = (f"reserved {_mib(low['reserved_bytes'])}, "
+                          f"freed {_mib(low['freed_bytes'])}")
+    out["anomalies"] = ", ".join(codes) or "none"
+    return out
 
 
 def _machine_id(root: str) -> str | None:
@@ -250,8 +278,18 @@ class Daemon:
                 f"{c['failed']} failed; serving http://{self.web.address}{self.web.path}")
 
     def _landing(self) -> dict[str, str]:
-        return {"version": VERSION, "database": display_url(self.cfg.url),
-                "spool": self.cfg.spool, "status": self._status()}
+        facts = {"version": VERSION, "database": display_url(self.cfg.url),
+                 "spool": self.cfg.spool, "status": self._status()}
+        if self.cfg.fleet:
+            return facts
+        try:
+            with self.engine.connect() as conn:
+                current = latest_boots(conn, _machine_id(self.cfg.root), 1)
+        except SQLAlchemyError as exc:
+            return {**facts, "current boot": f"unknown: {describe_error(self.engine.url, exc)}"}
+        if not current:
+            return {**facts, "current boot": "none stored yet"}
+        return {**facts, **boot_facts(current[0])}
 
     # -- one file -----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The ledger document: one boot's account as JSON, typed field by field.
 
 These are the shapes :meth:`memledger.ledger.compute.Ledger.as_dict` returns, ingest stores
-and the exporters read back (README.md, "The ledger", documents every field). Unknown is
+and the exporters read back (docs/ledger.md documents every field). Unknown is
 None (JSON null), never 0. A stored document is trusted to have this shape because the
 store only holds what ``as_dict`` wrote for :data:`SCHEMA_VERSION`.
 """

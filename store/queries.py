@@ -51,7 +51,17 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]
                               "leaked_bytes": r.bs_leaked_bytes},
         "low_memory": {"reserved_bytes": r.low_reserved_bytes, "freed_bytes": r.low_freed_bytes},
         "anomalies": r.anomaly_count,
+        "notes": boot_notes(r.efi),
     } for r in rows]
+
+
+def boot_notes(efi: bool | None) -> list[str]:
+    """What a stored boot's figures mean when they are null: "does not apply" or unknown."""
+    if efi is False:
+        return ["not EFI: a BIOS boot has no EFI boot services; those figures do not apply"]
+    if efi is None:
+        return ["unknown whether this boot was EFI (its log lost the start)"]
+    return []
 
 
 def boot_ledger(engine: Engine, machine_id: str, boot_id: str) -> LedgerDoc | None:

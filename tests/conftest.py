@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import subprocess
@@ -44,9 +45,18 @@ def qemu_missing(cache: Path) -> str | None:
 
 
 def analyze_json(path: str | Path) -> Any:
-    proc = run_cli("analyze", str(path), "--json")
-    assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    """``memledger analyze PATH --json``, run in this process by click's CliRunner: the
+    same command and output as the installed script (test_cli runs that one), without a
+    Python start-up per call."""
+    from click.testing import CliRunner
+    from memledger.cli.main import main
+
+    try:
+        result = CliRunner().invoke(main, ["analyze", str(path), "--json"], catch_exceptions=False)
+    finally:
+        gc.enable()  # analyze turns the cyclic collector off for its one-shot process
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 def dmesg_text(name: str) -> str:

@@ -15,7 +15,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from capturegen import BOOT_NAMES, T0, Key, boot_id, machine_id, make_capture, targz
+from capturegen import BOOT_NAMES, BOOTS, T0, Key, boot_id, machine_id, make_capture, targz
 from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, captures, hosts, ledgers
@@ -226,6 +226,10 @@ def test_http_landing_page_and_telemetry_path(tmp_path: Path) -> None:
     code, ctype, body = d.get("/")
     assert code == 200 and ctype.startswith("text/html") and "<a href='/m'>Metrics</a>" in body
     assert "1 stored, 0 duplicate, 0 failed" in body
+    # The current boot's summary: the stored boot, its kernel as the fixture's own osrelease.
+    release = (BOOTS / BOOT_NAMES[0] / "root/proc/sys/kernel/osrelease").read_text().strip()
+    assert f"<th>current boot</th><td>{boot_id(0, 0)} (kernel {release}, captured" in body
+    assert "<th>firmware</th><td>EFI, EDK II" in body and "<th>EFI boot services</th>" in body
     code, ctype, body = d.get("/m")
     assert code == 200 and ctype.startswith("text/plain; version=")
     assert "memledger_store_boots 1.0" in body

@@ -8,7 +8,7 @@ import pytest
 from capturegen import BOOT_NAMES, boot_id, machine_id, make_capture
 from click.testing import CliRunner
 from conftest import run_cli
-from memledger.exporters import storecli
+from memledger.cli import store as storecli
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, hosts
 from sqlalchemy import select

@@ -1,5 +1,5 @@
 """Every log of the real-world corpus (tests/realworld.py) is read, split into its boots and
-figured as its own lines say; nothing in a format the README lists is refused."""
+figured as its own lines say; nothing in a format docs/analyze.md lists is refused."""
 
 from __future__ import annotations
 
@@ -74,7 +74,7 @@ def test_a_real_log(entry: Entry, corpus: Path) -> None:
 
 
 def counts(corpus: Path) -> str:
-    """The README's table of the corpus: logs, boots, formats, refusals by reason."""
+    """docs/analyze.md's table of the corpus: logs, boots, formats, refusals by reason."""
     logs: collections.Counter[str] = collections.Counter()
     boots: collections.Counter[str] = collections.Counter()
     refused: collections.Counter[str] = collections.Counter()
@@ -113,4 +113,4 @@ def _era_key(era: str) -> tuple[int, str]:
 
 def test_the_readme_counts_are_the_corpus(corpus: Path) -> None:
     table = counts(corpus)
-    assert table in README.read_text(), "README's real-world table should read:\n" + table
+    assert table in README.read_text(), "docs/analyze.md's real-world table should read:\n" + table

@@ -386,7 +386,7 @@ def _exposure(report: str) -> float:
 
 
 def test_systemd_analyze_security_scores(scenario: Scenario) -> None:
-    """The README's Reliability section records these scores (0 is best, 10 worst)."""
+    """docs/reliability.md records these scores (0 is best, 10 worst)."""
     daemon = _exposure(scenario.security["memledger.service"])
     collector = _exposure(scenario.security["memledger-collector.service"])
     print(f"\nsystemd-analyze security: memledger.service {daemon}, "

@@ -69,7 +69,7 @@ def test_live_boot_identities(name: str, matrix: dict[str, MatrixOutcome]) -> No
     assert EXPECTED[outcome.boot.config.name] <= ran
 
 
-# The newest kernel of each era, booted as the README shows: `memledger lab boot --kernel X`.
+# The newest kernel of each era, booted as docs/lab.md shows: `memledger lab boot --kernel X`.
 NEWEST = {k.era: k for k in KERNELS}
 
 

@@ -9,7 +9,7 @@ coverage, a corpus in build/fuzz/TARGET seeded from the real fixtures, and libFu
 -timeout (a hang is a crash too). A crash writes tests/fuzz/crashers/TARGET/crash-…:
 commit it with the fix, and tests/reliability/test_fuzz_regressions.py replays it for
 ever. Exit status: 0 when no target crashed, 1 otherwise. The summary gives each
-target's executions and time (the README's Reliability figures).
+target's executions and time (the figures in docs/reliability.md).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Lua check of every response: status 200 and the exact sample lines for the store
 whose reclaimed bytes are the kernel's printed figure. Meanwhile 20 clients send half a
 request and stall (slowloris): a normal scrape must still be answered, and the server
 must drop the stalled ones after its client timeout. The rate reached is printed for the
-README; speed itself is measured in bench/, not asserted here.
+docs/store.md; speed itself is measured in bench/, not asserted here.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from daemonrun import Daemon, drop, wait_for
 
 N_CLIENTS = 300
 NOFILE = 256
-# What the README promises: at most 64 connections, with 64 descriptors kept for the rest
+# What docs/store.md promises: at most 64 connections, with 64 descriptors kept for the rest
 # of the daemon, and 10 s for a request's headers (exporters/web.py).
 MAX_CONNECTIONS, FD_RESERVE, HEADER_DEADLINE_S = 64, 64, 10.0
 

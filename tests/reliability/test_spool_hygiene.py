@@ -21,7 +21,7 @@ from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state
 
 NOBODY = 65534
-MAX_LABEL_CHARS = 128  # the README's bound on a label value (exporters/metrics.py)
+MAX_LABEL_CHARS = 128  # docs/reliability.md's bound on a label value (exporters/metrics.py)
 WEEK_AGO = time.time() - 8 * 86400
 
 
