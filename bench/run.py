@@ -31,6 +31,7 @@ from typing import Any
 
 from memledger.cli.inputs import InputError, load
 from memledger.ledger.compute import compute_ledger
+from memledger.ledger.model import LedgerDoc
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 
@@ -178,7 +179,7 @@ def bench_realworld() -> dict[str, Any]:
     size = sum(e.bytes for e in entries)
     grep_s, grep_all = _best(lambda: subprocess.run(["grep", "-c", "memblock", *paths],
                                                     capture_output=True, check=False))
-    ledgers: dict[str, list[dict[str, Any]] | None] = {}
+    ledgers: dict[str, list[LedgerDoc] | None] = {}
 
     def analyze(path: str) -> None:
         try:

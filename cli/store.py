@@ -48,7 +48,7 @@ examples:
     memledger capture -o boot.tar.gz                 # this host's current boot
     memledger capture -o /var/lib/memledger/spool/   # into the daemon's spool, named
                                                      # MACHINE_ID-BOOT_ID.tar.gz
-    memledger capture --root lab/out/root --machine-id $(systemd-id128 new) -o guest.tar.gz
+    memledger capture --root boot1/root --machine-id $(systemd-id128 new) -o guest.tar.gz   # a lab boot
     memledger analyze boot.tar.gz
 """
 

@@ -16,6 +16,9 @@ from capturegen import BOOTS, make_capture
 from conftest import MEMLEDGER, run_cli
 from memledger.tracer.capture import MANIFEST, CaptureError, unpack
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 MID = "0123456789abcdef0123456789abcdef"
 ROOT = BOOTS / "6.12.117+deb12-amd64-trace" / "root"
 

@@ -8,7 +8,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import pytest
 from conftest import CAPTURES, run_cli
+
+# Runs the installed `memledger` script (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 G = CAPTURES / "g-6.12.117-default"
 K = CAPTURES / "k-6.1.0-47-default"

@@ -23,6 +23,9 @@ from memledger.store.ingest import ingest_bytes
 from memledger.store.migrate import upgrade
 from PIL import Image
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 OLD, NEW = "6.1.0-47-amd64", "6.12.117+deb12-amd64"
 
 

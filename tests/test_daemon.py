@@ -15,11 +15,15 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from capturegen import BOOT_NAMES, BOOTS, T0, Key, boot_id, machine_id, make_capture, targz
 from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, captures, hosts, ledgers
 from sqlalchemy import func, select, text
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 GOOD_ONE = make_capture(BOOT_NAMES[0], 0, 0)
 

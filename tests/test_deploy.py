@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import signal
@@ -13,6 +14,9 @@ from pathlib import Path
 import pytest
 from conftest import MEMLEDGER
 from daemonrun import wait_for
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parent.parent
 UNIT = REPO / "deploy" / "systemd" / "memledger.service"
@@ -97,14 +101,19 @@ def test_make_run_shows_a_live_daemon(tmp_path: Path) -> None:
         try:
             wait_for("make run to serve", lambda: "serving http://" in log.read_text(), 120)
             text = log.read_text()
-            assert f"database {tmp_path}/state/memledger.db" in text
+            assert f"database {tmp_path}/memledger.db, spool {tmp_path}/spool;" in text
             address = re.search(r"serving (http://\S+/metrics)", text)
             assert address is not None
             wait_for("this boot to be stored", lambda: "this boot: " in log.read_text(), 60)
             with urllib.request.urlopen(address.group(1), timeout=10) as r:
                 body = r.read().decode()
             assert "memledger_store_boots 1.0" in body
-            assert (tmp_path / "state" / "spool" / "done").is_dir()
+            assert (tmp_path / "spool" / "done").is_dir()
+            # The command line finds the same database: one state directory for both.
+            listed = subprocess.run([MEMLEDGER, "boots", "--json"], capture_output=True, text=True,
+                                    env={**os.environ, "STATE_DIRECTORY": str(tmp_path)}, check=True)
+            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+            assert [b["boot_id"] for b in json.loads(listed.stdout)] == [boot_id]
         finally:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(60)

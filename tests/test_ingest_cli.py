@@ -13,6 +13,9 @@ from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, hosts
 from sqlalchemy import select
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 
 def _spool(tmp: Path) -> Path:
     d = tmp / "captures"

@@ -24,6 +24,9 @@ from memledger.lab.kernels import ERAS, AptState, CachedKernel, choose_default, 
 from memledger.lab.matrix import CONFIGS, ERA_CONFIGS, plan
 from memledger.lab.qemu import QemuSpec, qemu_command
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 # x86 COMMAND_LINE_SIZE (arch/x86/include/asm/setup.h): longer command lines are cut.
 COMMAND_LINE_SIZE = 2048
 

@@ -19,9 +19,13 @@ from memledger.lab import accel
 from memledger.lab.boot import BootRequest, LabError, run_boot
 from test_lab import _serial
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 FAKE_QEMU = r'''#!@PYTHON@
 """A QEMU whose KVM cannot run Linux: silent under -accel kvm, a banner under TCG."""
 import pathlib, sys, time
+
 args = sys.argv[1:]
 with open(@CALLS@, "a") as log:
     log.write(" ".join(args) + "\n")

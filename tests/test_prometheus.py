@@ -29,6 +29,9 @@ from memledger.store.migrate import upgrade
 from prometheus_client.parser import text_string_to_metric_families
 from promrun import Prometheus
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "memledger.json"

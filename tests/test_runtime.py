@@ -216,6 +216,7 @@ def test_the_caller_is_the_frame_below_the_traced_function() -> None:
 
 # -- the store and the daemon ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_batches_are_stored_once_and_summed_per_boot(db_url: str) -> None:
     engine = make_engine(resolve_url(db_url))
     upgrade(engine)
@@ -236,6 +237,7 @@ def test_batches_are_stored_once_and_summed_per_boot(db_url: str) -> None:
         engine.dispose()
 
 
+@pytest.mark.slow
 def test_daemon_stores_batches_and_exports_them(tmp_path: Path) -> None:
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -263,6 +265,7 @@ def test_daemon_stores_batches_and_exports_them(tmp_path: Path) -> None:
 
 # -- memledger collect ---------------------------------------------------------------
 
+@pytest.mark.slow
 def test_collect_captures_the_boot_and_resumes_the_kernel_log(tmp_path: Path) -> None:
     spool, state = tmp_path / "spool", tmp_path / "state"
     cmd = [MEMLEDGER, "collect", "--backend", "none", "--duration", "1s", "--flush-interval",

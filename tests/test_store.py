@@ -37,6 +37,9 @@ from memledger.store.schema import (
 )
 from sqlalchemy import Engine, func, select, text, update
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 MEMBLOCK_RANGE = re.compile(r"\] _{0,2}memblock_\w+: \[0x[0-9a-f]+-0x[0-9a-f]+\]")
 FREEING = re.compile(r"Freeing .+ memory: \d+K")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import CAPTURES
 from memledger.cli.inputs import load
 from memledger.cli.render import render_ledger
@@ -178,6 +179,7 @@ def test_the_table_of_a_bios_boot_says_not_efi(tmp_path: Path) -> None:
     assert "unknown" not in section
 
 
+@pytest.mark.slow
 def test_a_log_without_its_boot_is_read_not_refused(tmp_path: Path) -> None:
     # A syslog of a day without a reboot: kernel lines, none from the boot.
     late = [ln for ln in G_TEXT.splitlines()[-60:] if "Freeing" not in ln and "efi" not in ln]

@@ -20,6 +20,9 @@ from capturegen import BOOT_NAMES, make_capture
 from conftest import run_cli
 from contract import EXIT2, analyze_contract, fingerprint
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 GOOD = make_capture("6.12.117+deb12-amd64-default", 1, 1)
 
 

@@ -14,11 +14,15 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 from capturegen import BOOT_NAMES, boot_id, machine_id, make_capture
 from conftest import MEMLEDGER
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, captures, hosts, ledgers
 from sqlalchemy import func, select, text
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 WRITERS, ROUNDS, OWN, SHARED = 8, 6, 5, 3
 BAD = re.compile(r"locked|deadlock|Traceback|could not serialize|busy", re.I)

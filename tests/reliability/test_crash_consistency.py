@@ -18,10 +18,14 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from capturegen import BOOT_NAMES, Key, boot_id, machine_id, make_capture
 from conftest import MEMLEDGER
 from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state, stored
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 
 def _after_kill(path: Path) -> tuple[set[Key], int, int]:

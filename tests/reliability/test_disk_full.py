@@ -24,6 +24,9 @@ from conftest import MEMLEDGER, run_cli
 from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state, stored
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 CAPTURE = make_capture("6.12.117+deb12-amd64-memblock", 5, 5)  # the biggest ledger: 10⁴ events
 
 

@@ -17,11 +17,15 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 from capturegen import BOOTS, make_capture
 from conftest import kernel_efi_freed_bytes
 from daemonrun import Daemon, drop, wait_for
 from memledger.exporters.web import CLIENT_TIMEOUT_S
 from prometheus_client.utils import floatToGoString
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 CHECK_LUA = """
 local threads = {}

@@ -15,8 +15,12 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from capturegen import make_capture
 from daemonrun import Daemon, drop, wait_for
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 N_CLIENTS = 300
 NOFILE = 256

@@ -51,6 +51,7 @@ TWO_BOOTS: dict[str, tuple[Callable[[], str], list[int | None], frozenset[str]]]
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(TWO_BOOTS))
 def test_two_boots_in_one_file(case: str, tmp_path: Path) -> None:
     make, want, codes = TWO_BOOTS[case]
@@ -97,6 +98,7 @@ def _totals(doc: dict) -> tuple[object, ...]:
             bs["cross_checks"]["memblock_reserved_bytes"], doc["low_memory"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(VARIANTS))
 def test_future_format_variant(case: str, tmp_path: Path) -> None:
     original, make, reclaimed, codes = VARIANTS[case]
@@ -145,6 +147,7 @@ EXIT2_CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(EXIT2_CASES))
 def test_unreadable_text_is_one_line_exit_2(case: str, tmp_path: Path) -> None:
     path = tmp_path / "kern.log"

@@ -17,6 +17,9 @@ from pathlib import Path
 import pytest
 from conftest import kernel_efi_freed_bytes, run_cli
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 BOOT = Path(__file__).parents[1] / "fixtures" / "boots" / "6.12.117+deb12-amd64-memblock" / "root"
 TEXT = (BOOT / "dmesg.txt").read_text()
 LINES = TEXT.splitlines(keepends=True)

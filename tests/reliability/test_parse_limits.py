@@ -19,9 +19,13 @@ import time
 import zlib
 from pathlib import Path
 
+import pytest
 from capturegen import BOOTS, T0, boot_id, machine_id, make_capture
 from daemonrun import Daemon, drop, wait_for
 from memledger.tracer.capture import MAX_UNPACKED_BYTES
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
 

@@ -17,6 +17,9 @@ from capturegen import BOOTS, T0, boot_id, machine_id, make_capture, targz
 from daemonrun import Daemon, drop, wait_for
 from memledger.tracer.runtime import FORMAT, FORMAT_VERSION
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 DMESG = (BOOTS / "6.1.0-47-amd64-default" / "root" / "dmesg.txt").read_bytes()
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
 

@@ -12,9 +12,13 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from capturegen import make_capture
 from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
 
 
 def test_a_sighup_storm_during_ingest_neither_deadlocks_nor_kills(tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ from capturegen import make_capture
 from conftest import MEMLEDGER
 from daemonrun import Daemon, drop, wait_for
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
 NOBODY = 65534
 

@@ -20,6 +20,9 @@ from conftest import MEMLEDGER, run_cli
 from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 NOBODY = 65534
 MAX_LABEL_CHARS = 128  # docs/reliability.md's bound on a label value (exporters/metrics.py)
 WEEK_AGO = time.time() - 8 * 86400

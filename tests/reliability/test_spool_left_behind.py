@@ -23,6 +23,9 @@ from test_daemon import spool_state, stored
 from watchdog.events import FileClosedNoWriteEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 GOOD = make_capture("6.12.117+deb12-amd64-default", 7, 7)
 # --spool.rescan-interval, set as the unit's EnvironmentFile sets it.
 RESCAN_2S = {"MEMLEDGER_SPOOL_RESCAN_INTERVAL": "2s"}

@@ -14,6 +14,9 @@ import pytest
 from conftest import kernel_efi_freed_bytes
 from contract import analyze_contract
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 BOOTS = Path(__file__).parents[1] / "fixtures" / "boots"
 LOGS = ("6.1.0-56-amd64-memblock", "6.12.117+deb12-amd64-crashkernel",
         "6.12.117+deb12-cloud-amd64-default")

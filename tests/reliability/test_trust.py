@@ -21,6 +21,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from test_daemon import stored
 
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
 DMESG = (BOOTS / "6.12.117+deb12-amd64-default" / "root" / "dmesg.txt").read_bytes()
 
 
