@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
 from importlib.metadata import version
-from typing import Any
 
 import click
 from memledger.cli.dboption import DB_OPTION, open_store
@@ -20,7 +19,7 @@ from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
 from memledger.store.ingest import ingest_many as store_ingest_many
 from memledger.store.migrate import upgrade
-from memledger.store.queries import list_boots
+from memledger.store.queries import BootRow, list_boots
 from memledger.tracer.capture import CaptureError, record
 from memledger.tracer.reader import FsTree
 from rich import box
@@ -205,7 +204,7 @@ def _mib(value: int | None, applies: bool = True) -> str:
     return "[dim]?[/dim]" if value is None else f"{value / (1 << 20):.1f}"
 
 
-def _firmware(r: dict[str, Any]) -> str:
+def _firmware(r: BootRow) -> str:
     """``EFI EDK II 0.0.0``, ``not EFI``, or ``?`` when the log cannot tell."""
     if r["efi"] is False:
         return "not EFI"
@@ -214,7 +213,7 @@ def _firmware(r: dict[str, Any]) -> str:
     return " ".join(v for v in ("EFI", r["firmware_vendor"], r["firmware_version"]) if v)
 
 
-def _boot_rows(rows: list[dict[str, Any]]) -> Table:
+def _boot_rows(rows: list[BootRow]) -> Table:
     t = Table(title="stored boots, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 0),
               caption="EFI boot services reclaimed, kept and leaked, and memory below 1 MiB "

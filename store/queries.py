@@ -21,7 +21,37 @@ def _iso(when: datetime | None) -> str | None:
     return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]:
+class HeadlineBootServices(TypedDict):
+    total_bytes: int | None
+    reclaimed_bytes: int | None
+    kept_bytes: int | None
+    leaked_bytes: int | None
+
+
+class HeadlineLowMemory(TypedDict):
+    reserved_bytes: int | None
+    freed_bytes: int | None
+
+
+class BootRow(TypedDict):
+    """One line of ``memledger boots``: a stored boot and its headline figures."""
+
+    machine_id: str
+    hostname: str | None
+    boot_id: str
+    kernel_release: str | None
+    captured_at: str | None  # ISO 8601, UTC
+    efi: bool | None
+    firmware_vendor: str | None
+    firmware_version: str | None
+    product: str | None
+    efi_boot_services: HeadlineBootServices
+    low_memory: HeadlineLowMemory
+    anomalies: int
+    notes: list[str]
+
+
+def list_boots(engine: Engine, limit: int | None = None) -> list[BootRow]:
     """Stored boots, newest capture first, with their headline ledger figures."""
     q = (select(hosts.c.machine_id, hosts.c.hostname, boots.c.boot_id, boots.c.kernel_release,
                 boots.c.captured_at, boots.c.efi, boots.c.firmware_vendor,
@@ -35,24 +65,24 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[dict[str, Any]]
         q = q.limit(limit)
     with engine.connect() as conn:
         rows = conn.execute(q).all()
-    return [{
-        "machine_id": r.machine_id,
-        "hostname": r.hostname,
-        "boot_id": r.boot_id,
-        "kernel_release": r.kernel_release,
-        "captured_at": _iso(r.captured_at),
-        "efi": r.efi,
-        "firmware_vendor": r.firmware_vendor,
-        "firmware_version": r.firmware_version,
-        "product": r.product,
-        "efi_boot_services": {"total_bytes": r.bs_total_bytes,
-                              "reclaimed_bytes": r.bs_reclaimed_bytes,
-                              "kept_bytes": r.bs_kept_bytes,
-                              "leaked_bytes": r.bs_leaked_bytes},
-        "low_memory": {"reserved_bytes": r.low_reserved_bytes, "freed_bytes": r.low_freed_bytes},
-        "anomalies": r.anomaly_count,
-        "notes": boot_notes(r.efi),
-    } for r in rows]
+    return [BootRow(
+        machine_id=r.machine_id,
+        hostname=r.hostname,
+        boot_id=r.boot_id,
+        kernel_release=r.kernel_release,
+        captured_at=_iso(r.captured_at),
+        efi=r.efi,
+        firmware_vendor=r.firmware_vendor,
+        firmware_version=r.firmware_version,
+        product=r.product,
+        efi_boot_services=HeadlineBootServices(
+            total_bytes=r.bs_total_bytes, reclaimed_bytes=r.bs_reclaimed_bytes,
+            kept_bytes=r.bs_kept_bytes, leaked_bytes=r.bs_leaked_bytes),
+        low_memory=HeadlineLowMemory(reserved_bytes=r.low_reserved_bytes,
+                                     freed_bytes=r.low_freed_bytes),
+        anomalies=r.anomaly_count,
+        notes=boot_notes(r.efi),
+    ) for r in rows]
 
 
 def boot_notes(efi: bool | None) -> list[str]:

@@ -8,7 +8,7 @@ import pytest
 from capturegen import BOOT_NAMES, boot_id, machine_id, make_capture
 from click.testing import CliRunner
 from conftest import run_cli
-from memledger.cli import store as storecli
+from memledger.cli import store as store_commands
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, hosts
 from sqlalchemy import select
@@ -58,7 +58,7 @@ def test_parse_workers_and_small_batches_store_the_same(tmp_path: Path, jobs: in
     with -j 2, the worker pool that large backfills use."""
     monkeypatch.setattr(storecli, "INGEST_BATCH", 2)
     d = _spool(tmp_path)
-    result = CliRunner().invoke(storecli.ingest, ["--db", str(tmp_path / "m.db"), "-j", str(jobs),
+    result = CliRunner().invoke(store_commands.ingest, ["--db", str(tmp_path / "m.db"), "-j", str(jobs),
                                                   str(d)])
     assert result.exit_code == 2, result.output
     assert "5 new, 0 replaced, 1 duplicate, 0 older, 1 failed" in result.output
