@@ -56,7 +56,7 @@ def test_parse_workers_and_small_batches_store_the_same(tmp_path: Path, jobs: in
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Batches of 2 (so that captures of one boot meet in a batch and across batches) and,
     with -j 2, the worker pool that large backfills use."""
-    monkeypatch.setattr(storecli, "INGEST_BATCH", 2)
+    monkeypatch.setattr(store_commands, "INGEST_BATCH", 2)
     d = _spool(tmp_path)
     result = CliRunner().invoke(store_commands.ingest, ["--db", str(tmp_path / "m.db"), "-j", str(jobs),
                                                   str(d)])
