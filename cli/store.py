@@ -219,7 +219,7 @@ def _boot_rows(rows: list[BootRow]) -> Table:
               caption="EFI boot services reclaimed, kept and leaked, and memory below 1 MiB "
               "freed, in MiB; ? = unknown, - = does not apply (not EFI). --json has every "
               "figure.")
-    t.add_column("host", no_wrap=True, max_width=12, overflow="ellipsis")
+    t.add_column("host", no_wrap=True, max_width=16, overflow="ellipsis")
     t.add_column("boot", no_wrap=True, min_width=8)
     # The release is what compare selects by: never cut (a no_wrap column keeps its width).
     t.add_column("kernel", no_wrap=True,

@@ -367,6 +367,8 @@ def _left_out(sides: Sides) -> list[dict[str, Any]]:
 def _num(value: float, unit: str) -> str:
     if unit != "bytes":
         return f"{value:+g}"
+    if 0 < abs(value) < 1 << 20:  # a few KiB below 1 MiB would read "-0.0 MiB"
+        return f"{value / 1024:+,.0f} KiB" if abs(value) >= 1024 else f"{value:+,.0f} bytes"
     return f"{value / (1 << 20):+,.1f} MiB"
 
 

@@ -306,3 +306,12 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], why: str)
     proc = run_cli("compare", "--db", db, *args)
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
+
+
+def test_a_change_under_a_mib_is_told_in_kib() -> None:
+    """5.10 frees 4 KiB below 1 MiB where 6.1 frees none: "-4 KiB", never "-0.0 MiB"."""
+    from memledger.store.compare import _num
+
+    assert _num(-4096, "bytes") == "-4 KiB"
+    assert _num(-512, "bytes") == "-512 bytes"
+    assert _num(29 * 1024 * 1024 + 4096, "bytes") == "+29.0 MiB"
