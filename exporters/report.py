@@ -1,5 +1,6 @@
 """``memledger compare`` output: a rich table, JSON, Markdown for a rollout ticket, and one
-self-contained HTML file with plots (matplotlib, drawn as inline SVG).
+self-contained HTML file with plots (matplotlib, inline SVG; past 1000 points a side, the
+points are one embedded image).
 
 Every format leads with the verdict and its reasons, then the figures (with each one's
 threshold and how it was compared), the paired hosts, the anomaly codes, what else
