@@ -34,7 +34,7 @@ LAZY = {
     "ingest": "memledger.cli.store:ingest",
     "boots": "memledger.cli.store:boots",
     "reprocess": "memledger.cli.store:reprocess_cmd",
-    "daemon": "memledger.exporters.daemon:daemon",
+    "daemon": "memledger.cli.daemon:daemon",
     "collect": "memledger.cli.collect:collect",
     "boot-setup": "memledger.cli.bootsetup:boot_setup",
     "compare": "memledger.cli.compare:compare_cmd",

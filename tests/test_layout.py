@@ -19,7 +19,7 @@ ALLOWED = {
     "spool": {"tracer", "store"},  # store.files: atomic writes
     "store": {"tracer", "ledger"},
     "lab": {"tracer", "ledger"},
-    "exporters": {"tracer", "ledger", "store", "spool", "cli"},  # the daemon is a command too
+    "exporters": {"tracer", "ledger", "store", "spool"},
     "cli": {"tracer", "ledger", "store", "spool", "exporters", "lab"},
 }
 
