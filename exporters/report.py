@@ -37,8 +37,11 @@ def _num(value: float | None, unit: str, signed: bool = False) -> str:
         return "?"
     if unit != "bytes":
         return f"{value:+g}" if signed else f"{value:g}"
-    mib = value / (1 << 20)
-    return f"{mib:+,.2f} MiB" if signed else f"{mib:,.2f} MiB"
+    sign = "+" if signed else ""
+    if 0 < abs(value) < 1 << 20:  # a few KiB below 1 MiB would read "0.00 MiB"
+        return (f"{value / 1024:{sign},.0f} KiB" if abs(value) >= 1024
+                else f"{value:{sign},.0f} bytes")
+    return f"{value / (1 << 20):{sign},.2f} MiB"
 
 
 def _mib(value: float | None, unit: str, signed: bool = False) -> str:

@@ -315,3 +315,12 @@ def test_a_change_under_a_mib_is_told_in_kib() -> None:
     assert _num(-4096, "bytes") == "-4 KiB"
     assert _num(-512, "bytes") == "-512 bytes"
     assert _num(29 * 1024 * 1024 + 4096, "bytes") == "+29.0 MiB"
+
+
+def test_the_report_tells_a_figure_under_a_mib_in_kib() -> None:
+    """The figures table too: a 4 KiB median is "4 KiB", not "0.00 MiB"."""
+    from memledger.exporters.report import _num as report_num
+
+    assert report_num(-4096, "bytes", signed=True) == "-4 KiB"
+    assert report_num(40960, "bytes") == "40 KiB"
+    assert report_num(42 * 1024 * 1024, "bytes") == "42.00 MiB"
