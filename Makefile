@@ -44,12 +44,9 @@ venv: $(BIN)/.installed-dev system-deps
 # command uses by default (/var/lib/memledger for root): this boot is captured at start,
 # so `memledger boots` lists it. Ctrl-C stops it. RUN_DIR= puts the state elsewhere.
 RUN_LISTEN ?= 127.0.0.1:9031
+# The daemon's first line names the database, the spool and the address.
 run: $(BIN)/.installed-run
 	@$(if $(RUN_DIR),mkdir -p $(RUN_DIR))
-	@$(if $(RUN_DIR),STATE_DIRECTORY=$(abspath $(RUN_DIR))) $(BIN)/python -c \
-	    'from memledger.store.db import default_db_path as d; p = d(); \
-	     print(f"make run: database {p}, spool {p.parent}/spool; metrics at" \
-	           " http://$(RUN_LISTEN)/metrics (Ctrl-C stops)")'
 	@$(if $(RUN_DIR),STATE_DIRECTORY=$(abspath $(RUN_DIR))) exec $(BIN)/memledger daemon \
 	    --web.listen-address $(RUN_LISTEN)
 

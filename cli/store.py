@@ -195,7 +195,7 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
             click.echo(f"memledger: error: {line}", err=True)
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
         if errors:
-            sys.exit(2)  # inside the store's context: a store this run created empty goes
+            sys.exit(2)  # in the store's context: a store this run created, left empty, goes
 
 
 def _mib(value: int | None, applies: bool = True) -> str:
@@ -251,7 +251,9 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
         return
     # Piped, rich would lay the table out for 80 columns; a file gets every row on one line.
     console = Console()
-    Console(width=None if console.is_terminal else 200).print(_boot_rows(rows))
+    if not console.is_terminal:
+        console.width = 200
+    console.print(_boot_rows(rows))
 
 
 @click.command("reprocess", epilog="\b\nexamples:\n    memledger reprocess\n"

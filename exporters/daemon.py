@@ -52,7 +52,7 @@ from memledger.store.db import (
 )
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
-from memledger.store.queries import StoredBoot, latest_boots
+from memledger.store.queries import StoredBoot, boot_notes, latest_boots
 from memledger.store.runtime import BatchError, store_batch
 from memledger.tracer.capture import CaptureError, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
@@ -116,12 +116,10 @@ def boot_facts(b: StoredBoot) -> dict[str, str]:
     codes = sorted({a["code"] for a in doc["anomalies"]})
     out = {"current boot": f"{b['boot_id']} (kernel {b['kernel_release'] or 'unknown'}, "
                            f"captured {b['captured_at']:%Y-%m-%d %H:%M:%S} UTC)"}
-    if b["efi"] is False:
-        out["firmware"] = "not EFI (BIOS): the EFI boot-services figures do not apply"
-    else:
-        firmware = " ".join(v for v in (b["firmware_vendor"], b["firmware_version"]) if v)
-        out["firmware"] = ("EFI" if b["efi"] else "unknown whether EFI") + \
-            (f", {firmware}" if firmware else "")
+    firmware = " ".join(v for v in (b["firmware_vendor"], b["firmware_version"]) if v)
+    out["firmware"] = ("not EFI (BIOS)" if b["efi"] is False else
+                       ("EFI" if b["efi"] else "unknown") + (f", {firmware}" if firmware else ""))
+    if b["efi"] is not False:
         out["EFI boot services"] = ", ".join(
             f"{k} {_mib(v)}" for k, v in (("total", bs["total_bytes"]),
                                           ("reclaimed", bs["reclaimed_bytes"]),
@@ -129,6 +127,8 @@ def boot_facts(b: StoredBoot) -> dict[str, str]:
     out["below 1 MiB"] = (f"reserved {_mib(low['reserved_bytes'])}, "
                           f"freed {_mib(low['freed_bytes'])}")
     out["anomalies"] = ", ".join(codes) or "none"
+    if notes := boot_notes(b["efi"]):
+        out["note"] = "; ".join(notes)
     return out
 
 
@@ -237,7 +237,8 @@ class Daemon:
         self._hup = False
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
-        self.registry.register(StoreCollector(engine, _machine_id(cfg.root), cfg.fleet))
+        self.machine_id = _machine_id(cfg.root)
+        self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet))
         self.registry.register(SpoolCollector(self.spool))
         self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
@@ -277,7 +278,7 @@ class Daemon:
             return facts
         try:
             with self.engine.connect() as conn:
-                current = latest_boots(conn, _machine_id(self.cfg.root), 1)
+                current = latest_boots(conn, self.machine_id, 1)
         except SQLAlchemyError as exc:
             return {**facts, "current boot": f"unknown: {describe_error(self.engine.url, exc)}"}
         if not current:

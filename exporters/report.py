@@ -15,7 +15,7 @@ import json
 import statistics
 from typing import Any
 
-from memledger.store.compare import FIGURES, Comparison
+from memledger.store.compare import FIGURES, Comparison, size_text
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
@@ -33,15 +33,7 @@ _RASTER = 1000  # points of one side in one plot drawn as SVG elements, at most
 
 
 def _num(value: float | None, unit: str, signed: bool = False) -> str:
-    if value is None:
-        return "?"
-    if unit != "bytes":
-        return f"{value:+g}" if signed else f"{value:g}"
-    sign = "+" if signed else ""
-    if 0 < abs(value) < 1 << 20:  # a few KiB below 1 MiB would read "0.00 MiB"
-        return (f"{value / 1024:{sign},.0f} KiB" if abs(value) >= 1024
-                else f"{value:{sign},.0f} bytes")
-    return f"{value / (1 << 20):{sign},.2f} MiB"
+    return "?" if value is None else size_text(value, unit, signed=signed, places=2)
 
 
 def _mib(value: float | None, unit: str, signed: bool = False) -> str:

@@ -2,13 +2,14 @@
 
 These are the shapes :meth:`memledger.ledger.compute.Ledger.as_dict` returns, ingest stores
 and the exporters read back (docs/ledger.md documents every field). Unknown is
-None (JSON null), never 0. A stored document is trusted to have this shape because the
-store only holds what ``as_dict`` wrote for :data:`SCHEMA_VERSION`.
+None (JSON null), never 0. A document stored by an older memledger lacks the keys added
+since; :func:`from_stored` gives it them, as unknown, where stored documents are read.
 """
 
 from __future__ import annotations
 
-from typing import TypedDict
+from collections.abc import Mapping
+from typing import Any, TypedDict, cast
 
 __all__ = (
     "SCHEMA_VERSION",
@@ -21,6 +22,7 @@ __all__ = (
     "KernelDoc",
     "LedgerDoc",
     "LowMemoryDoc",
+    "from_stored",
 )
 
 SCHEMA_VERSION = 1
@@ -128,3 +130,23 @@ class LedgerDoc(TypedDict):
     kernel_accounting: KernelAccountingDoc
     fidelity: FidelityDoc
     anomalies: list[AnomalyDoc]
+
+
+# Keys added to schema 1 after documents were first stored, by part. An older document
+# cannot say them: they are unknown (None) there.
+_ADDED: dict[str, tuple[str, ...]] = {
+    "kernel": ("loader", "type_of_loader",  # boot_params (kexec boots), 2026-11-22
+               "kdump",  # elfcorehdr= on the command line, 2026-11-30
+               "kexec"),  # 2026-11-30
+    "firmware": ("vendor",),  # one name per vendor, 2026-11-30
+}
+
+
+def from_stored(document: Mapping[str, Any]) -> LedgerDoc:
+    """A stored ledger document with every key of today's shape (missing ones None)."""
+    if all(key in document[part] for part, keys in _ADDED.items() for key in keys):
+        return cast(LedgerDoc, document)
+    out = dict(document)
+    for part, keys in _ADDED.items():
+        out[part] = {**dict.fromkeys(keys), **document[part]}
+    return cast(LedgerDoc, out)

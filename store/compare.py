@@ -364,12 +364,17 @@ def _left_out(sides: Sides) -> list[dict[str, Any]]:
     return out
 
 
-def _num(value: float, unit: str) -> str:
+def size_text(value: float, unit: str, *, signed: bool = False, places: int = 1) -> str:
+    """A figure for people: MiB with ``places`` decimals, KiB (or bytes) under 1 MiB, where
+    a few KiB would read "-0.0 MiB"; counts as they are. The reasons and every report
+    format write sizes with it."""
+    sign = "+" if signed else ""
     if unit != "bytes":
-        return f"{value:+g}"
-    if 0 < abs(value) < 1 << 20:  # a few KiB below 1 MiB would read "-0.0 MiB"
-        return f"{value / 1024:+,.0f} KiB" if abs(value) >= 1024 else f"{value:+,.0f} bytes"
-    return f"{value / (1 << 20):+,.1f} MiB"
+        return f"{value:{sign}g}"
+    if 0 < abs(value) < 1 << 20:
+        return (f"{value / 1024:{sign},.0f} KiB" if abs(value) >= 1024
+                else f"{value:{sign},.0f} bytes")
+    return f"{value / (1 << 20):{sign},.{places}f} MiB"
 
 
 def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
@@ -383,9 +388,9 @@ def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
             h = f["hosts"]
             count = h["worse"] if f["verdict"] == "regression" else h["better"] \
                 if f["verdict"] == "improvement" else h["changed"]
-            return (f"{_num(f['delta'], f['unit'])} {f['statistic']}, "
+            return (f"{size_text(f['delta'], f['unit'], signed=True)} {f['statistic']}, "
                     f"{count} of {h['paired']} paired hosts; {thr}")
-        return (f"{_num(f['delta'], f['unit'])} {f['statistic']} "
+        return (f"{size_text(f['delta'], f['unit'], signed=True)} {f['statistic']} "
                 f"({f['baseline']['n']} → {f['candidate']['n']} boots); {thr}")
 
     out = [f"{f['name']} regressed: {how(f)}" for f in figures if f["verdict"] == "regression"]

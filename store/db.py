@@ -149,10 +149,6 @@ def make_engine(url: URL, *, create: bool = True) -> Engine:
     if backend not in ("sqlite", "postgresql"):
         raise StoreError(f"{display_url(url)}: memledger stores in SQLite (a file, or "
                          f"sqlite:///PATH) or PostgreSQL (postgresql+psycopg://…), not {backend}")
-    if backend == "postgresql" and url.get_driver_name() != "psycopg":
-        raise StoreError(f"{display_url(url)}: memledger talks to PostgreSQL through psycopg 3: "
-                         f"write postgresql+psycopg://… (this URL asks for "
-                         f"{url.get_driver_name()})")
     path = sqlite_path(url)
     if path is not None:
         if not create and not path.exists():
@@ -170,7 +166,11 @@ def make_engine(url: URL, *, create: bool = True) -> Engine:
             event.listen(engine, "begin", _sqlite_begin)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-    except (ArgumentError, ImportError) as exc:
+    except ImportError as exc:
+        hint = ("; memledger installs psycopg 3: postgresql+psycopg://…"
+                if backend == "postgresql" else "")
+        raise StoreError(f"{display_url(url)}: {exc}{hint}") from None
+    except ArgumentError as exc:
         raise StoreError(f"{display_url(url)}: {exc}") from None
     return engine
 

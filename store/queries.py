@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import groupby
-from typing import Any, TypedDict, cast
+from typing import Any, TypedDict
 
-from memledger.ledger.model import LedgerDoc
+from memledger.ledger.model import LedgerDoc, from_stored
 from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Connection, Engine, bindparam, func, select
@@ -101,7 +101,7 @@ def boot_ledger(engine: Engine, machine_id: str, boot_id: str) -> LedgerDoc | No
          .where(hosts.c.machine_id == machine_id, boots.c.boot_id == boot_id))
     with engine.connect() as conn:
         doc = conn.execute(q).scalar_one_or_none()
-    return cast(LedgerDoc | None, doc)
+    return None if doc is None else from_stored(doc)
 
 
 def count_rows(engine: Engine) -> dict[str, int]:
@@ -156,7 +156,8 @@ def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[S
     return [StoredBoot(machine_id=r.machine_id, boot_id=r.boot_id, kernel_release=r.kernel_release,
                        efi=r.efi, firmware_vendor=r.firmware_vendor,
                        firmware_version=r.firmware_version, product=r.product,
-                       captured_at=as_utc(r.captured_at), document=r.document) for r in rows]
+                       captured_at=as_utc(r.captured_at), document=from_stored(r.document))
+            for r in rows]
 
 
 FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_leaked_bytes",

@@ -308,19 +308,16 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, args: list[str], why: str)
     assert proc.stderr.count("\n") == 1 and why in proc.stderr, proc.stderr
 
 
-def test_a_change_under_a_mib_is_told_in_kib() -> None:
-    """5.10 frees 4 KiB below 1 MiB where 6.1 frees none: "-4 KiB", never "-0.0 MiB"."""
-    from memledger.store.compare import _num
-
-    assert _num(-4096, "bytes") == "-4 KiB"
-    assert _num(-512, "bytes") == "-512 bytes"
-    assert _num(29 * 1024 * 1024 + 4096, "bytes") == "+29.0 MiB"
-
-
-def test_the_report_tells_a_figure_under_a_mib_in_kib() -> None:
-    """The figures table too: a 4 KiB median is "4 KiB", not "0.00 MiB"."""
+def test_a_size_under_a_mib_is_told_in_kib() -> None:
+    """5.10 frees 4 KiB below 1 MiB where 6.1 frees none: the reasons say "-4 KiB" and the
+    report's tables "4 KiB", never "-0.0 MiB" or "0.00 MiB"."""
     from memledger.exporters.report import _num as report_num
+    from memledger.store.compare import size_text
 
-    assert report_num(-4096, "bytes", signed=True) == "-4 KiB"
+    assert size_text(-4096, "bytes", signed=True) == "-4 KiB"
+    assert size_text(-512, "bytes", signed=True) == "-512 bytes"
+    assert size_text(29 * 1024 * 1024 + 4096, "bytes", signed=True) == "+29.0 MiB"
+    assert size_text(-3, "count", signed=True) == "-3"
     assert report_num(40960, "bytes") == "40 KiB"
     assert report_num(42 * 1024 * 1024, "bytes") == "42.00 MiB"
+    assert report_num(None, "bytes") == "?"

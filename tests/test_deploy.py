@@ -101,7 +101,7 @@ def test_make_run_shows_a_live_daemon(tmp_path: Path) -> None:
         try:
             wait_for("make run to serve", lambda: "serving http://" in log.read_text(), 120)
             text = log.read_text()
-            assert f"database {tmp_path}/memledger.db, spool {tmp_path}/spool;" in text
+            assert f"database sqlite:///{tmp_path}/memledger.db, spool {tmp_path}/spool," in text
             address = re.search(r"serving (http://\S+/metrics)", text)
             assert address is not None
             wait_for("this boot to be stored", lambda: "this boot: " in log.read_text(), 60)

@@ -130,14 +130,15 @@ def test_the_landing_page_summary_of_the_current_boot(tmp_path: Path) -> None:
     engine.dispose()
 
     facts = boot_facts(bios)
-    assert facts["firmware"] == "not EFI (BIOS): the EFI boot-services figures do not apply"
+    assert facts["firmware"] == "not EFI (BIOS)"
+    assert facts["note"] == "not EFI: a BIOS boot has no EFI boot services; those figures do not apply"
     assert "EFI boot services" not in facts
     assert f"kernel {_osrelease(BIOS_BOOT)}" in facts["current boot"]
 
     facts = boot_facts(efi)
     leak = _kernel_leak_bytes(BOOTS / "5.10.0-32-amd64-default" / "root")
     assert leak > 0  # 5.10 leaks on a 2 GiB guest: memblock_free_late skips deferred pages
-    assert facts["firmware"].startswith("EFI, EDK II")
+    assert facts["firmware"].startswith("EFI, EDK II") and "note" not in facts
     assert f"leaked {leak / (1 << 20):,.1f} MiB" in facts["EFI boot services"]
     # 5.10 prints no "Freeing EFI boot services memory" line and this boot had no
     # memblock=debug: the reclaim is unknown, and said so.
@@ -152,3 +153,29 @@ def test_a_bios_boot_s_table_says_does_not_apply_not_unknown() -> None:
     assert "not an EFI boot does not apply BIOS: no boot services" in lines
     assert "boot services does not apply BIOS" in lines  # below 1 MiB
     assert not any("unknown" in line for line in lines if "boot services" in line)
+
+
+def test_a_document_stored_by_an_older_memledger_is_read_with_its_new_keys_unknown(
+        tmp_path: Path) -> None:
+    """Documents stored before boot_params, kdump, kexec and the vendor name were in the
+    ledger lack those keys: a scrape still describes the boot, and they read as unknown."""
+    from memledger.exporters.metrics import StoreCollector
+    from memledger.store.schema import ledger_documents
+
+    db = tmp_path / "m.db"
+    assert _run("ingest", "--db", str(db), str(_captures(tmp_path, EFI_BOOT))).exit_code == 0
+    engine = make_engine(resolve_url(str(db)), create=False)
+    with engine.begin() as conn:
+        doc = conn.execute(ledger_documents.select()).one().document
+        for key in ("loader", "type_of_loader", "kdump", "kexec"):
+            del doc["kernel"][key]
+        del doc["firmware"]["vendor"]
+        conn.execute(ledger_documents.update().values(document=doc))
+    families = {m.name: m for m in StoreCollector(engine, machine_id(0)).collect()}
+    with engine.connect() as conn:
+        stored = latest_boots(conn, machine_id(0), 1)[0]["document"]
+    engine.dispose()
+    assert families["memledger_store_up"].samples[0].value == 1
+    boot = families["memledger_boot"].samples[0].labels
+    assert boot["kernel_release"] == _osrelease(EFI_BOOT) and boot["loader"] == ""
+    assert stored["kernel"]["kexec"] is None and stored["firmware"]["vendor"] is None
