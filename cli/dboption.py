@@ -12,9 +12,7 @@ from memledger.store.db import (
     StoreError,
     describe_error,
     make_engine,
-    remove_if_empty,
     resolve_url,
-    sqlite_path,
 )
 from memledger.store.migrate import upgrade
 from sqlalchemy import Engine
@@ -32,30 +30,21 @@ DB_OPTION = click.option(
 @contextmanager
 def open_store(db: str | None, *, create: bool) -> Iterator[Engine]:
     """The engine for ``--db``, migrated when ``create``; StoreError and database errors
-    become one-line failures (exit 2 for a bad location, 1 for a failing server). When the
-    command fails, a SQLite store it created and left without a host is removed: a failed
-    first run leaves no empty database behind."""
+    become one-line failures (exit 2 for a bad location, 1 for a failing server). A store
+    is never removed here, even one this command made and left empty: another process
+    (a daemon started meanwhile) may be using it. A command that may store nothing opens
+    the store only once it has something to store (``ingest``)."""
     try:
-        url = resolve_url(db)
-        path = sqlite_path(url)
-        new = create and path is not None and not path.exists()
-        engine = make_engine(url, create=create)
+        engine = make_engine(resolve_url(db), create=create)
     except StoreError as exc:
         fail(str(exc))
-    ok = False
     try:
         if create:
             upgrade(engine)
         yield engine
-        ok = True
     except StoreError as exc:
         fail(str(exc))
     except SQLAlchemyError as exc:
         fail(f"{engine.url.render_as_string(hide_password=True)}: {describe_error(engine.url, exc)}", 1)
-    except SystemExit as exc:
-        ok = exc.code in (0, None)
-        raise
     finally:
         engine.dispose()
-        if new and not ok:
-            remove_if_empty(url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -36,6 +37,7 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from sqlalchemy import Engine
 
 __all__ = ("boots", "capture", "ingest", "reprocess_cmd")
 
@@ -168,15 +170,27 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
     gc.disable()
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _Rate(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with open_store(db, create=True) as engine, \
-            Progress(*columns, console=err, transient=True,
-                     disable=len(paths) < 2 or not err.is_terminal) as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Progress(*columns, console=err, transient=True,
+                                           disable=len(paths) < 2 or not err.is_terminal))
         task = bar.add_task("ingest", total=len(paths))
         batch: list[tuple[Prepared, str | None]] = []
+        engine: Engine | None = None
 
         def flush() -> None:
-            for result in store_ingest_many(engine, batch):
-                counts[result.status] += 1
+            nonlocal engine
+            if not batch:
+                return
+            if engine is None:
+                # Opened (and made, the first time) only once there is a capture to store:
+                # a run that stores nothing leaves no database, and never removes one.
+                engine = stack.enter_context(open_store(db, create=True))
+            for (_, path), result in zip(batch, store_ingest_many(engine, batch), strict=True):
+                if result.status == "refused":
+                    counts["failed"] += 1
+                    errors.append(f"{path}: the database refused it: {result.why}")
+                else:
+                    counts[result.status] += 1
             bar.advance(task, len(batch))
             batch.clear()
             gc.collect()  # the cyclic collector is off while parsing; one pass per batch
@@ -195,7 +209,7 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
             click.echo(f"memledger: error: {line}", err=True)
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
         if errors:
-            sys.exit(2)  # in the store's context: a store this run created, left empty, goes
+            sys.exit(2)
 
 
 def _mib(value: int | None, applies: bool = True) -> str:

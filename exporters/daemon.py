@@ -381,6 +381,9 @@ class Daemon:
             else:
                 assert parsed.capture is not None
                 r = ingest(self.engine, parsed.capture, origin=origin)
+                if r.status == "refused":
+                    self._refuse(claim, f"the database refused it: {r.why}")
+                    return
                 status = r.status
                 what = (f"boot {r.boot_id} of {r.machine_id} "
                         f"({r.kernel_release or 'release unknown'})")
@@ -456,6 +459,10 @@ class Daemon:
             return
         except SQLAlchemyError as exc:
             log.error("capture of this boot: database error: %s", exc)
+            return
+        if result.status == "refused":
+            log.error("capture of this boot: the database refused it: %s", result.why)
+            self._count("failed")
             return
         self._count(result.status)
         unreadable = ", ".join(sorted(manifest.unreadable)) or "none"

@@ -9,14 +9,13 @@ upgrade (SQLAlchemy's "pysqlite serializable isolation" recipe). PostgreSQL
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import (
     ArgumentError,
@@ -173,28 +172,6 @@ def make_engine(url: URL, *, create: bool = True) -> Engine:
     except ArgumentError as exc:
         raise StoreError(f"{display_url(url)}: {exc}") from None
     return engine
-
-
-def remove_if_empty(url: URL) -> bool:
-    """Remove a SQLite store that holds no host (only its schema), with its -wal and -shm
-    files: what a failed first run leaves behind. True when it was removed."""
-    path = sqlite_path(url)
-    if path is None or not path.exists():
-        return False
-    engine = create_engine(url)
-    try:
-        with engine.connect() as conn:
-            names = set(inspect(conn).get_table_names())
-            if "hosts" in names and conn.execute(text("SELECT 1 FROM hosts LIMIT 1")).first():
-                return False
-    except SQLAlchemyError:
-        return False  # not ours to judge: leave it
-    finally:
-        engine.dispose()
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            Path(f"{path}{suffix}").unlink()
-    return True
 
 
 def writer(engine: Engine) -> Connection:

@@ -7,18 +7,27 @@ For each capture:
 
 - a new boot is stored (``new``);
 - the same file again is a counted no-op (``duplicate``);
-- a capture of a stored boot taken later than the stored one replaces it, ledger and
-  events included (``replaced``); an earlier one is a counted no-op (``older``).
+- a capture of a stored boot taken later in that boot than the stored one replaces it,
+  ledger and events included (``replaced``); an earlier one is a counted no-op
+  (``older``). Which is later is :func:`~memledger.store.trust.is_later`'s call: the
+  boot's own clock where it can be believed, never a date alone;
+- a capture the database refuses (a value a column cannot hold) is ``refused`` with the
+  database's reason, and the others of its batch are still stored: a batch the database
+  refuses is written again one capture per transaction, so the outcome is always that
+  of one transaction per capture.
 
 Captures of one boot within a batch are decided in the batch's order, as if they had
-come one by one; only the last one that wins is written.
+come one by one; only the last one that wins is written. A host's name is the one its
+newest boot (the last one the store first saw) was last stored with: a duplicate, an
+older capture or a later capture of an older boot never renames a host.
 
 Boots are keyed by (machine id, boot id). On PostgreSQL, many daemons may ingest at once:
 the host and boot rows are created with ``ON CONFLICT DO NOTHING`` and the boot rows are
 then locked (``SELECT … FOR UPDATE``), so two captures of one boot are decided one after
 the other and no boot is lost or doubled. Every keyed statement goes in key order, so two
 batches lock rows in the same order and cannot deadlock. On SQLite, ``BEGIN IMMEDIATE``
-serialises writers.
+serialises writers. :func:`reprocess` writes a ledger only under the same lock and only
+while its boot still points at the capture the ledger was computed from.
 """
 
 from __future__ import annotations
@@ -32,11 +41,11 @@ from typing import Any, Literal
 
 from memledger.ledger.compute import compute_ledger
 from memledger.ledger.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
-from memledger.store.db import as_utc, writer
+from memledger.store.db import as_utc, describe_error, is_permanent, writer
 from memledger.store.events import event_rows
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
-from memledger.store.trust import Untrusted, check_not_ahead
+from memledger.store.trust import CaptureTime, Untrusted, check_not_ahead, is_later
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import (
@@ -51,6 +60,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = (
     "BadCapture",
@@ -65,7 +75,7 @@ __all__ = (
     "reprocess",
 )
 
-Status = Literal["new", "replaced", "duplicate", "older"]
+Status = Literal["new", "replaced", "duplicate", "older", "refused"]
 _INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
@@ -80,6 +90,7 @@ class IngestResult:
     boot_id: str
     sha256: str
     kernel_release: str | None
+    why: str | None = None  # refused: the database's reason, one line
 
 
 @dataclass(slots=True)
@@ -92,6 +103,11 @@ class Prepared:
     boot: dict[str, Any]
     ledger: dict[str, Any]  # ledgers columns, and the document (a LedgerDoc)
     events: list[dict[str, Any]]
+    uptime_s: float | None = None  # the boot's /proc/uptime at the capture
+
+    @property
+    def taken(self) -> CaptureTime:
+        return CaptureTime(self.manifest.captured_at, self.uptime_s)
 
 
 def _i64(value: Any) -> int | None:
@@ -131,7 +147,7 @@ def _computed(data: bytes, sha: str, version: str) -> Prepared:
         "memory_bytes": _i64(doc["kernel_accounting"]["present_bytes"]),
         "document": doc,
     }
-    return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev))
+    return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev), ev.uptime_s)
 
 
 def prepare(data: bytes, version: str, now: datetime | None = None) -> Prepared:
@@ -156,22 +172,36 @@ _BOOT_COLUMNS = ("kernel_release", "cmdline", *BOOT_COLUMNS)
 
 def _host_pks(conn: Connection, items: Sequence[tuple[Prepared, str | None]],
               now: datetime) -> dict[str, int]:
-    """Each host's primary key, creating rows for new hosts; ``last_seen`` becomes ``now``
-    and the host name the batch's last one given."""
+    """Each host's primary key, creating rows for new hosts (named by the batch's first
+    capture of each); ``last_seen`` becomes ``now``."""
     names: dict[str, str | None] = {}
     for p, _ in items:
-        m = p.manifest
-        names[m.machine_id] = m.hostname or names.get(m.machine_id)
+        names.setdefault(p.manifest.machine_id, p.manifest.hostname)
     mids = sorted(names)
     conn.execute(dialect_insert(conn)(hosts).on_conflict_do_nothing(index_elements=["machine_id"]),
                  [{"machine_id": mid, "hostname": names[mid], "first_seen": now, "last_seen": now}
                   for mid in mids])
     pks = {r.machine_id: r.id for r in conn.execute(
         select(hosts.c.machine_id, hosts.c.id).where(hosts.c.machine_id.in_(mids)))}
-    conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id")).values(
-        last_seen=now, hostname=func.coalesce(bindparam("b_hostname", type_=String), hosts.c.hostname)),
-        [{"b_id": pks[mid], "b_hostname": names[mid]} for mid in mids])
+    conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id")).values(last_seen=now),
+                 [{"b_id": pks[mid]} for mid in mids])
     return pks
+
+
+def _rename(conn: Connection, written: list[tuple[int, int, Prepared]]) -> None:
+    """Name each host as its newest boot's capture names it, when that capture was just
+    written: (host pk, boot pk, capture) in boot order. The newest boot is the one the
+    store first saw last (the largest boot pk), an order no writer's clock sets."""
+    host_ids = sorted({h for h, _, _ in written})
+    newest = {h: pk for h, pk in conn.execute(select(boots.c.host_id, func.max(boots.c.id))
+                                              .where(boots.c.host_id.in_(host_ids))
+                                              .group_by(boots.c.host_id))}
+    names = {h: p.manifest.hostname for h, pk, p in written
+             if pk == newest.get(h) and p.manifest.hostname}
+    if names:
+        conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id"))
+                     .values(hostname=bindparam("b_hostname", type_=String)),
+                     [{"b_id": h, "b_hostname": n} for h, n in sorted(names.items())])
 
 
 def _locked_boots(conn: Connection, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Any]:
@@ -185,7 +215,7 @@ def _locked_boots(conn: Connection, keys: list[tuple[int, str]]) -> dict[tuple[i
 
 
 def _decide(items: Sequence[tuple[Prepared, str | None]], key_of: list[tuple[int, str]],
-            current: dict[tuple[int, str], tuple[str, datetime]]) -> list[Status]:
+            current: dict[tuple[int, str], tuple[str, CaptureTime]]) -> list[Status]:
     """Each capture's status, in order; ``current`` becomes what each boot ends up with."""
     out: list[Status] = []
     for (p, _), key in zip(items, key_of, strict=True):
@@ -195,12 +225,12 @@ def _decide(items: Sequence[tuple[Prepared, str | None]], key_of: list[tuple[int
             status = "new"
         elif cur[0] == p.sha256:
             status = "duplicate"
-        elif cur[1] >= p.manifest.captured_at:
-            status = "older"
-        else:
+        elif is_later(p.taken, cur[1]):
             status = "replaced"
+        else:
+            status = "older"
         if status in ("new", "replaced"):
-            current[key] = (p.sha256, p.manifest.captured_at)
+            current[key] = (p.sha256, p.taken)
         out.append(status)
     return out
 
@@ -230,7 +260,7 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
     cap_ids = conn.execute(insert(captures).returning(captures.c.id, sort_by_parameter_order=True), [
         {"sha256": p.sha256, "size": len(p.data), "format_version": p.manifest.format_version,
          "memledger_version": p.manifest.memledger_version, "captured_at": p.manifest.captured_at,
-         "ingested_at": now, "origin": origin, "data": p.data}
+         "uptime_s": p.uptime_s, "ingested_at": now, "origin": origin, "data": p.data}
         for _, p, origin in winners]).scalars().all()
     conn.execute(update(boots).where(boots.c.id == bindparam("b_id")).values(
         capture_id=bindparam("b_capture_id"), captured_at=bindparam("b_captured_at")), [
@@ -241,21 +271,19 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
     _replace_derived(conn, [(pk, p) for pk, p, _ in winners], now)
 
 
-def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
-                now: datetime | None = None) -> list[IngestResult]:
-    """Store prepared captures (each with its origin) in one transaction; their results
-    in order."""
-    if not items:
-        return []
-    now = now or datetime.now(UTC)
+def _ingest_batch(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
+                  now: datetime) -> list[Status]:
+    """Store prepared captures in one transaction; their statuses in order."""
     with writer(engine) as conn, conn.begin():
         host_pk = _host_pks(conn, items, now)
         key_of = [(host_pk[p.manifest.machine_id], p.manifest.boot_id) for p, _ in items]
         rows = _locked_boots(conn, sorted(set(key_of)))
         old_ids = [r.capture_id for r in rows.values() if r.capture_id is not None]
-        old = {r.id: (r.sha256, as_utc(r.captured_at)) for r in conn.execute(
-            select(captures.c.id, captures.c.sha256, captures.c.captured_at)
-            .where(captures.c.id.in_(old_ids)))} if old_ids else {}
+        old = {r.id: (r.sha256, CaptureTime(as_utc(r.captured_at), r.uptime_s))
+               for r in conn.execute(
+                   select(captures.c.id, captures.c.sha256, captures.c.captured_at,
+                          captures.c.uptime_s).where(captures.c.id.in_(old_ids)))
+               } if old_ids else {}
         current = {k: old[r.capture_id] for k, r in rows.items() if r.capture_id is not None}
         statuses = _decide(items, key_of, current)
         # The last capture that won for each boot is the one written.
@@ -267,14 +295,42 @@ def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
             winners = [(rows[k].id, p, origin) for k, (p, origin) in sorted(last.items())]
             superseded = sorted(rows[k].capture_id for k in last if rows[k].capture_id is not None)
             _write(conn, winners, superseded, now)
-    return [IngestResult(status, p.manifest.machine_id, p.manifest.boot_id, p.sha256,
-                         p.boot["kernel_release"])
-            for (p, _), status in zip(items, statuses, strict=True)]
+            _rename(conn, [(k[0], rows[k].id, p) for k, (p, _) in last.items()])
+    return statuses
+
+
+def _result(p: Prepared, status: Status, why: str | None = None) -> IngestResult:
+    return IngestResult(status, p.manifest.machine_id, p.manifest.boot_id, p.sha256,
+                        p.boot["kernel_release"], why)
+
+
+def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
+                now: datetime | None = None) -> list[IngestResult]:
+    """Store prepared captures (each with its origin); their results in order.
+
+    One transaction for the batch; when the database refuses a value in it (DataError,
+    IntegrityError: :func:`~memledger.store.db.is_permanent`), each capture again in a
+    transaction of its own, so that only the one it cannot hold is ``refused``. Other
+    database errors (the server is down, the disk full) are raised: nothing is stored
+    and every capture can be tried again."""
+    if not items:
+        return []
+    now = now or datetime.now(UTC)
+    try:
+        statuses = _ingest_batch(engine, items, now)
+    except SQLAlchemyError as exc:
+        if not is_permanent(exc):
+            raise
+        if len(items) == 1:
+            return [_result(items[0][0], "refused", describe_error(engine.url, exc))]
+        return [ingest_many(engine, [item], now)[0] for item in items]
+    return [_result(p, status) for (p, _), status in zip(items, statuses, strict=True)]
 
 
 def ingest(engine: Engine, p: Prepared, origin: str | None = None,
            now: datetime | None = None) -> IngestResult:
-    """Store one prepared capture, in one transaction."""
+    """Store one prepared capture, in one transaction (``refused``, with the database's
+    reason, when the database cannot hold one of its values)."""
     return ingest_many(engine, [(p, origin)], now)[0]
 
 
@@ -295,30 +351,58 @@ def reprocess(engine: Engine, version: str,
               progress: Callable[[int, int], None] | None = None) -> ReprocessReport:
     """Recompute every boot's ledger and events from its stored raw capture.
 
-    One transaction per boot; a boot whose capture no longer parses keeps its old ledger
-    and is reported.
+    Each boot's capture is parsed outside any transaction; its ledger is then written in
+    a transaction of its own that holds the boot's row (``FOR UPDATE``; SQLite's write
+    lock) and only if the boot still points at that capture. When a writer replaced the
+    capture meanwhile, the new one is parsed and tried again; a boot removed meanwhile is
+    left alone. A boot whose capture no longer parses keeps its old ledger and is
+    reported.
     """
     report = ReprocessReport()
     with engine.connect() as conn:
-        todo = conn.execute(select(boots.c.id, boots.c.capture_id, hosts.c.machine_id, boots.c.boot_id)
+        todo = conn.execute(select(boots.c.id, hosts.c.machine_id, boots.c.boot_id)
                             .join(hosts, hosts.c.id == boots.c.host_id)
                             .where(boots.c.capture_id.is_not(None))
                             .order_by(boots.c.id)).all()
         conn.rollback()
     for done, row in enumerate(todo, 1):
-        with writer(engine) as conn, conn.begin():
-            cap = conn.execute(select(captures.c.data, captures.c.sha256)
-                               .where(captures.c.id == row.capture_id)).one()
-            before = conn.execute(select(ledger_documents.c.document)
-                                  .where(ledger_documents.c.boot_pk == row.id)).scalar_one_or_none()
-            try:
-                p = _computed(bytes(cap.data), cap.sha256, version)
-            except BadCapture as exc:
-                report.failed.append((row.machine_id, row.boot_id, str(exc)))
-            else:
-                _replace_derived(conn, [(row.id, p)], datetime.now(UTC))
-                report.changed += before != json.loads(json.dumps(p.ledger["document"]))
+        outcome = _reprocess_boot(engine, row.id, version)
+        if outcome is not None:
             report.boots += 1
+            if isinstance(outcome, str):
+                report.failed.append((row.machine_id, row.boot_id, outcome))
+            else:
+                report.changed += outcome
         if progress is not None:
             progress(done, len(todo))
     return report
+
+
+_CAPTURE_OF_BOOT = (select(captures.c.id, captures.c.data, captures.c.sha256)
+                    .join(boots, boots.c.capture_id == captures.c.id)
+                    .where(boots.c.id == bindparam("boot_pk")))
+
+
+def _reprocess_boot(engine: Engine, boot_pk: int, version: str) -> bool | str | None:
+    """Rebuild one boot's ledger from the capture it points at: True when the document
+    changed, False when not, the reason when the capture does not parse, None when the
+    boot (or its capture) is gone."""
+    while True:
+        with engine.connect() as conn:
+            cap = conn.execute(_CAPTURE_OF_BOOT, {"boot_pk": boot_pk}).one_or_none()
+            conn.rollback()
+        if cap is None:
+            return None
+        try:
+            p = _computed(bytes(cap.data), cap.sha256, version)
+        except BadCapture as exc:
+            return str(exc)
+        with writer(engine) as conn, conn.begin():
+            now_points_at = conn.execute(select(boots.c.capture_id).where(boots.c.id == boot_pk)
+                                         .with_for_update()).scalar_one_or_none()
+            if now_points_at != cap.id:
+                continue  # replaced (or removed) since it was read: read what is there now
+            before = conn.execute(select(ledger_documents.c.document)
+                                  .where(ledger_documents.c.boot_pk == boot_pk)).scalar_one_or_none()
+            _replace_derived(conn, [(boot_pk, p)], datetime.now(UTC))
+            return bool(before != json.loads(json.dumps(p.ledger["document"])))

@@ -59,6 +59,8 @@ captures = Table(
     Column("format_version", Integer, nullable=False),
     Column("memledger_version", String(64), nullable=False),
     Column("captured_at", DateTime(timezone=True), nullable=False),
+    # /proc/uptime at the capture (None before 0005, or not read): orders a boot's captures.
+    Column("uptime_s", Float),
     Column("ingested_at", DateTime(timezone=True), nullable=False),
     Column("origin", Text),  # the spool file name, "self", or the path given to ingest
     Column("data", LargeBinary, nullable=False),

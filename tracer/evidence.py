@@ -49,6 +49,7 @@ class Evidence:
     boot_id: str | None = None
     machine_id: str | None = None
     meminfo: dict[str, int] | None = None
+    uptime_s: float | None = None  # /proc/uptime when read: how far into the boot
     zones: list[procfs.Zone] | None = None
     iomem: list[procfs.IomemEntry] | None = None
     firmware_memmap: list[sysfs.FirmwareMapEntry] | None = None
@@ -137,6 +138,8 @@ def _attach_host(ev: Evidence, snap: Snapshot) -> None:
     ev.machine_id = (t("machine_id") or "").strip() or None
     if (text := t("proc_meminfo")) is not None:
         ev.meminfo = _try(ev, "proc/meminfo", lambda: procfs.parse_meminfo(text))
+    if (utext := t("proc_uptime")) is not None:
+        ev.uptime_s = _try(ev, "proc/uptime", lambda: procfs.parse_uptime(utext))
     if (ztext := t("proc_zoneinfo")) is not None:
         ev.zones = _try(ev, "proc/zoneinfo", lambda: procfs.parse_zoneinfo(ztext))
     if (itext := t("proc_iomem")) is not None:

@@ -1,4 +1,4 @@
-"""Parsers for /proc files: meminfo, zoneinfo, iomem, cmdline.
+"""Parsers for /proc files: meminfo, zoneinfo, iomem, uptime, cmdline.
 
 Pure functions on text, in the manner of prometheus_client's process collector; the
 reader in :mod:`memledger.tracer.reader` supplies the text.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ("IomemEntry", "Zone", "parse_iomem", "parse_meminfo", "parse_zoneinfo")
+__all__ = ("IomemEntry", "Zone", "parse_iomem", "parse_meminfo", "parse_uptime", "parse_zoneinfo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,20 @@ def parse_meminfo(text: str) -> dict[str, int]:
         value = int(m.group("v"))
         out[m.group("k")] = value * 1024 if m.group("u") else value
     return out
+
+
+# /proc/uptime: "SECONDS IDLE", each with two decimals (fs/proc/uptime.c). The first is
+# CLOCK_BOOTTIME: it starts at the boot and only grows, whatever the wall clock does.
+# Ten digits are 317 years: more is not an uptime.
+_UPTIME = re.compile(r"\A(\d{1,10})\.(\d{2}) \d{1,15}\.\d{2}\n?\Z")
+
+
+def parse_uptime(text: str) -> float:
+    """The seconds since boot in /proc/uptime."""
+    m = _UPTIME.match(text)
+    if m is None:
+        raise ValueError(f"line 1: not an uptime line: {text[:80]!r}")
+    return int(m.group(1)) + int(m.group(2)) / 100
 
 
 def parse_zoneinfo(text: str) -> list[Zone]:

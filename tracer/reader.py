@@ -55,6 +55,7 @@ _TEXT_FILES = {
     "proc_iomem": "proc/iomem",
     "proc_meminfo": "proc/meminfo",
     "proc_zoneinfo": "proc/zoneinfo",
+    "proc_uptime": "proc/uptime",
     "osrelease": "proc/sys/kernel/osrelease",
     "boot_id": "proc/sys/kernel/random/boot_id",
     "machine_id": "etc/machine-id",
