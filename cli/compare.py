@@ -10,6 +10,7 @@ from memledger.cli.errors import fail
 from memledger.cli.units import parse_size
 from memledger.exporters.report import to_html, to_json, to_markdown, to_table
 from memledger.store.compare import FIGURES, WHERE_KEYS, Thresholds, compare
+from memledger.store.db import display_url
 from memledger.store.migrate import upgrade
 from rich.console import Console
 
@@ -94,7 +95,8 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
     for side in (result.baseline, result.candidate):
         if not side["boots"]:
             fail(f"no stored boots match {side['selector']!r}"
-                 + (f" with {', '.join(where)}" if where else ""))
+                 + (f" with {', '.join(where)}" if where else "")
+                 + f" in {display_url(engine.url)}")
     if fmt == "table" and output:
         with open(output, "w") as fh:
             Console(file=fh, width=120).print(to_table(result))

@@ -16,6 +16,7 @@ from importlib.metadata import version
 import click
 from memledger.cli.dboption import DB_OPTION, open_store
 from memledger.cli.errors import fail
+from memledger.store.db import display_url
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
 from memledger.store.ingest import ingest_many as store_ingest_many
@@ -263,6 +264,9 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
+    if not rows:
+        click.echo(f"no stored boots in {display_url(engine.url)}", err=True)
+        return
     # Piped, rich would lay the table out for 80 columns; a file gets every row on one line.
     console = Console()
     if not console.is_terminal:
@@ -288,7 +292,8 @@ def reprocess_cmd(db: str | None) -> None:
             report = reprocess(engine, VERSION, step)
     for machine_id, boot_id, why in report.failed:
         click.echo(f"memledger: error: boot {boot_id} of {machine_id}: {why}", err=True)
-    click.echo(f"reprocessed {report.boots} boots: {report.changed} ledgers changed, "
+    click.echo(f"reprocessed {report.boots} boots in {display_url(engine.url)}: "
+               f"{report.changed} ledgers changed, "
                f"{len(report.failed)} failed", err=True)
     if report.failed:
         sys.exit(1)

@@ -16,6 +16,7 @@ from conftest import FIXTURES
 from memledger.cli.main import main
 from memledger.exporters.daemon import boot_facts
 from memledger.store.db import make_engine, resolve_url
+from memledger.store.migrate import upgrade
 from memledger.store.queries import latest_boots
 
 BOOTS = FIXTURES / "boots"
@@ -179,3 +180,30 @@ def test_a_document_stored_by_an_older_memledger_is_read_with_its_new_keys_unkno
     boot = families["memledger_boot"].samples[0].labels
     assert boot["kernel_release"] == _osrelease(EFI_BOOT) and boot["loader"] == ""
     assert stored["kernel"]["kexec"] is None and stored["firmware"]["vendor"] is None
+
+
+def test_a_store_command_that_finds_nothing_names_the_database_it_read(tmp_path: Path) -> None:
+    """Without --db a command reads the default store: "no stored boots match" alone leaves
+    a newcomer guessing which database that was."""
+    state = tmp_path / "state"
+    state.mkdir()
+    env = {"STATE_DIRECTORY": str(state), "MEMLEDGER_DB": None}
+    default = state / "memledger.db"
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(_captures(tmp_path, EFI_BOOT))], env=env).exit_code == 0
+    release = _osrelease(EFI_BOOT)
+    result = runner.invoke(main, ["compare", "--baseline", "5.10.0-32-amd64", "--candidate", release],
+                           env=env)
+    assert result.exit_code == 2
+    assert result.stderr == (f"memledger: error: no stored boots match '5.10.0-32-amd64' in "
+                             f"sqlite:///{default}\n")
+
+    empty = tmp_path / "empty.db"
+    engine = make_engine(resolve_url(str(empty)), create=True)
+    upgrade(engine)
+    engine.dispose()
+    result = runner.invoke(main, ["boots", "--db", str(empty)])
+    assert result.exit_code == 0 and result.stderr == f"no stored boots in sqlite:///{empty}\n"
+    result = runner.invoke(main, ["reprocess", "--db", str(empty)])
+    assert result.exit_code == 0
+    assert result.stderr.startswith(f"reprocessed 0 boots in sqlite:///{empty}:")
