@@ -51,6 +51,7 @@ run: $(BIN)/.installed-run
 	    --web.listen-address $(RUN_LISTEN)
 
 # The committed lab boots of two kernels in a store, compared, with an HTML report.
+# DEMO_DIR= must be empty, missing or an earlier demo's: the demo removes only what it wrote.
 DEMO_DIR ?= .demo
 demo: $(BIN)/.installed-demo
 	BIN=$(BIN) DEMO_DIR=$(DEMO_DIR) ./scripts/demo

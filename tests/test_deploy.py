@@ -119,3 +119,41 @@ def test_make_run_shows_a_live_daemon(tmp_path: Path) -> None:
             proc.wait(60)
     assert "SIGINT: finishing the current capture, then exiting" in log.read_text()
     assert "stopped: 1 stored" in log.read_text()
+
+
+def _demo(demo_dir: Path, bin_dir: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["./scripts/demo"], cwd=REPO, capture_output=True, text=True, check=False,
+                          env={**os.environ, "DEMO_DIR": str(demo_dir), "BIN": str(bin_dir)})
+
+
+def test_make_demo_refuses_a_folder_it_did_not_make(tmp_path: Path) -> None:
+    """DEMO_DIR=~ once meant rm -rf ~: a folder with files and no demo marker is left as it
+    is, in one line and exit 2, before anything runs (BIN names no memledger here)."""
+    home = tmp_path / "home"
+    (home / "work").mkdir(parents=True)
+    (home / "work" / "thesis.tex").write_text("years of work\n")
+    proc = _demo(home, tmp_path / "no-bin")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.count("\n") == 1 and str(home) in proc.stderr and proc.stdout == ""
+    assert [p.relative_to(home).as_posix() for p in sorted(home.rglob("*"))] == \
+        ["work", "work/thesis.tex"]
+
+
+def test_make_demo_removes_only_what_it_wrote(tmp_path: Path) -> None:
+    """In its own folder (the marker), a new run removes the demo's store, captures and
+    report, and nothing else: a file the user put beside them stays."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "memledger").write_text("#!/bin/sh\necho 'stub memledger' >&2\nexit 3\n")
+    (bin_dir / "memledger").chmod(0o755)
+    demo = tmp_path / "demo"
+    demo.mkdir()  # an empty folder is the demo's to use
+    assert _demo(demo, bin_dir).returncode == 1  # the stub capture fails: the demo stops
+    assert (demo / ".memledger-demo").exists()
+    for name in ("memledger.db", "memledger.db-wal", "compare.html", "captures/old.tar.gz"):
+        (demo / name).write_text("from the last run\n")
+    (demo / "notes.txt").write_text("mine\n")
+    proc = _demo(demo, bin_dir)
+    assert proc.returncode == 1 and "stub memledger" in proc.stderr
+    assert sorted(p.relative_to(demo).as_posix() for p in demo.rglob("*")) == \
+        [".memledger-demo", "captures", "notes.txt"]
