@@ -52,9 +52,9 @@ from memledger.store.db import (
 )
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
-from memledger.store.queries import StoredBoot, boot_notes, latest_boots
+from memledger.store.queries import StoredBoot, boot_notes, running_and_previous
 from memledger.store.runtime import BatchError, store_batch
-from memledger.tracer.capture import CaptureError, normalise_machine_id, record
+from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id, record
 from memledger.tracer.reader import FsTree
 from memledger.tracer.untrusted import printable
 from prometheus_client import CollectorRegistry, ProcessCollector
@@ -130,6 +130,15 @@ def boot_facts(b: StoredBoot) -> dict[str, str]:
     if notes := boot_notes(b["efi"]):
         out["note"] = "; ".join(notes)
     return out
+
+
+def _boot_id(root: str) -> str | None:
+    """The running boot's id: the boot the landing page and host-mode metrics call
+    current."""
+    try:
+        return normalise_boot_id(Path(root, "proc/sys/kernel/random/boot_id").read_text())
+    except (OSError, CaptureError):
+        return None
 
 
 def _machine_id(root: str) -> str | None:
@@ -238,7 +247,8 @@ class Daemon:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.machine_id = _machine_id(cfg.root)
-        self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet))
+        self.boot_id = _boot_id(cfg.root)
+        self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet, self.boot_id))
         self.registry.register(SpoolCollector(self.spool))
         self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
@@ -278,12 +288,12 @@ class Daemon:
             return facts
         try:
             with self.engine.connect() as conn:
-                current = latest_boots(conn, self.machine_id, 1)
+                current, _ = running_and_previous(conn, self.machine_id, self.boot_id)
         except SQLAlchemyError as exc:
             return {**facts, "current boot": f"unknown: {describe_error(self.engine.url, exc)}"}
-        if not current:
-            return {**facts, "current boot": "none stored yet"}
-        return {**facts, **boot_facts(current[0])}
+        if current is None:
+            return {**facts, "current boot": f"{self.boot_id or 'this boot'}: not stored yet"}
+        return {**facts, **boot_facts(current)}
 
     # -- one file -----------------------------------------------------------------------
 

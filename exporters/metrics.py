@@ -25,7 +25,7 @@ from memledger.ledger.boot_services import KEPT_REASONS
 from memledger.ledger.model import LedgerDoc
 from memledger.ledger.stats import summary
 from memledger.spool.reader import Spool
-from memledger.store.queries import STORE_COUNTS, FleetGroup, StoredBoot, latest_boots
+from memledger.store.queries import STORE_COUNTS, FleetGroup, StoredBoot, running_and_previous
 from memledger.store.runtime import RuntimeTotals, runtime_totals
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
@@ -242,9 +242,11 @@ class StoreCollector(Collector):
     """What the store holds, read at scrape time. In fleet mode only ``memledger_store_up``
     is: the rest comes from :class:`~memledger.exporters.fleetview.FleetView`."""
 
-    def __init__(self, engine: Engine, machine_id: str | None = None, fleet: bool = False) -> None:
+    def __init__(self, engine: Engine, machine_id: str | None = None, fleet: bool = False,
+                 boot_id: str | None = None) -> None:
         self.engine = engine
         self.machine_id = machine_id
+        self.boot_id = boot_id  # the running boot: "current" means this one, whatever its date
         self.fleet = fleet
 
     def collect(self) -> Iterator[Metric]:
@@ -260,12 +262,11 @@ class StoreCollector(Collector):
                     metrics = [_plain("memledger_store_boots", "Boots held in the store.", n_boots),
                                _plain("memledger_store_hosts", "Hosts with boots in the store.",
                                       n_hosts)]
-                    latest = latest_boots(conn, self.machine_id, 2)
-                    if latest:
-                        metrics.extend(_host_metrics(latest[0], latest[1] if len(latest) > 1
-                                                     else None))
+                    current, previous = running_and_previous(conn, self.machine_id, self.boot_id)
+                    if current is not None:
+                        metrics.extend(_host_metrics(current, previous))
                         metrics.extend(_runtime_metrics(runtime_totals(
-                            conn, latest[0]["machine_id"], latest[0]["boot_id"])))
+                            conn, current["machine_id"], current["boot_id"])))
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up

@@ -10,10 +10,10 @@ from typing import Any, TypedDict
 from memledger.ledger.model import LedgerDoc, from_stored
 from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
-from sqlalchemy import Connection, Engine, bindparam, func, select
+from sqlalchemy import Connection, Engine, String, bindparam, case, func, select
 
 __all__ = ("FLEET_COLUMNS", "STORE_COUNTS", "FleetGroup", "boot_ledger", "count_rows", "fleet_rows",
-           "latest_boots", "list_boots")
+           "latest_boots", "list_boots", "running_and_previous")
 
 
 
@@ -114,15 +114,20 @@ def count_rows(engine: Engine) -> dict[str, int]:
 # Built once: these run at every host-mode scrape, and building a statement costs more
 # than SQLite takes to run it.
 _HOST_BY_MACHINE = select(hosts.c.id).where(hosts.c.machine_id == bindparam("machine_id"))
-_LAST_CAPTURED_HOST = (select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
-                       .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(1))
+# "Newest" is the order the store first saw boots in (boots.id), never a capture's date:
+# that date is the writer's clock, which early in boot may run hours ahead.
+_LAST_STORED_HOST = (select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
+                     .order_by(boots.c.id.desc()).limit(1))
 _LATEST = (select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, boots.c.efi,
                   boots.c.firmware_vendor, boots.c.firmware_version, boots.c.product,
                   boots.c.captured_at, ledger_documents.c.document)
            .join(ledger_documents, ledger_documents.c.boot_pk == boots.c.id)
            .join(hosts, hosts.c.id == boots.c.host_id)
            .where(boots.c.host_id == bindparam("host_pk"))
-           .order_by(boots.c.captured_at.desc(), boots.c.id.desc()).limit(bindparam("n")))
+           # The running boot first, whatever its date; then the newest stored.
+           .order_by(case((boots.c.boot_id == bindparam("running", type_=String), 0), else_=1),
+                     boots.c.id.desc())
+           .limit(bindparam("n")))
 STORE_COUNTS = select(select(func.count()).select_from(boots).scalar_subquery(),
                       select(func.count()).select_from(hosts).scalar_subquery())
 
@@ -141,23 +146,36 @@ class StoredBoot(TypedDict):
     document: LedgerDoc
 
 
-def latest_boots(conn: Connection, machine_id: str | None, n: int = 2) -> list[StoredBoot]:
-    """The newest ``n`` boots (by capture time) of ``machine_id`` with their ledger
-    documents; when that machine has none (or None is given), of the machine whose boot
-    was captured last."""
+def latest_boots(conn: Connection, machine_id: str | None, n: int = 2,
+                 running: str | None = None) -> list[StoredBoot]:
+    """``n`` boots of ``machine_id`` with their ledger documents: the ``running`` boot
+    (by boot id) first when it is stored, then the newest in the order the store first
+    saw them (never by a capture's date, which a writer's clock sets). When that machine
+    has none (or None is given), of the machine whose boot was stored last."""
     host_pk = None
     if machine_id is not None:
         host_pk = conn.execute(_HOST_BY_MACHINE, {"machine_id": machine_id}).scalar_one_or_none()
     if host_pk is None:
-        host_pk = conn.execute(_LAST_CAPTURED_HOST).scalar_one_or_none()
+        host_pk = conn.execute(_LAST_STORED_HOST).scalar_one_or_none()
     if host_pk is None:
         return []
-    rows = conn.execute(_LATEST, {"host_pk": host_pk, "n": n}).all()
+    rows = conn.execute(_LATEST, {"host_pk": host_pk, "n": n, "running": running or ""}).all()
     return [StoredBoot(machine_id=r.machine_id, boot_id=r.boot_id, kernel_release=r.kernel_release,
                        efi=r.efi, firmware_vendor=r.firmware_vendor,
                        firmware_version=r.firmware_version, product=r.product,
                        captured_at=as_utc(r.captured_at), document=from_stored(r.document))
             for r in rows]
+
+
+def running_and_previous(conn: Connection, machine_id: str | None,
+                         running: str | None) -> tuple[StoredBoot | None, StoredBoot | None]:
+    """The running boot (None when it is not stored yet) and the newest other boot of
+    ``machine_id`` (:func:`latest_boots`). Without a running boot id, the newest stored
+    boot stands for it."""
+    rows = latest_boots(conn, machine_id, 2, running)
+    if running is not None and (not rows or rows[0]["boot_id"] != running):
+        return None, rows[0] if rows else None
+    return (rows[0] if rows else None), (rows[1] if len(rows) > 1 else None)
 
 
 FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_leaked_bytes",

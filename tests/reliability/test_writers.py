@@ -1,0 +1,172 @@
+"""Writers that share one store must not hurt each other (issue 28), SQLite and PostgreSQL.
+
+The writers are the real ones: the daemon (its spool), ``memledger ingest``,
+``memledger reprocess`` and a second daemon. Each pair runs at once over the same boots,
+each writer sending later captures of them, and afterwards:
+
+- every boot is stored once and points at its latest capture;
+- every boot's ledger is the one computed from the capture it points at: each capture
+  version of a boot is a different kernel, so the release the ledger document read from
+  the kernel's own banner must be the release of the capture the boot points at;
+- every process exits 0, and nothing failed.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from capturegen import BOOTS, boot_id, machine_id, make_capture
+from conftest import MEMLEDGER
+from daemonrun import Daemon, drop, wait_for
+from memledger.store.db import make_engine, resolve_url
+from memledger.store.schema import boots, captures, hosts, ledger_documents
+from sqlalchemy import func, select, text
+
+# Starts processes or servers (make fast leaves these out; make unit runs them).
+pytestmark = pytest.mark.slow
+
+HOSTS = 10
+# Capture version k of every boot is a boot of kernel VERSIONS[k], taken k hours later.
+VERSIONS = ("5.10.0-32-amd64-default", "6.1.0-47-amd64-default", "6.12.117+deb12-amd64-default")
+
+
+def _release(name: str) -> str:
+    return (BOOTS / name / "root/proc/sys/kernel/osrelease").read_text().strip()
+
+
+def _files(tmp: Path, version: int) -> list[Path]:
+    d = tmp / f"v{version}"
+    d.mkdir()
+    out = []
+    for h in range(HOSTS):
+        p = d / f"v{version}-{machine_id(h)}-{boot_id(h, 0)}.tar.gz"
+        p.write_bytes(make_capture(VERSIONS[version], h, 0, minutes=60 * version))
+        out.append(p)
+    return out
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([MEMLEDGER, *args], capture_output=True, text=True, timeout=600,
+                          check=False)
+
+
+class _Writers:
+    """The writers of one test: each a thread; what each process said is kept."""
+
+    def __init__(self, tmp: Path, db: str) -> None:
+        self.tmp, self.db = tmp, db
+        self.procs: list[subprocess.CompletedProcess[str]] = []
+        self.daemons: list[tuple[Daemon, Path]] = []
+        self.threads: list[threading.Thread] = []
+        self.feeding = 0
+        self.lock = threading.Lock()
+        self.errors: list[BaseException] = []
+
+    def _thread(self, fn: Callable[[], None], feeds: bool) -> None:
+        def body() -> None:
+            try:
+                fn()
+            except BaseException as exc:  # raised again by run(), in the test's thread
+                self.errors.append(exc)
+            finally:
+                if feeds:
+                    with self.lock:
+                        self.feeding -= 1
+        if feeds:
+            self.feeding += 1
+        self.threads.append(threading.Thread(target=body))
+
+    def ingest(self, files: list[Path]) -> None:
+        """``memledger ingest``, a process every two files, so that it spans the run."""
+        def body() -> None:
+            for i in range(0, len(files), 2):
+                self.procs.append(_run("ingest", "--db", self.db, "-j", "1",
+                                       *map(str, files[i:i + 2])))
+        self._thread(body, True)
+
+    def daemon(self, files: list[Path]) -> None:
+        """A daemon with its own spool, fed one file at a time."""
+        spool = self.tmp / f"spool{len(self.daemons)}"
+        spool.mkdir(mode=0o2770)
+        d = Daemon(self.tmp, self.db, spool)
+        self.daemons.append((d, spool))
+
+        def body() -> None:
+            for f in files:
+                drop(spool, f.name, f.read_bytes())
+                time.sleep(0.1)
+            wait_for("the daemon to store every file",
+                     lambda: len(os.listdir(spool / "done")) + len(os.listdir(spool / "failed"))
+                     == len(files), 300)
+        self._thread(body, True)
+
+    def reprocess(self) -> None:
+        """``memledger reprocess`` again and again while anything is being fed, and once
+        after."""
+        def body() -> None:
+            while True:
+                feeding = self.feeding
+                self.procs.append(_run("reprocess", "--db", self.db))
+                if not feeding:
+                    return
+        self._thread(body, False)
+
+    def run(self) -> None:
+        for t in self.threads:
+            t.start()
+        for t in self.threads:
+            t.join(600)
+        if self.errors:
+            raise self.errors[0]
+        for d, spool in self.daemons:
+            assert d.stop() == 0
+            assert not os.listdir(spool / "failed") and "Traceback" not in d.text(), d.text()[-3000:]
+        for p in self.procs:
+            assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+            assert "0 failed" in p.stderr.splitlines()[-1], p.stderr[-2000:]
+
+
+PAIRS = {
+    "daemon+ingest": lambda w, v1, v2: (w.daemon(v1), w.ingest(v2)),
+    "daemon+daemon": lambda w, v1, v2: (w.daemon(v1), w.daemon(v2)),
+    "daemon+reprocess": lambda w, v1, v2: (w.daemon(v1 + v2), w.reprocess()),
+    "ingest+reprocess": lambda w, v1, v2: (w.ingest(v1 + v2), w.reprocess()),
+}
+
+
+@pytest.mark.parametrize("pair", sorted(PAIRS))
+def test_two_writers_at_once_keep_each_boot_s_latest_capture_and_its_own_ledger(
+        db_url: str, tmp_path: Path, pair: str) -> None:
+    v0, v1, v2 = (_files(tmp_path, k) for k in range(3))
+    first = _run("ingest", "--db", db_url, *map(str, v0))
+    assert first.returncode == 0, first.stderr
+    w = _Writers(tmp_path, db_url)
+    PAIRS[pair](w, v1, v2)
+    w.run()
+
+    engine = make_engine(resolve_url(db_url), create=False)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release,
+                   captures.c.captured_at, ledger_documents.c.document)
+            .join(hosts, hosts.c.id == boots.c.host_id)
+            .join(captures, captures.c.id == boots.c.capture_id)
+            .join(ledger_documents, ledger_documents.c.boot_pk == boots.c.id)).all()
+        n_captures = conn.execute(select(func.count()).select_from(captures)).scalar_one()
+        if engine.dialect.name == "sqlite":
+            assert conn.execute(text("PRAGMA integrity_check")).scalar() == "ok"
+    engine.dispose()
+    assert sorted((r.machine_id, r.boot_id) for r in rows) == sorted(
+        (machine_id(h), boot_id(h, 0)) for h in range(HOSTS))
+    assert n_captures == HOSTS
+    latest = _release(VERSIONS[2])
+    for r in rows:
+        assert r.kernel_release == latest
+        # The ledger was computed from the capture the boot points at.
+        assert r.document["kernel"]["release"] == latest, (r.machine_id, r.document["kernel"])
