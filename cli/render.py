@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from memledger.ledger.model import LedgerDoc
+from memledger.store.compare import size_text
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
@@ -24,7 +25,7 @@ def fmt_bytes(value: int | None) -> str:
         return f"{sign}{v:,} B"
     text = f"{sign}{v // 1024:,} KiB"
     if v >= 1 << 20:
-        text += f" ({sign}{v / (1 << 20):.1f} MiB)"
+        text += f" ({size_text(value, 'bytes')})"
     return text
 
 

@@ -16,6 +16,7 @@ from importlib.metadata import version
 import click
 from memledger.cli.dboption import DB_OPTION, open_store
 from memledger.cli.errors import fail
+from memledger.store.compare import size_text
 from memledger.store.db import display_url
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
@@ -216,7 +217,7 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
 def _mib(value: int | None, applies: bool = True) -> str:
     if not applies:
         return "[dim]-[/dim]"
-    return "[dim]?[/dim]" if value is None else f"{value / (1 << 20):.1f}"
+    return "[dim]?[/dim]" if value is None else size_text(value, "bytes", mib=False, short=True)
 
 
 def _firmware(r: BootRow) -> str:
@@ -232,8 +233,8 @@ def _boot_rows(rows: list[BootRow]) -> Table:
     t = Table(title="stored boots, newest first", box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 0),
               caption="EFI boot services reclaimed, kept and leaked, and memory below 1 MiB "
-              "freed, in MiB; ? = unknown, - = does not apply (not EFI). --json has every "
-              "figure.")
+              "freed, in MiB (K: KiB, B: bytes); ? = unknown, - = does not apply (not EFI). "
+              "--json has every figure.")
     t.add_column("host", no_wrap=True, max_width=16, overflow="ellipsis")
     t.add_column("boot", no_wrap=True, min_width=8)
     # The release is what compare selects by: never cut (a no_wrap column keeps its width).

@@ -45,6 +45,7 @@ from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
 from memledger.exporters.web import WebServer
 from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
+from memledger.store.compare import size_text
 from memledger.store.db import (
     describe_error,
     display_url,
@@ -106,7 +107,7 @@ class DaemonConfig:
 
 
 def _mib(value: int | None) -> str:
-    return "unknown" if value is None else f"{value / (1 << 20):,.1f} MiB"
+    return "unknown" if value is None else size_text(value, "bytes")
 
 
 def boot_facts(b: StoredBoot) -> dict[str, str]:
@@ -127,6 +128,9 @@ def boot_facts(b: StoredBoot) -> dict[str, str]:
     out["below 1 MiB"] = (f"reserved {_mib(low['reserved_bytes'])}, "
                           f"freed {_mib(low['freed_bytes'])}")
     out["anomalies"] = ", ".join(codes) or "none"
+    for code in codes:  # each with why, as analyze says it
+        out[code] = "; ".join(f"{a['severity']}: {a['message']}" for a in doc["anomalies"]
+                              if a["code"] == code)
     if notes := boot_notes(b["efi"]):
         out["note"] = "; ".join(notes)
     return out

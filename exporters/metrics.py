@@ -40,7 +40,7 @@ RESULTS = ("ok", "duplicate", "failed")
 BS_STATES = ("total", "reclaimed", "kept", "leaked")
 LOW_STATES = ("usable", "reserved", "boot_services", "freed")
 ACCOUNTING = ("boot_reserved", "present", "managed", "memtotal", "residual",
-              "unexplained_residual")
+              "lazy_uninitialised", "silent_freed", "unexplained_residual")
 _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
 _FLEET_NOTE = " Read at the last fleet refresh (memledger_fleet_refresh_timestamp_seconds)."
@@ -126,7 +126,14 @@ def _host_metrics(current: StoredBoot, previous: StoredBoot | None) -> Iterator[
         m.add_metric([label(what)], n)
     yield m
     yield _known("memledger_kernel_accounting_bytes", "The kernel's own memory accounting of "
-                 "the current boot (boot_reserved = present - managed at the Memory: line).",
+                 "the current boot (boot_reserved = present - managed at the Memory: line). "
+                 "residual = boot_reserved - (present - managed) - the later Freeing lines, 0 on a "
+                 "healthy kernel. unexplained_residual = residual + lazy_uninitialised - "
+                 "(silent_freed less the deferred-init leak): silent_freed are memblock_free_late "
+                 "frees, which print no Freeing line; lazy_uninitialised are the pages "
+                 "deferred_init=lazy had not initialised yet (deferred init still in progress: "
+                 "residual is negative by them and shrinks as allocations take them). Absent "
+                 "when unknown: unexplained_residual when nothing could explain the residual.",
                  "what", ACCOUNTING, acct)
     counts = dict.fromkeys(CODES, 0)
     for a in doc["anomalies"]:

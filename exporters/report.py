@@ -36,12 +36,10 @@ def _num(value: float | None, unit: str, signed: bool = False) -> str:
     return "?" if value is None else size_text(value, unit, signed=signed, places=2)
 
 
-def _mib(value: float | None, unit: str, signed: bool = False) -> str:
-    if value is None:
-        return "?"
-    if unit != "bytes":
-        return f"{value:+g}" if signed else f"{value:g}"
-    return f"{value / (1 << 20):+.1f}" if signed else f"{value / (1 << 20):.1f}"
+def _mib(value: float | None, unit: str, signed: bool = False, short: bool = False) -> str:
+    """A table cell under a "MiB" heading: a figure under 1 MiB keeps its KiB or bytes
+    (``short``: ``4K``, ``512B``, for the terminal's narrow table)."""
+    return "?" if value is None else size_text(value, unit, signed=signed, mib=False, short=short)
 
 
 def _side(stats: dict[str, Any], unit: str) -> str:
@@ -52,11 +50,17 @@ def _side(stats: dict[str, Any], unit: str) -> str:
 
 
 def _compact(stats: dict[str, Any], unit: str) -> str:
+    """The terminal's "median (p10-p90)", a unit the three share written once: 640K and
+    639K to 640K is ``640 (639-640)K``."""
     if not stats["n"]:
         return "none"
-    if stats["n"] == 1 or _mib(stats["p10"], unit) == _mib(stats["p90"], unit):
-        return _mib(stats["median"], unit)
-    return f"{_mib(stats['median'], unit)} ({_mib(stats['p10'], unit)}-{_mib(stats['p90'], unit)})"
+    med, lo, hi = (_mib(stats[k], unit, short=True) for k in ("median", "p10", "p90"))
+    if stats["n"] == 1 or lo == hi:
+        return med
+    suffix = {c.lstrip("+-0123456789.,") for c in (med, lo, hi)}
+    if len(suffix) == 1 and (u := suffix.pop()):
+        return f"{med.removesuffix(u)} ({lo.removesuffix(u)}-{hi.removesuffix(u)}){u}"
+    return f"{med} ({lo}-{hi})"
 
 
 def _how(f: dict[str, Any], short: bool = False) -> str:
@@ -85,8 +89,8 @@ def to_table(c: Comparison) -> RenderableType:
     head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
     reasons = Text("\n".join(f"- {r}" for r in c.reasons))
     t = Table(title=_title(c), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
-              caption="MiB (anomalies: a count). median (p10-p90) of the boots that measure "
-              "the figure; n: boots a side, or paired hosts (p); change: of the median "
+              caption="MiB, K: KiB, B: bytes (anomalies: a count). median (p10-p90) of the "
+              "boots that measure the figure; n: boots a side, or paired hosts (p); change: of the median "
               "(per host when paired); leaked, <1M freed, anomalies: the largest change; "
               "thr: threshold")
     for col, justify in (("figure", "left"), ("n", "right"), ("baseline", "right"),
@@ -96,27 +100,29 @@ def to_table(c: Comparison) -> RenderableType:
     for f in c.figures:
         t.add_row(_short(f["name"]), _how(f, short=True),
                   _compact(f["baseline"], f["unit"]), _compact(f["candidate"], f["unit"]),
-                  _mib(f["delta"], f["unit"], True), _mib(f["threshold"], f["unit"]),
+                  _mib(f["delta"], f["unit"], True, short=True),
+                  _mib(f["threshold"], f["unit"], short=True),
                   f"[{_VERDICT_STYLE[f['verdict']]}]{f['verdict']}[/]")
     parts: list[RenderableType] = [head, reasons, t]
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
-        p = Table(title="paired hosts (baseline → candidate, MiB)", box=box.SIMPLE_HEAD,
+        p = Table(title="paired hosts (baseline → candidate, MiB; K: KiB, B: bytes)", box=box.SIMPLE_HEAD,
                   pad_edge=False, collapse_padding=True)
         p.add_column("host")
         for name in shown:
             p.add_column(_short(name), justify="right")
         for d in c.pairs:
-            p.add_row(_host(d), *(_pair_cell(d["figures"].get(name), _UNITS[name]) for name in shown))
+            p.add_row(_host(d), *(_pair_cell(d["figures"].get(name), _UNITS[name], short=True)
+                                  for name in shown))
         parts.append(p)
     parts += [Text(line) for line in _context_lines(c)]
     return Group(*parts)
 
 
-def _pair_cell(v: dict[str, Any] | None, unit: str) -> str:
+def _pair_cell(v: dict[str, Any] | None, unit: str, short: bool = False) -> str:
     if v is None:
         return "?"
-    return f"{_mib(v['baseline'], unit)} → {_mib(v['candidate'], unit)}"
+    return f"{_mib(v['baseline'], unit, short=short)} → {_mib(v['candidate'], unit, short=short)}"
 
 
 def _context_lines(c: Comparison) -> list[str]:
@@ -156,7 +162,7 @@ def to_markdown(c: Comparison) -> str:
                      f"{_num(f['threshold'], f['unit'])} | {verdict} |")
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
-        lines += ["", "Paired hosts (baseline → candidate, MiB):", "",
+        lines += ["", "Paired hosts (baseline → candidate, MiB unless marked):", "",
                   "| host | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
         lines += [f"| {_host(d)} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
                                                   for n in shown) + " |" for d in c.pairs]
@@ -224,7 +230,7 @@ def _boots_table(c: Comparison, side: str) -> str:
         f"<td>{_tri(r.efi, 'EFI', 'not EFI')}</td><td>{_tri(r.efi_debug, 'efi=debug', '-')}</td>"
         f"<td>{_tri(r.kexec, 'kexec', '-')}</td>"
         f"<td>{_tri(r.log_complete, 'complete', 'truncated')}</td>"
-        + "".join(f"<td>{_e(_mib(r._mapping[f.key], f.unit))}</td>" for f in FIGURES)
+        + "".join(f"<td>{_e(_num(r._mapping[f.key], f.unit))}</td>" for f in FIGURES)
         + f"<td>{_e(r.anomaly_codes or '-')}</td></tr>" for r in rows[:_BOOT_ROWS])
     more = (f"<p>… and {len(rows) - _BOOT_ROWS} more boots (the JSON format counts them "
             "all).</p>") if len(rows) > _BOOT_ROWS else ""
@@ -313,7 +319,7 @@ cannot measure the figure (listed below).</p>
 <span style="background:{CANDIDATE_COLOR}"></span> candidate; a hollow point is a boot left
 out of the figure; a bar is a side's median.</p>
 <div class="plots">{plots}</div>
-<h2>Paired hosts (baseline → candidate)</h2>
+<h2>Paired hosts (baseline → candidate, MiB unless marked)</h2>
 {pairs_html}
 <h2>Anomalies</h2>
 <table id="anomalies"><tr><th>code</th><th>baseline boots</th><th>candidate boots</th><th></th></tr>

@@ -97,6 +97,9 @@ def account_kernel(ev: Evidence, lazy_deferred: bool = False) -> KernelAccountin
                               - (out.present_bytes - out.managed_bytes)
                               - out.freed_after_memory_line_bytes)
         waiting = 0
+        # deferred_grow_zone() initialising struct pages when an allocation needs them:
+        # c9e97a1997fb ("mm: initialize pages on demand during boot", v4.17);
+        # deferred_init=lazy leaves the rest to it after boot.
         if lazy_deferred and out.residual_bytes < 0:
             bound = out.lazy_left_at_boot_bytes
             waiting = -out.residual_bytes if bound is None else min(-out.residual_bytes, bound)

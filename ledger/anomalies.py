@@ -94,8 +94,11 @@ def find_anomalies(ev: Evidence, *, kernel: KernelDoc, efi: bool | None, fidelit
                        + (f" less the {_kib(leak)} of them that stayed deferred (the leak)"
                           if leak and leak > 0 else ""))
         if acct.lazy_uninitialised_bytes:
-            causes.append(f"{_kib(acct.lazy_uninitialised_bytes)} of pages deferred_init=lazy "
-                       "had not initialised yet (a figure that drifts as they are taken)")
+            causes.append(f"{_kib(acct.lazy_uninitialised_bytes)} of pages that lazy deferred "
+                          "init (deferred_init=lazy) had not yet initialised: deferred init is "
+                          "still in progress, pages join their zone's managed count as "
+                          "allocations need them, so the residual shrinks towards 0 over time "
+                          "(not a leak)")
         add(Anomaly("accounting_residual", "info" if explained else "warning",
                     f"'Memory: …K reserved' differs from (present - managed) + later Freeing "
                     f"lines by {_kib(residual)}"

@@ -48,7 +48,7 @@ from memledger.store.schema import boots, hosts, ledgers
 from sqlalchemy import Engine, Row, select
 
 __all__ = ("FIGURES", "SMALL_N", "WHERE_KEYS", "Comparison", "Figure", "Thresholds", "compare",
-           "select_boots")
+           "select_boots", "size_text")
 
 Better = Literal["higher", "lower", "neutral"]
 WHERE_KEYS = ("firmware_version", "firmware_vendor", "product")
@@ -127,7 +127,7 @@ class Thresholds:
 
 
 def _size(value: float, unit: str) -> str:
-    return f"{value / (1 << 20):g} MiB" if unit == "bytes" else f"{value:g}"
+    return size_text(value, unit, places=None)
 
 
 @dataclass(slots=True)
@@ -364,17 +364,24 @@ def _left_out(sides: Sides) -> list[dict[str, Any]]:
     return out
 
 
-def size_text(value: float, unit: str, *, signed: bool = False, places: int = 1) -> str:
-    """A figure for people: MiB with ``places`` decimals, KiB (or bytes) under 1 MiB, where
-    a few KiB would read "-0.0 MiB"; counts as they are. The reasons and every report
-    format write sizes with it."""
+def size_text(value: float, unit: str, *, signed: bool = False, places: int | None = 1,
+              mib: bool = True, short: bool = False) -> str:
+    """A figure for people: MiB with ``places`` decimals (None: as few as it needs), KiB
+    (or bytes) under 1 MiB, where a few KiB would read "-0.0 MiB"; counts as they are.
+    ``mib=False`` leaves "MiB" out for a table whose heading says it (a KiB or bytes figure
+    keeps its unit), and ``short`` writes those as ``4K`` and ``512B`` for a narrow
+    terminal table. Every byte figure memledger shows a person (compare's reasons, every
+    report format's tables, ``boots``, ``analyze``, the landing page) is written with it."""
     sign = "+" if signed else ""
     if unit != "bytes":
         return f"{value:{sign}g}"
     if 0 < abs(value) < 1 << 20:
-        return (f"{value / 1024:{sign},.0f} KiB" if abs(value) >= 1024
-                else f"{value:{sign},.0f} bytes")
-    return f"{value / (1 << 20):{sign},.{places}f} MiB"
+        kib, b = ("K", "B") if short else (" KiB", " bytes")
+        return (f"{value / 1024:{sign},.0f}{kib}" if abs(value) >= 1024
+                else f"{value:{sign},.0f}{b}")
+    text = (f"{value / (1 << 20):{sign}g}" if places is None
+            else f"{value / (1 << 20):{sign},.{places}f}")
+    return f"{text} MiB" if mib else text
 
 
 def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],

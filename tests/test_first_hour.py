@@ -10,6 +10,8 @@ import json
 import re
 from pathlib import Path
 
+import lxml.html
+import pytest
 from capturegen import machine_id, make_capture
 from click.testing import CliRunner, Result
 from conftest import FIXTURES
@@ -207,3 +209,74 @@ def test_a_store_command_that_finds_nothing_names_the_database_it_read(tmp_path:
     result = runner.invoke(main, ["reprocess", "--db", str(empty)])
     assert result.exit_code == 0
     assert result.stderr.startswith(f"reprocessed 0 boots in sqlite:///{empty}:")
+
+
+def _freed_below_1mib(root: Path) -> int:
+    """Whole pages of the log's memblock_free_late lines below 1 MiB (this test's own regex)."""
+    total = 0
+    for start, end in re.findall(r"memblock_free_late: \[0x([0-9a-f]+)-0x([0-9a-f]+)\]",
+                                 (root / "dmesg.txt").read_text()):
+        s, e = int(start, 16), int(end, 16) + 1
+        if s < 1 << 20:
+            total += min(e, 1 << 20) - s
+    return total
+
+
+OLD_LOW, NEW_LOW = "5.10.0-32-amd64-memblock", "6.1.0-47-amd64-memblock"
+
+
+@pytest.fixture(scope="module")
+def low_freed_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """5.10 frees a boot-services page below 1 MiB, 6.1 none (memblock=debug shows both),
+    one host booting each: compare's table, the HTML paired table, ``boots`` and the
+    landing page once read "-0.0" in a verdict's colour, "0.0 → 0.0 (-0.0)" in green and
+    "freed 0.0 MiB". The store, and the figure as the log's own lines give it."""
+    freed = _freed_below_1mib(BOOTS / OLD_LOW / "root")
+    assert freed == 4096 and _freed_below_1mib(BOOTS / NEW_LOW / "root") == 0
+    tmp = tmp_path_factory.mktemp("low")
+    d = tmp / "captures"
+    d.mkdir()
+    for i, name in enumerate((OLD_LOW, NEW_LOW)):
+        (d / f"{name}.tar.gz").write_bytes(make_capture(name, 0, i, minutes=i))
+    db = str(tmp / "m.db")
+    assert _run("ingest", "--db", db, str(d)).exit_code == 0
+    return db, f"{freed // 1024} KiB"
+
+
+def _low_sides() -> list[str]:
+    return ["--baseline", _osrelease(OLD_LOW), "--candidate", _osrelease(NEW_LOW)]
+
+
+def test_compare_s_table_tells_a_change_under_a_mib_in_kib(low_freed_store: tuple[str, str]) -> None:
+    db, kib = low_freed_store
+    table = CliRunner().invoke(main, ["compare", "--db", db, *_low_sides()], env={"COLUMNS": "200"})
+    row = next(ln.split() for ln in table.stdout.splitlines() if ln.strip().startswith("<1M freed"))
+    short = kib.replace(" KiB", "K")  # the narrow table's unit
+    assert row[2:] == ["1p", short, "0.0", f"-{short}", "0.0", "improvement"]
+    assert "-0.0" not in table.stdout
+
+
+def test_the_html_paired_table_tells_a_change_under_a_mib_in_kib(
+        tmp_path: Path, low_freed_store: tuple[str, str]) -> None:
+    db, kib = low_freed_store
+    out = tmp_path / "r.html"
+    assert _run("compare", "--db", db, *_low_sides(), "--format", "html",
+                "-o", str(out)).exit_code in (0, 1)
+    page = lxml.html.fromstring(out.read_text())
+    heads = [th.text_content() for th in page.xpath("//table[@class='pairs']//th")]
+    cell = page.xpath("//table[@class='pairs']//tr[td]")[0][heads.index("low_freed")]
+    assert (cell.text_content(), cell.get("class")) == (f"{kib} → 0.0 (-{kib})", "better")
+
+
+def test_boots_and_the_landing_page_tell_a_figure_under_a_mib_in_kib(
+        low_freed_store: tuple[str, str]) -> None:
+    db, kib = low_freed_store
+    engine = make_engine(resolve_url(db), create=False)
+    with engine.connect() as conn:
+        boot = [b for b in latest_boots(conn, machine_id(0), 2)
+                if b["kernel_release"] == _osrelease(OLD_LOW)]
+    engine.dispose()
+    assert boot_facts(boot[0])["below 1 MiB"].endswith(f"freed {kib}")
+    boots = CliRunner().invoke(main, ["boots", "--db", db], env={"COLUMNS": "200"})
+    row = next(ln.split() for ln in boots.stdout.splitlines() if _osrelease(OLD_LOW) in ln)
+    assert row[-2] == kib.replace(" KiB", "K")  # the <1M column, then the anomaly count
