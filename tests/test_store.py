@@ -63,7 +63,7 @@ def engine(db_url: str) -> Any:
 
 
 def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == HEAD == "0005"
+    assert current_revision(engine) == head_revision() == HEAD == "0006"
     upgrade(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)

@@ -1,7 +1,7 @@
 """How far into its boot each capture was taken
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-05 13:40:00.000000
 
 captures.uptime_s: the boot's /proc/uptime when the capture was taken (CLOCK_BOOTTIME,
@@ -13,8 +13,8 @@ have none and are ordered by their capture time, as before.
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0005'
-down_revision = '0004'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
