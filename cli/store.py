@@ -130,6 +130,14 @@ def _prepare_path(path: str) -> tuple[str, Prepared | None, str | None]:
         return path, None, f"{path}: {os.strerror(exc.errno or 0) or exc}"
     except BadCapture as exc:
         return path, None, f"{path}: {exc}"
+    except Exception as exc:  # a parser's failure on one file is that file's, never the run's
+        return path, None, _internal(path, exc)
+
+
+def _internal(path: str, exc: Exception) -> str:
+    """One line for a file that a parser failed on in a way it does not report."""
+    first = (str(exc).splitlines() or [""])[0][:200]
+    return f"{path}: cannot be parsed ({type(exc).__name__}{': ' + first if first else ''})"
 
 
 class _Rate(ProgressColumn):

@@ -17,6 +17,7 @@ Only the daemon's own work (ingest results) is instrumented directly.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Iterator, Mapping
 
@@ -45,6 +46,7 @@ _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
 _FLEET_NOTE = " Read at the last fleet refresh (memledger_fleet_refresh_timestamp_seconds)."
 _PROBE = select(literal(1))
+log = logging.getLogger("memledger.metrics")
 
 
 # Label values come from capture files; a real one (a release, a BIOS version, a kernel
@@ -274,7 +276,10 @@ class StoreCollector(Collector):
                         metrics.extend(_host_metrics(current, previous))
                         metrics.extend(_runtime_metrics(runtime_totals(
                             conn, current["machine_id"], current["boot_id"])))
-        except SQLAlchemyError:
+        except SQLAlchemyError as exc:
+            # One line: a scrape that cannot read the store says why, not only store_up 0.
+            log.warning("metrics: cannot read the store: %s",
+                        (str(exc).splitlines() or [type(exc).__name__])[0])
             up.add_metric([], 0)
             yield up
             return

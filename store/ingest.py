@@ -45,7 +45,8 @@ from memledger.store.db import as_utc, describe_error, is_permanent, writer
 from memledger.store.events import event_rows
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
-from memledger.store.trust import CaptureTime, Untrusted, check_not_ahead, is_later
+from memledger.store.trust import CaptureTime, Untrusted, check_not_ahead, check_widths, is_later
+from memledger.tracer.caps import CMDLINE_MAX, UTS_LEN
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import (
@@ -157,9 +158,23 @@ def prepare(data: bytes, version: str, now: datetime | None = None) -> Prepared:
     p = _computed(data, hashlib.sha256(data).hexdigest(), version)
     try:
         check_not_ahead(p.manifest.captured_at, "captured_at", now)
+        _check_texts(p)
     except Untrusted as exc:
         raise BadCapture(str(exc)) from None
     return p
+
+
+# A boot's release and command line as the kernel writes them, whatever they were read
+# from (the capture's files or its kernel log).
+_BOOT_CAPS = {"kernel_release": UTS_LEN, "cmdline": CMDLINE_MAX}
+
+
+def _check_texts(p: Prepared) -> None:
+    """Every text bound for a bounded column fits it, checked before the database so that
+    SQLite and PostgreSQL refuse the same captures. Raises :class:`Untrusted`."""
+    check_widths(boots, p.boot, _BOOT_CAPS)
+    check_widths(hosts, {"hostname": p.manifest.hostname})
+    check_widths(captures, {"memledger_version": p.manifest.memledger_version})
 
 
 def _columns(p: Prepared) -> dict[str, Any]:

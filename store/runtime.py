@@ -15,6 +15,7 @@ from typing import Literal
 from memledger.store.db import writer
 from memledger.store.rows import dialect_insert, upsert_host
 from memledger.store.schema import hosts, runtime_batches, runtime_events
+from memledger.store.sums import wide_sum
 from memledger.store.trust import Untrusted, check_not_ahead
 from memledger.tracer.runtime import Batch, BatchError, parse_batch
 from sqlalchemy import Connection, Engine, bindparam, func, insert, select
@@ -89,11 +90,11 @@ _BATCHES = (select(runtime_batches.c.id, runtime_batches.c.source)
                    runtime_batches.c.boot_id == bindparam("boot_id"))
             .subquery())
 _PER_SOURCE = (select(_BATCHES.c.source, func.count(runtime_batches.c.id),
-                      func.sum(runtime_batches.c.dropped), func.sum(runtime_batches.c.event_count))
+                      wide_sum(runtime_batches.c.dropped), wide_sum(runtime_batches.c.event_count))
                .join(runtime_batches, runtime_batches.c.id == _BATCHES.c.id)
                .group_by(_BATCHES.c.source))
 _SIZES = (select(runtime_events.c.kind, runtime_events.c.function, runtime_events.c.caller,
-                 func.sum(runtime_events.c.size))
+                 wide_sum(runtime_events.c.size))
           .join(_BATCHES, _BATCHES.c.id == runtime_events.c.batch_id)
           .where(runtime_events.c.size.is_not(None))
           .group_by(runtime_events.c.kind, runtime_events.c.function, runtime_events.c.caller))

@@ -10,6 +10,7 @@ Unknown figures are NULL, never 0.
 
 from __future__ import annotations
 
+from memledger.tracer.caps import KSYM_NAME_LEN, SYSFS_ATTR_MAX
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -81,9 +82,11 @@ boots = Table(
     Column("efi_debug", Boolean),
     Column("kexec", Boolean),
     Column("log_complete", Boolean),
-    Column("firmware_vendor", String(255)),  # one name per vendor (ledger/vendors.py)
-    Column("firmware_version", String(255)),
-    Column("product", String(255)),
+    # DMI strings, each up to a sysfs page (migration 0005); firmware_vendor is one name
+    # per vendor (ledger/vendors.py).
+    Column("firmware_vendor", String(SYSFS_ATTR_MAX)),
+    Column("firmware_version", String(SYSFS_ATTR_MAX)),
+    Column("product", String(SYSFS_ATTR_MAX)),
     Column("fidelity", JSON),
     UniqueConstraint("host_id", "boot_id"),
     Index("ix_boots_kernel_release", "kernel_release"),
@@ -161,10 +164,10 @@ runtime_events = Table(
     Column("seq", BigInteger, nullable=False),
     Column("ts", Float),
     Column("kind", String(16), nullable=False),
-    Column("function", String(64), nullable=False),
+    Column("function", String(KSYM_NAME_LEN), nullable=False),  # kernel symbols (0005)
     Column("phys_start", BigInteger),
     Column("phys_end", BigInteger),
     Column("size", BigInteger),
-    Column("caller", String(255)),
+    Column("caller", String(KSYM_NAME_LEN)),
     Column("detail", Text),
 )

@@ -11,17 +11,22 @@ directories anyone else could have written). A writer is not trusted with:
   "older". Which of two captures of one boot is the later is told by the boot's own clock
   (/proc/uptime) where both have it and their wall clocks agree on when the boot began
   (:func:`is_later`), so a capture dated ahead early in boot cannot pin the boot either;
-- **size and text**: caps and checks at parse time (tracer/untrusted.py, tracer/capture.py,
-  tracer/runtime.py), so no file can make the store, a log line or a metric label
-  unbounded or unstorable.
+- **size and text**: caps and checks at parse time (tracer/caps.py, tracer/untrusted.py,
+  tracer/capture.py, tracer/runtime.py), so no file can make the store, a log line or a
+  metric label unbounded or unstorable; and :func:`check_widths` before the database, so
+  a text too long for its column is refused alike on SQLite (which would store it) and
+  PostgreSQL (which would fail the whole transaction).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ("MAX_AHEAD", "CaptureTime", "Untrusted", "check_not_ahead", "is_later")
+from sqlalchemy import String, Table
+
+__all__ = ("MAX_AHEAD", "CaptureTime", "Untrusted", "check_not_ahead", "check_widths", "is_later")
 
 # Clocks on a fleet are NTP-synchronised, but a capture taken early in boot may still
 # read a real-time clock kept in local time (up to 14 h off, UTC+14) before the first sync.
@@ -66,3 +71,18 @@ def is_later(new: CaptureTime, old: CaptureTime) -> bool:
         if abs(began_new - began_old) <= MAX_AHEAD:
             return new.uptime_s > old.uptime_s
     return new.captured_at > old.captured_at
+
+
+def check_widths(table: Table, row: Mapping[str, Any], caps: Mapping[str, int] | None = None,
+                 ) -> None:
+    """Raise :class:`Untrusted` for a text in ``row`` longer than its column of ``table``
+    holds, or than ``caps`` gives for it (what the kernel can produce, below the width)."""
+    for name, value in row.items():
+        if not isinstance(value, str) or name not in table.c:
+            continue
+        kind = table.c[name].type
+        limits = [x for x in ((caps or {}).get(name),
+                              kind.length if isinstance(kind, String) else None) if x is not None]
+        if limits and len(value) > min(limits):
+            raise Untrusted(f"{name} {value[:40]!r}… is {len(value)} characters, over the "
+                            f"{min(limits)} a kernel can produce")

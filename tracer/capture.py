@@ -33,6 +33,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from memledger.tracer.caps import (
+    CMDLINE_MAX,
+    DNS_NAME_MAX,
+    PATH_MAX,
+    UTS_LEN,
+    VERSION_MAX,
+    check_host_files,
+    check_member_path,
+)
 from memledger.tracer.evidence import Evidence, build_evidence
 from memledger.tracer.reader import MAX_FILE_BYTES, MemTree, RecordingTree, Tree, read_tree
 from memledger.tracer.untrusted import UntrustedError, check_text, load_json, parse_time
@@ -95,14 +104,10 @@ def _utc(text: str) -> datetime:
         raise CaptureError(str(exc)) from None
 
 
-# The longest value each manifest string can hold, from the kernel's own limits: a
-# release (uname -r) is at most __NEW_UTS_LEN, 64 (include/uapi/linux/utsname.h); the
-# kernel's host name is too, but --hostname may give a DNS name (253, RFC 1035); x86's
-# COMMAND_LINE_SIZE is 2048 and bootconfig adds at most XBC_DATA_MAX, 32767, to what
-# /proc/cmdline shows. Paths and error reasons: PATH_MAX, 4096.
-PATH_MAX = 4096
-_MAX_CHARS = {"hostname": 253, "kernel_release": 64, "memledger_version": 64,
-              "cmdline": 2048 + 32767 + 1}
+# The longest value each manifest string can hold (tracer/caps.py); paths and error
+# reasons: PATH_MAX.
+_MAX_CHARS = {"hostname": DNS_NAME_MAX, "kernel_release": UTS_LEN,
+              "memledger_version": VERSION_MAX, "cmdline": CMDLINE_MAX}
 
 
 def _checked(value: str, what: str, max_chars: int, controls: bool = False) -> str:
@@ -224,7 +229,19 @@ def _member_path(name: str) -> str:
     parts = [p for p in name.split("/") if p not in ("", ".")]
     if name.startswith("/") or ".." in parts or not parts:
         raise CaptureError(f"member {name[:80]!r}: path leaves the capture")
+    try:
+        check_member_path(parts, name)
+    except UntrustedError as exc:
+        raise CaptureError(str(exc)) from None
     return "/".join(parts)
+
+
+def _check_files(files: dict[str, bytes]) -> None:
+    """The caps of tracer/caps.py on the capture's own files, as a CaptureError."""
+    try:
+        check_host_files(files)
+    except UntrustedError as exc:
+        raise CaptureError(str(exc)) from None
 
 
 def _gunzip(data: bytes) -> bytes:
@@ -304,6 +321,7 @@ def unpack(data: bytes) -> Capture:
     if manifest is None:
         raise CaptureError(f"no {MANIFEST}")
     m = Manifest.from_json(manifest)
+    _check_files(files)
     return Capture(m, MemTree(files, dirs, m.unreadable, m.truncated))
 
 
@@ -314,10 +332,16 @@ def record(tree: Tree, root: str, *, memledger_version: str, captured_at: dateti
 
     The ids come from the tree (``etc/machine-id``, ``proc/sys/kernel/random/boot_id``,
     ``proc/sys/kernel/hostname``) unless given. Raises :class:`CaptureError` when the
-    machine id or boot id is missing or malformed, naming the option that supplies it.
+    machine id or boot id is missing or malformed, naming the option that supplies it,
+    and for anything :func:`unpack` would refuse (a file or manifest string over its cap):
+    what this writes, ``ingest`` reads.
     """
     rec = RecordingTree(tree)
     snap = read_tree(rec, root)
+    try:
+        check_host_files(rec.files)
+    except UntrustedError as exc:
+        raise CaptureError(f"{root}: {exc}") from None
     text = snap.text
 
     def ident(given: str | None, key: str, rel: str, option: str) -> str:
@@ -341,6 +365,7 @@ def record(tree: Tree, root: str, *, memledger_version: str, captured_at: dateti
         unreadable=dict(snap.unreadable),
         truncated=list(snap.truncated),
     )
+    Manifest.from_json(manifest.to_json())  # the checks unpack() makes, before writing
     return pack(rec.files, rec.dirs, manifest), manifest
 
 

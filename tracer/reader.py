@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from memledger.tracer.caps import SYSFS_ATTR_MAX
 from memledger.tracer.sysfs import DMI_FIELDS
 
 __all__ = (
@@ -41,7 +42,7 @@ __all__ = (
     "read_tree",
 )
 
-DMI_MAX_CHARS = 4096
+DMI_MAX_CHARS = SYSFS_ATTR_MAX
 LOG_FILE = "dmesg.txt"
 KMSG_PATH = "dev/kmsg"
 # Each file is read up to this size; a larger one is cut and flagged. The largest file a
@@ -230,13 +231,16 @@ class MemTree:
             self._children[parent].add(name)
 
     def _add_dir(self, rel: str) -> None:
-        if rel in self._children:
-            return
-        self._children[rel] = set()
-        if rel:
-            parent, _, name = rel.rpartition("/")
-            self._add_dir(parent)
-            self._children[parent].add(name)
+        """Add ``rel`` and its missing ancestors, without recursion (a path may be deep)."""
+        child: str | None = None
+        while True:
+            known = rel in self._children
+            names = self._children.setdefault(rel, set())
+            if child is not None:
+                names.add(child)
+            if known or not rel:
+                return
+            rel, _, child = rel.rpartition("/")
 
     def read(self, rel: str) -> bytes | None:
         return self.files.get(rel)

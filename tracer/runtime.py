@@ -36,6 +36,14 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
+from memledger.tracer.caps import (
+    DNS_NAME_MAX,
+    KSYM_NAME_LEN,
+    PHYS_LIMIT,
+    PRINTK_RECORD_MAX,
+    UTS_LEN,
+    VERSION_MAX,
+)
 from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id
 from memledger.tracer.untrusted import UntrustedError, check_text, load_json, parse_time
 
@@ -62,11 +70,16 @@ _INT64 = (-(1 << 63), (1 << 63) - 1)
 # An event line is about 150 bytes, so a batch of MAX_EVENTS stays near 7 MiB, well under
 # the spool's size cap; the collector writes more events as several batches.
 MAX_EVENTS = 50_000
-# Longest strings: a kernel symbol is at most KSYM_NAME_LEN, 512 since b8a94bfb3395
-# ("kallsyms: increase maximum kernel symbol length to 512", v6.1); a kernel log record's
-# text at most 1024 (PRINTKRB_RECORD_MAX); names and versions as in a capture's manifest.
-_MAX_CHARS = {"function": 512, "caller": 512, "detail": 1024, "hostname": 253,
-              "kernel_release": 64, "memledger_version": 64}
+# Longest strings (tracer/caps.py): a kernel symbol, a kernel log record's text; names
+# and versions as in a capture's manifest.
+_MAX_CHARS = {"function": KSYM_NAME_LEN, "caller": KSYM_NAME_LEN, "detail": PRINTK_RECORD_MAX,
+              "hostname": DNS_NAME_MAX, "kernel_release": UTS_LEN,
+              "memledger_version": VERSION_MAX}
+# Figures that are addresses or amounts of memory: below 2**52 (MAXPHYADDR) in magnitude,
+# so that the store's per-boot sums stay far from overflowing. ``phys_end`` is exclusive
+# and may be 2**52 itself; ``dropped`` counts records, each at least a byte of memory.
+_MAGNITUDE = {"phys_start": PHYS_LIMIT - 1, "phys_end": PHYS_LIMIT, "bytes": PHYS_LIMIT,
+              "dropped": PHYS_LIMIT}
 
 
 class BatchError(ValueError):
@@ -134,7 +147,18 @@ def _int(obj: dict[str, Any], key: str, where: str, required: bool = False) -> i
         raise BatchError(f"{where}: {key} is not an integer")
     if not _INT64[0] <= value <= _INT64[1]:
         raise BatchError(f"{where}: {key} {value} does not fit in 64 bits")
+    _check_magnitude(key, value, where)
     return value
+
+
+def _check_magnitude(key: str, value: int, where: str) -> None:
+    """Refuse an address or amount of memory that no x86-64 machine has."""
+    limit = _MAGNITUDE.get(key)
+    if limit is not None and key.startswith("phys_") and value < 0:
+        raise BatchError(f"{where}: {key} {value} is a negative address")
+    if limit is not None and abs(value) > limit:
+        raise BatchError(f"{where}: {key} {value:#x} is beyond what a machine can hold "
+                         f"(physical addresses have at most 52 bits)")
 
 
 def _str(obj: dict[str, Any], key: str, where: str, required: bool = False) -> str | None:
