@@ -69,15 +69,22 @@ class Era:
 #   first section: DMA32 on 2 GiB, none of DMA32 on 8 GiB) yet counts them in totalram;
 #   and before f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13) it
 #   frees boot-services memory below 1 MiB too.
+# * 5.10-lts: Debian's bullseye-security kernels from ABI 44 (5.10.257-1, upstream 5.10.253)
+#   carry a4b0bf6a40f3: free_reserved_area() at arch_initcall and its Freeing line, but
+#   not f1d4d47c5851, so the regions below 1 MiB are freed (and counted) too. ABI 43 and
+#   older are the 5.10 era.
 # * 6.1, 6.12: Debian's backport of a4b0bf6a40f3: free_reserved_area() at arch_initcall
 #   and its "Freeing EFI boot services memory" line.
 # * 7.x: the E820 type names of 5668a64622cf ("System RAM ==> device reserved"), the
 #   v6.16 memblock fields ("nid=-1 flags=0"), and 259e3e6f9382 ("efi: Tag memblock
 #   reservations of boot services regions as RSRV_KERN", v7.1).
 ERAS: tuple[Era, ...] = (
-    Era("5.10", ("bullseye",), r"linux-image-(?P<release>5\.10\.0-\d+-amd64)", ("newest",),
+    Era("5.10", ("bullseye",), r"linux-image-(?P<release>5\.10\.0-(?:[1-3]?\d|4[0-3])-amd64)", ("newest",),
         "before the 2026 fix: memblock_free_late leaks deferred pages on 2 GiB (not on "
         "8 GiB) and frees below 1 MiB"),
+    Era("5.10-lts", ("bullseye-security",), r"linux-image-(?P<release>5\.10\.0-(?:4[4-9]|[5-9]\d|[1-9]\d\d+)-amd64)",
+        ("newest",), "the 2026 fix backported to 5.10: the arch_initcall free and its Freeing "
+        "line, still freeing below 1 MiB"),
     Era("6.1", ("bookworm", "bookworm-security"), r"linux-image-(?P<release>6\.1\.0-\d+-amd64)",
         ("oldest", "newest"), "the 2026 fix backported: the arch_initcall free and its Freeing line"),
     Era("6.12", ("bookworm-security",),

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from memledger.ledger.accounting import KernelAccounting
 from memledger.ledger.boot_services import BootServices
-from memledger.ledger.kernelver import at_least
-from memledger.ledger.lowmem import LowMemory
+from memledger.ledger.lowmem import LowMemory, keeps_first_mib
 from memledger.ledger.model import FidelityDoc, KernelDoc
 from memledger.tracer.evidence import Evidence
 
@@ -68,11 +67,11 @@ def find_anomalies(ev: Evidence, *, kernel: KernelDoc, efi: bool | None, fidelit
                     "the command line comes from the log, where printk cuts it at about 1 KiB; "
                     "/proc/cmdline was not available", f"{where}"))
     if low.freed_bytes:
-        if at_least(kernel["release"], 5, 13) is False:
-            # Before f1d4d47c5851 (v5.13) efi_free_boot_services() frees below 1 MiB too.
+        if keeps_first_mib(log, kernel["release"]) is False:
+            # Without f1d4d47c5851 (v5.13) efi_free_boot_services() frees below 1 MiB too.
             add(Anomaly("low_memory_freed", "info",
-                        f"{_kib(low.freed_bytes)} below 1 MiB was freed, as kernels before v5.13 "
-                        "(f1d4d47c5851, 'x86/setup: Always reserve the first 1M of RAM') do; "
+                        f"{_kib(low.freed_bytes)} below 1 MiB was freed, as kernels without "
+                        "f1d4d47c5851 ('x86/setup: Always reserve the first 1M of RAM', v5.13) do; "
                         "BIOS code or a kdump kernel may clobber it", f"source: {low.freed_source}"))
         else:
             add(Anomaly("low_memory_freed", "error",

@@ -14,7 +14,9 @@ efi_reserve_boot_services, efi_free_boot_services, efi_unmap_boot_services):
    (259e3e6f9382, "efi: Tag memblock reservations of boot services regions as
    RSRV_KERN") the same reservations are MEMBLOCK_RSRV_KERN (reason ``rsrv_kern``).
 4. Nothing below 1 MiB is freed (f1d4d47c5851, v5.13: "x86/setup: Always reserve the
-   first 1M of RAM"), reason ``below_1m``.
+   first 1M of RAM"), reason ``below_1m``. A kernel without that clamp (5.10's stable
+   kernels, whose backport of a4b0bf6a40f3 frees at arch_initcall too) frees the regions
+   it owns there like any other, and counts them in its Freeing line.
 
 The identity ``total = reclaimed + kept`` is exact by construction; what the evidence
 cannot attribute goes to ``unexplained`` (negative when the reasons cover more than was
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memledger.ledger.kernelver import at_least
+from memledger.ledger.lowmem import keeps_first_mib
 from memledger.tracer import intervals as iv
 from memledger.tracer.efimap import EFI_PAGE_SIZE
 from memledger.tracer.evidence import Evidence
@@ -63,8 +66,10 @@ class BootServices:
     reclaimed_source: str | None = None
     regions: int | None = None
     cross_checks: dict[str, int | None] = field(default_factory=dict)
-    # Internal: the byte set, used by the low-memory account.
+    # Internal: the byte set, and what of it the kernel freed below 1 MiB, used by the
+    # low-memory account.
     span: iv.Span | None = None
+    freed_below_1m: iv.Span | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -247,10 +252,21 @@ def account_boot_services(ev: Evidence, efi_debug: bool, release: str | None,
         reasons["runtime"] = iv.length(runtime_only)
         bs.runtime_by_cause = _runtime_causes(ev, runtime_only, reserved_before)
     if total_span is not None:
-        # Minus what a kernel without f1d4d47c5851's clamp freed there (low_memory_freed).
-        low = iv.clip(total_span, 0, SZ_1M) - runtime_only - emr - iv.spans(
-            (m.start, m.end) for m in late)
-        reasons["below_1m"] = iv.length(low)
+        # Minus what a kernel without f1d4d47c5851's clamp freed there (low_memory_freed):
+        # the memblock_free_late ranges before a4b0bf6a40f3; after it (5.10's backport)
+        # efi_unmap_boot_services() queues every region efi_reserve_boot_services() owned
+        # and did not tag RUNTIME, and the arch_initcall frees them with no line per range.
+        low_all = iv.clip(total_span, 0, SZ_1M) - runtime_only - emr
+        freed_low = iv.clip(iv.spans((m.start, m.end) for m in late), 0, SZ_1M)
+        if memblock_seen and keeps_first_mib(log, release) is False:
+            freed_low |= iv.clip(owned, 0, SZ_1M) - runtime_only - emr
+        bs.freed_below_1m = freed_low & low_all
+        if log is not None and log.no_trampoline_memory and not freed_low.empty:
+            # The trampoline then takes its size from the first region freed below 1 MiB
+            # (efi_unmap_boot_services' "nasty quirk"); the log does not say how much.
+            reasons["below_1m"] = None
+        else:
+            reasons["below_1m"] = iv.length(low_all - freed_low)
     if bs.kept_bytes is not None:
         known = sum(v for k, v in reasons.items() if k != "unexplained" and v is not None)
         reasons["unexplained"] = bs.kept_bytes - known

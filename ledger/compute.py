@@ -237,7 +237,8 @@ def compute_ledger(ev: Evidence) -> Ledger:
         _kexec_boot_services(bs, f"boot_params type_of_loader {ev.loader.type_of_loader:#04x}")
     elif kernel["kdump"] and efi:
         _kexec_boot_services(bs, "a kdump kernel: elfcorehdr= on its command line")
-    low = account_low_memory(ev, params, release, bs.span, tf.phys_ranges if tf else [])
+    low = account_low_memory(ev, params, release, bs.span, tf.phys_ranges if tf else [],
+                             bs.freed_below_1m)
     lazy = "lazy" in params.get("deferred_init", [])
     acct = account_kernel(ev, lazy)
     if acct.lazy_deferred_init and bs.leaked_bytes:

@@ -104,6 +104,9 @@ APT_NAMES_2026_11_30 = {
     "bullseye": ["linux-image-5.10.0-30-amd64", "linux-image-5.10.0-30-amd64-unsigned",
                  "linux-image-5.10.0-32-amd64", "linux-image-5.10.0-32-cloud-amd64",
                  "linux-image-5.10.0-32-rt-amd64", "linux-image-amd64"],
+    "bullseye-security": ["linux-image-5.10.0-43-amd64", "linux-image-5.10.0-46-amd64",
+                          "linux-image-5.10.0-46-cloud-amd64", "linux-image-5.10.0-44-amd64",
+                          "linux-image-6.1.0-0.deb11.52-amd64"],
     "bookworm": ["linux-image-6.1.0-47-amd64", "linux-image-6.1.0-47-amd64-unsigned",
                  "linux-image-6.1.0-47-cloud-amd64", "linux-image-6.1.0-47-rt-amd64"],
     "bookworm-security": ["linux-image-6.1.0-9-amd64", "linux-image-6.1.0-57-amd64",
@@ -121,6 +124,7 @@ APT_NAMES_2026_11_30 = {
 def test_default_kernels_stand_for_every_era() -> None:
     assert choose_default(APT_NAMES_2026_11_30) == [
         ("linux-image-5.10.0-32-amd64", "bullseye"),
+        ("linux-image-5.10.0-46-amd64", "bullseye-security"),
         ("linux-image-6.1.0-9-amd64", "bookworm-security"),
         ("linux-image-6.1.0-57-amd64", "bookworm-security"),
         ("linux-image-6.12.117+deb12-amd64", "bookworm-security"),
@@ -141,6 +145,10 @@ def test_release_and_era_of_package_names() -> None:
     assert release_of("linux-image-amd64") is None
     assert [era_of(n).name for n in ("linux-image-6.12.117+deb13-amd64",  # type: ignore[union-attr]
                                       "linux-binary-7.3-amd64")] == ["6.12-trixie", "7.x-rc"]
+    # Debian's 5.10 carries a4b0bf6a40f3 from ABI 44 (5.10.257-1) on: the ABI decides the era.
+    assert [era_of(f"linux-image-5.10.0-{abi}-amd64").name  # type: ignore[union-attr]
+            for abi in (9, 32, 43, 44, 46, 100)] == ["5.10", "5.10", "5.10", "5.10-lts", "5.10-lts", "5.10-lts"]
+    assert release_of("linux-image-6.1.0-0.deb11.52-amd64") is None
 
 
 def test_private_apt_sources_use_this_machines_mirrors(tmp_path: Path) -> None:
@@ -150,7 +158,8 @@ def test_private_apt_sources_use_this_machines_mirrors(tmp_path: Path) -> None:
     text = state.sources({"archive": "http://mirror.invalid/debian",
                           "security": "http://mirror.invalid/debian-security"})
     suites = [line.split()[-2] for line in text.splitlines()]
-    assert suites == ["bullseye", "bookworm", "bookworm-security", "trixie", "sid", "experimental"]
+    assert suites == ["bullseye", "bullseye-security", "bookworm", "bookworm-security", "trixie", "sid",
+                      "experimental"]
     assert all(" http://mirror.invalid/debian-security " in line
                for line in text.splitlines() if "-security" in line)
     assert all(" http://mirror.invalid/debian " in line
@@ -164,11 +173,13 @@ def test_each_era_is_booted_in_the_configurations_that_show_something() -> None:
     def kernel(release: str, era: str | None) -> CachedKernel:
         return CachedKernel(release, f"linux-image-{release}", "1", "amd64", "/v", None, era, None)
 
-    boots = plan([kernel("5.10.0-32-amd64", "5.10"), kernel("7.3-amd64", "7.x-rc"), kernel("9.9-amd64", None)])
+    boots = plan([kernel("5.10.0-32-amd64", "5.10"), kernel("5.10.0-46-amd64", "5.10-lts"),
+                  kernel("7.3-amd64", "7.x-rc"), kernel("9.9-amd64", None)])
     by_kernel: dict[str, list[str]] = {}
     for b in boots:
         by_kernel.setdefault(b.kernel.release, []).append(b.config.name)
     assert by_kernel["5.10.0-32-amd64"] == ["default", "memblock", "efidebug", "crashkernel", "mem8g", "seabios"]
+    assert by_kernel["5.10.0-46-amd64"] == ["default", "memblock", "efidebug", "mem8g"]
     assert by_kernel["7.3-amd64"] == ["default", "memblock", "efidebug"]
     assert by_kernel["9.9-amd64"] == [c.name for c in CONFIGS]
     assert set(ERA_CONFIGS) == {e.name for e in ERAS}
