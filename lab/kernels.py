@@ -82,9 +82,10 @@ ERAS: tuple[Era, ...] = (
     Era("5.10", ("bullseye",), r"linux-image-(?P<release>5\.10\.0-(?:[1-3]?\d|4[0-3])-amd64)", ("newest",),
         "before the 2026 fix: memblock_free_late leaks deferred pages on 2 GiB (not on "
         "8 GiB) and frees below 1 MiB"),
-    Era("5.10-lts", ("bullseye-security",), r"linux-image-(?P<release>5\.10\.0-(?:4[4-9]|[5-9]\d|[1-9]\d\d+)-amd64)",
-        ("newest",), "the 2026 fix backported to 5.10: the arch_initcall free and its Freeing "
-        "line, still freeing below 1 MiB"),
+    Era("5.10-lts", ("bullseye-security",),
+        r"linux-image-(?P<release>5\.10\.0-(?:4[4-9]|[5-9]\d|[1-9]\d\d+)-amd64)", ("newest",),
+        "the 2026 fix backported to 5.10: the arch_initcall free and its Freeing line, still "
+        "freeing below 1 MiB"),
     Era("6.1", ("bookworm", "bookworm-security"), r"linux-image-(?P<release>6\.1\.0-\d+-amd64)",
         ("oldest", "newest"), "the 2026 fix backported: the arch_initcall free and its Freeing line"),
     Era("6.12", ("bookworm-security",),

@@ -26,16 +26,15 @@ def keeps_first_mib(log: KernelLog | None, release: str | None) -> bool | None:
 
     f1d4d47c5851 ("x86/setup: Always reserve the first 1M of RAM", v5.13) did both in one
     commit: reserve_real_mode() memblock-reserves [0, 1 MiB) whole, and
-    efi_free_boot_services() skips what lies below it. A memblock=debug log shows that
-    reservation or, from its first line, shows it absent (5.10's stable kernels: only the
-    first 64 KiB, and their backport of a4b0bf6a40f3 still frees a page below 1 MiB at
-    arch_initcall); without such a log the release decides.
+    efi_free_boot_services() skips what lies below it. A memblock=debug log that shows that
+    reservation proves the clamp whatever the release says (a vendor kernel may carry it);
+    otherwise the release decides. 5.10's stable kernels lack it (their memblock=debug
+    shows only the first 64 KiB reserved), and their backport of a4b0bf6a40f3 still frees
+    what efi_reserve_boot_services() reserved below 1 MiB.
     """
-    if log is not None and log.memblock:
-        if any(m.op == "reserve" and m.start == 0 and m.end >= SZ_1M for _, m in log.memblock):
-            return True
-        if log.complete:
-            return False
+    if log is not None and any(m.op == "reserve" and m.start == 0 and m.end >= SZ_1M
+                               for _, m in log.memblock):
+        return True
     return at_least(release, 5, 13)
 
 
