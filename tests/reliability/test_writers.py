@@ -13,6 +13,7 @@ each writer sending later captures of them, and afterwards:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
@@ -25,6 +26,8 @@ from capturegen import BOOTS, boot_id, machine_id, make_capture
 from conftest import MEMLEDGER
 from daemonrun import Daemon, drop, wait_for
 from memledger.store.db import make_engine, resolve_url
+from memledger.store.ingest import ingest_many, prepare
+from memledger.store.migrate import upgrade
 from memledger.store.schema import boots, captures, hosts, ledger_documents
 from sqlalchemy import func, select, text
 
@@ -170,3 +173,53 @@ def test_two_writers_at_once_keep_each_boot_s_latest_capture_and_its_own_ledger(
         assert r.kernel_release == latest
         # The ledger was computed from the capture the boot points at.
         assert r.document["kernel"]["release"] == latest, (r.machine_id, r.document["kernel"])
+
+
+def test_a_capture_the_database_refuses_is_refused_alone(db_url: str, tmp_path: Path) -> None:
+    """The last guard, behind the caps checked before the database: a value the database
+    still refuses (PostgreSQL refuses a NUL in text; SQLite stores it) is refused with the
+    database's reason, and the other captures of its batch are stored."""
+    engine = make_engine(resolve_url(db_url))
+    upgrade(engine)
+    items = [(prepare(make_capture(VERSIONS[h % 3], h, 0), "test"), f"c{h}") for h in range(6)]
+    items[3][0].boot["cmdline"] = "console=ttyS0\x00forged"
+    results = ingest_many(engine, items)
+    with engine.connect() as conn:
+        stored = {r.machine_id for r in conn.execute(select(hosts.c.machine_id))}
+    engine.dispose()
+    refused = {r.machine_id for r in results if r.status == "refused"}
+    if engine.dialect.name == "postgresql":
+        assert refused == {machine_id(3)}
+        assert "NUL" in (results[3].why or "") or "0x00" in (results[3].why or "")
+    else:
+        assert refused == set()
+    assert stored == {machine_id(h) for h in range(6)} - refused
+    assert [r.status for r in results if r.status != "refused"] == ["new"] * (6 - len(refused))
+
+
+def test_a_failed_ingest_never_removes_a_store_a_daemon_uses(tmp_path: Path) -> None:
+    """``ingest`` starts on a store that is not there yet, a daemon then starts on it,
+    and the ingest fails: the daemon's store and what it stores afterwards stay."""
+    db = tmp_path / "m.db"
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    fifo = inbox / "slow.tar.gz"
+    os.mkfifo(fifo)  # the ingest waits here, reading, until the test writes it
+    proc = subprocess.Popen([MEMLEDGER, "ingest", "--db", str(db), "-j", "1", str(inbox)],
+                            stderr=subprocess.PIPE, text=True)
+    wait_for("ingest to wait on its input",
+             lambda: Path(f"/proc/{proc.pid}/wchan").read_text() == "wait_for_partner", 60)
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o2770)
+    d = Daemon(tmp_path, str(db), spool)
+    try:
+        with open(fifo, "wb") as fh:
+            fh.write(b"not a capture")
+        assert proc.wait(60) == 2 and "slow.tar.gz" in (proc.stderr.read() if proc.stderr else "")
+        drop(spool, "good.tar.gz", make_capture(VERSIONS[1], 7, 0))
+        wait_for("the daemon to store it", lambda: os.listdir(spool / "done") == ["good.tar.gz"])
+    finally:
+        assert d.stop() == 0
+    listed = _run("boots", "--db", str(db), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [b["machine_id"] for b in json.loads(listed.stdout)] == [machine_id(7)]
