@@ -86,11 +86,11 @@ class _Writers:
         self.threads.append(threading.Thread(target=body))
 
     def ingest(self, files: list[Path]) -> None:
-        """``memledger ingest``, a process every two files, so that it spans the run."""
+        """``memledger ingest``, a process a file, so that it spans the run."""
         def body() -> None:
-            for i in range(0, len(files), 2):
+            for i in range(len(files)):
                 self.procs.append(_run("ingest", "--db", self.db, "-j", "1",
-                                       *map(str, files[i:i + 2])))
+                                       str(files[i])))
         self._thread(body, True)
 
     def daemon(self, files: list[Path]) -> None:
