@@ -34,6 +34,7 @@ from typing import Literal
 import click
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_duration
+from memledger.exporters.logs import setup_logging
 from memledger.exporters.notify import Notifier
 from memledger.spool.writer import SpoolWriter
 from memledger.store.files import atomic_write
@@ -299,7 +300,7 @@ def collect(spool: str, root: str, backend: Backend, kmsg: bool, capture: bool, 
             log_level: str) -> None:
     """Capture this boot, then watch for memory the kernel frees at runtime (crashkernel
     shrink, reserve_mem release, memory hotplug) and hand it to the daemon's spool."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(message)s")
+    setup_logging(log_level)
     try:
         flush_s = parse_duration(flush)
         duration_s = parse_duration(duration) if duration is not None else None

@@ -9,10 +9,10 @@ from memledger.cli.dboption import DB_OPTION, open_store
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_size
 from memledger.exporters.report import to_html, to_json, to_markdown, to_table
+from memledger.exporters.terminal import console
 from memledger.store.compare import FIGURES, WHERE_KEYS, Thresholds, compare
 from memledger.store.db import display_url
 from memledger.store.migrate import upgrade
-from rich.console import Console
 
 __all__ = ("compare_cmd",)
 
@@ -99,9 +99,9 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
                  + f" in {display_url(engine.url)}")
     if fmt == "table" and output:
         with open(output, "w") as fh:
-            Console(file=fh, width=120).print(to_table(result))
+            console(file=fh, width=120).print(to_table(result))
     elif fmt == "table":
-        Console().print(to_table(result))
+        console().print(to_table(result))
     else:
         try:
             text = {"json": to_json, "markdown": to_markdown, "html": to_html}[fmt](result)

@@ -12,6 +12,7 @@ from memledger.cli.dboption import DB_OPTION, open_store
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_duration, parse_size
 from memledger.exporters.daemon import DEFAULT_LISTEN, Daemon, DaemonConfig
+from memledger.exporters.logs import setup_logging
 from memledger.exporters.web import parse_listen_address
 from memledger.spool.reader import UnsafeSpool
 from memledger.store.db import StoreError, default_db_path, resolve_url, sqlite_path
@@ -82,7 +83,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
            parse_memory: str, fleet: bool, fleet_refresh: str, log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
-    logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(message)s")
+    setup_logging(log_level)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         parse_listen_address(listen)

@@ -11,6 +11,8 @@ import click
 from memledger.cli.errors import fail
 from memledger.cli.inputs import InputError, load
 from memledger.cli.render import render_ledger
+from memledger.exporters.terminal import console as terminal
+from memledger.exporters.terminal import text
 from memledger.lab.boot import BootRequest, LabError, run_boot
 from memledger.lab.firmware import FIRMWARES, FirmwareError, fetch_ovmf, find_ovmf
 from memledger.lab.initramfs import InitramfsError
@@ -26,7 +28,6 @@ from memledger.lab.kernels import (
 )
 from memledger.lab.matrix import CONFIGS, MatrixOutcome, config_by_name, plan, run_matrix
 from memledger.ledger.compute import compute_ledger
-from rich.console import Console
 from rich.table import Table
 
 __all__ = ("lab",)
@@ -103,9 +104,9 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
         out = Path(f"lab-{stem}-{time.strftime('%Y%m%d-%H%M%S')}")
     req = BootRequest(kernel=vmlinuz, out=out, cache=cache, cmdline=cmdline, trace=trace, memory=memory,
                       firmware=firmware, smp=smp, accel=accel, timeout=timeout, package=package)
-    err = Console(stderr=True)
+    err = terminal(stderr=True)
     try:
-        with err.status(f"booting {vmlinuz} under {firmware} ({memory})…"):
+        with err.status(text(f"booting {vmlinuz} under {firmware} ({memory})…")):
             result = run_boot(req)
     except _RUNTIME_ERRORS as exc:
         fail(str(exc), 1)
@@ -120,7 +121,7 @@ def boot(kernel: str, cmdline: str, trace: bool, memory: str, firmware: str, smp
         click.echo(json.dumps(ledgers[0] if len(ledgers) == 1 else ledgers, indent=2))
         return
     for d in ledgers:
-        render_ledger(d, Console())
+        render_ledger(d, terminal())
 
 
 def _kernel_table(kernels: list[CachedKernel], cache: Path) -> Table:
@@ -171,7 +172,7 @@ def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path |
     try:
         if fetch or wanted:
             apt = AptState(cache / "apt")
-            err = Console(stderr=True)
+            err = terminal(stderr=True)
             with err.status("reading the package lists of the lab's suites…"):
                 apt.update()
             if fetch:
@@ -181,7 +182,7 @@ def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path |
                 except FirmwareError:
                     fetch_ovmf(cache)
             for name, suite in wanted:
-                with err.status(f"fetching {name}…"):
+                with err.status(text(f"fetching {name}…")):
                     k = fetch_kernel(name, cache, suite, apt)
                 err.print(f"{name}: {k.release} ({k.version}, era {k.era})")
     except _RUNTIME_ERRORS as exc:
@@ -192,7 +193,7 @@ def kernels(fetch: bool, packages: tuple[str, ...], as_json: bool, cache: Path |
                                         for e in ERAS],
                                "kernels": [k.as_dict() for k in found]}, indent=2))
         return
-    Console().print(_kernel_table(found, cache))
+    terminal().print(_kernel_table(found, cache))
     if not found:
         click.echo(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`")
 
@@ -222,7 +223,7 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
     if not kernels_:
         fail(f"no kernels in {cache}; fetch some with `memledger lab kernels --fetch`", 2)
     boots = plan(kernels_, [config_by_name(c) for c in configs] if configs else None)
-    console = Console(stderr=True)
+    console = terminal(stderr=True)
 
     def done(o: MatrixOutcome) -> None:
         state = f"{o.result.wall_seconds:.1f} s" if o.result else f"FAILED: {o.error}"
@@ -249,7 +250,7 @@ def matrix(releases: tuple[str, ...], configs: tuple[str, ...], out: Path, jobs:
                  (bs["total_bytes"], bs["reclaimed_bytes"], bs["kept_bytes"], bs["leaked_bytes"])]
         table.add_row(o.boot.name, str(d["firmware"]["efi"]), *cells,
                       ", ".join(a["code"] for a in d["anomalies"]) or "")
-    Console().print(table)
+    terminal().print(table)
     if failed:
         fail(f"{failed} of {len(outcomes)} boots failed", 1)
 

@@ -86,9 +86,9 @@ def analyze(path: str, as_json: bool) -> None:
         return
     # Only for the table: rich costs 30 ms of start-up that --json does not need.
     from memledger.cli.render import render_ledger
-    from rich.console import Console
+    from memledger.exporters.terminal import console as terminal
 
-    console = Console()
+    console = terminal()
     for d in ledgers:
         render_ledger(d, console)
 

@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+from memledger.exporters.terminal import text
 from memledger.ledger.model import LedgerDoc
 from memledger.store.compare import size_text
 from rich.console import Console, Group, RenderableType
 from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
 __all__ = ("fmt_bytes", "render_ledger")
 
 _SEVERITY = {"error": "bold red", "warning": "yellow", "info": "cyan"}
 
 
-def fmt_bytes(value: int | None) -> str:
-    """``48037888`` → ``46,912 KiB (45.8 MiB)``; None → ``unknown``."""
+_UNKNOWN = Text("unknown", style="dim")
+_NOT_APPLICABLE = Text("does not apply", style="dim")
+
+
+def fmt_bytes(value: int | None) -> str | Text:
+    """``48037888`` → ``46,912 KiB (45.8 MiB)``; None → ``unknown`` (dim)."""
     if value is None:
-        return "[dim]unknown[/dim]"
+        return _UNKNOWN
     if value == 0:
         return "0"
     sign = "-" if value < 0 else ""
@@ -67,7 +73,7 @@ def render_ledger(d: LedgerDoc, console: Console) -> None:
 
     t1 = _table("EFI boot services")
     if fw["efi"] is False:
-        t1.add_row("not an EFI boot", "[dim]does not apply[/dim]", "BIOS: no boot services")
+        t1.add_row("not an EFI boot", _NOT_APPLICABLE, "BIOS: no boot services")
     else:
         t1.add_row("total", fmt_bytes(bs["total_bytes"]), bs["total_source"] or "")
         t1.add_row("reclaimed", fmt_bytes(bs["reclaimed_bytes"]), bs["reclaimed_source"] or "")
@@ -80,7 +86,7 @@ def render_ledger(d: LedgerDoc, console: Console) -> None:
     t2.add_row("usable (E820)", fmt_bytes(low["usable_bytes"]), "")
     t2.add_row("reserved", fmt_bytes(low["reserved_bytes"]), low["reserved_source"] or "")
     if fw["efi"] is False:
-        t2.add_row("boot services", "[dim]does not apply[/dim]", "BIOS")
+        t2.add_row("boot services", _NOT_APPLICABLE, "BIOS")
     else:
         t2.add_row("boot services", fmt_bytes(low["boot_services_bytes"]), "")
     t2.add_row("freed", fmt_bytes(low["freed_bytes"]), low["freed_source"] or "")
@@ -105,10 +111,11 @@ def render_ledger(d: LedgerDoc, console: Console) -> None:
     anomalies.add_column()
     anomalies.add_column()
     for a in d["anomalies"]:
-        style = _SEVERITY.get(a["severity"], "")
-        anomalies.add_row(f"[{style}]{a['severity']}[/{style}] {a['code']}",
-                          f"{a['message']} [dim]({a['evidence']})[/dim]")
-    parts: list[RenderableType] = [t1, "", t2, "", t3, "", "\n".join(lines)]
+        anomalies.add_row(
+            Text.assemble(text(a["severity"], _SEVERITY.get(a["severity"], "")), " ",
+                          text(a["code"])),
+            Text.assemble(text(a["message"]), " ", text(f"({a['evidence']})", "dim")))
+    parts: list[RenderableType] = [t1, "", t2, "", t3, "", *(text(line) for line in lines)]
     if d["anomalies"]:
         parts += ["", anomalies]
-    console.print(Panel(Group(*parts), title=head, title_align="left", expand=False))
+    console.print(Panel(Group(*parts), title=text(head), title_align="left", expand=False))

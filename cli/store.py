@@ -15,7 +15,9 @@ from importlib.metadata import version
 
 import click
 from memledger.cli.dboption import DB_OPTION, open_store
-from memledger.cli.errors import fail
+from memledger.cli.errors import fail, say
+from memledger.exporters.terminal import console as terminal
+from memledger.exporters.terminal import text
 from memledger.store.compare import size_text
 from memledger.store.db import display_url
 from memledger.store.files import atomic_write
@@ -25,8 +27,8 @@ from memledger.store.migrate import upgrade
 from memledger.store.queries import BootRow, list_boots
 from memledger.tracer.capture import CaptureError, record
 from memledger.tracer.reader import FsTree
+from memledger.tracer.untrusted import shown
 from rich import box
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -92,9 +94,9 @@ def capture(root: str, output: str, machine_id: str | None, boot_id: str | None,
     except OSError as exc:
         fail(f"{output}: {os.strerror(exc.errno or 0) or exc}", 1)
     missing = ", ".join(sorted(manifest.unreadable)) or "none"
-    click.echo(f"{output}: boot {manifest.boot_id} of {manifest.hostname or manifest.machine_id} "
-               f"({manifest.kernel_release or 'release unknown'}), {len(data):,} bytes; "
-               f"unreadable: {missing}", err=True)
+    say(f"{output}: boot {manifest.boot_id} of {manifest.hostname or manifest.machine_id} "
+        f"({manifest.kernel_release or 'release unknown'}), {len(data):,} bytes; "
+        f"unreadable: {missing}")
 
 
 INGEST_EXAMPLES = """
@@ -176,7 +178,7 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
     if not paths:
         fail(f"{', '.join(files)}: no capture files here (*.tar.gz, as `memledger capture` "
              "writes them): nothing to ingest")
-    err = Console(stderr=True)
+    err = terminal(stderr=True)
     gc.disable()
     columns = (TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), _Rate(),
                TimeElapsedColumn(), TimeRemainingColumn())
@@ -216,25 +218,28 @@ def ingest(files: tuple[str, ...], db: str | None, jobs: int) -> None:
                 flush()
         flush()
         for line in errors:
-            click.echo(f"memledger: error: {line}", err=True)
+            say(f"memledger: error: {line}")
         click.echo(", ".join(f"{n} {k}" for k, n in counts.items()), err=True)
         if errors:
             sys.exit(2)
 
 
-def _mib(value: int | None, applies: bool = True) -> str:
+_UNKNOWN = Text("?", style="dim")
+
+
+def _mib(value: int | None, applies: bool = True) -> str | Text:
     if not applies:
-        return "[dim]-[/dim]"
-    return "[dim]?[/dim]" if value is None else size_text(value, "bytes", mib=False, short=True)
+        return Text("-", style="dim")
+    return _UNKNOWN if value is None else size_text(value, "bytes", mib=False, short=True)
 
 
-def _firmware(r: BootRow) -> str:
+def _firmware(r: BootRow) -> str | Text:
     """``EFI EDK II 0.0.0``, ``not EFI``, or ``?`` when the log cannot tell."""
     if r["efi"] is False:
         return "not EFI"
     if r["efi"] is None:
-        return "[dim]?[/dim]"
-    return " ".join(v for v in ("EFI", r["firmware_vendor"], r["firmware_version"]) if v)
+        return _UNKNOWN
+    return text(" ".join(v for v in ("EFI", r["firmware_vendor"], r["firmware_version"]) if v))
 
 
 def _boot_rows(rows: list[BootRow]) -> Table:
@@ -247,14 +252,14 @@ def _boot_rows(rows: list[BootRow]) -> Table:
     t.add_column("boot", no_wrap=True, min_width=8)
     # The release is what compare selects by: never cut (a no_wrap column keeps its width).
     t.add_column("kernel", no_wrap=True,
-                 min_width=max((len(r["kernel_release"] or "?") for r in rows), default=6))
+                 min_width=max((len(shown(r["kernel_release"] or "?")) for r in rows), default=6))
     t.add_column("firmware", min_width=9)  # wraps between words on a narrow terminal
     for name in ("reclaimed", "kept", "leaked", "<1M", "anom"):
         t.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     for r in rows:
         bs, efi = r["efi_boot_services"], r["efi"] is not False
-        t.add_row(r["hostname"] or r["machine_id"][:12], r["boot_id"][:8],
-                  r["kernel_release"] or "[dim]?[/dim]", _firmware(r),
+        t.add_row(text(r["hostname"] or r["machine_id"][:12]), text(r["boot_id"][:8]),
+                  text(r["kernel_release"]) if r["kernel_release"] else _UNKNOWN, _firmware(r),
                   _mib(bs["reclaimed_bytes"], efi), _mib(bs["kept_bytes"], efi),
                   _mib(bs["leaked_bytes"], efi), _mib(r["low_memory"]["freed_bytes"]),
                   str(r["anomalies"]))
@@ -277,7 +282,7 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
         click.echo(f"no stored boots in {display_url(engine.url)}", err=True)
         return
     # Piped, rich would lay the table out for 80 columns; a file gets every row on one line.
-    console = Console()
+    console = terminal()
     if not console.is_terminal:
         console.width = 200
     console.print(_boot_rows(rows))
@@ -289,7 +294,7 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
 def reprocess_cmd(db: str | None) -> None:
     """Rebuild every stored ledger and its events from the stored raw captures (after an
     upgrade of memledger's parsers)."""
-    err = Console(stderr=True)
+    err = terminal(stderr=True)
     with open_store(db, create=False) as engine:
         upgrade(engine)
         with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
@@ -300,7 +305,7 @@ def reprocess_cmd(db: str | None) -> None:
 
             report = reprocess(engine, VERSION, step)
     for machine_id, boot_id, why in report.failed:
-        click.echo(f"memledger: error: boot {boot_id} of {machine_id}: {why}", err=True)
+        say(f"memledger: error: boot {boot_id} of {machine_id}: {why}")
     click.echo(f"reprocessed {report.boots} boots in {display_url(engine.url)}: "
                f"{report.changed} ledgers changed, "
                f"{len(report.failed)} failed", err=True)

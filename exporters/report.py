@@ -15,6 +15,8 @@ import json
 import statistics
 from typing import Any
 
+from memledger.exporters.markdown import md
+from memledger.exporters.terminal import text
 from memledger.store.compare import FIGURES, Comparison, size_text
 from rich import box
 from rich.console import Group, RenderableType
@@ -87,8 +89,8 @@ def _host(d: dict[str, Any]) -> str:
 
 def to_table(c: Comparison) -> RenderableType:
     head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
-    reasons = Text("\n".join(f"- {r}" for r in c.reasons))
-    t = Table(title=_title(c), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
+    reasons = [text(f"- {r}") for r in c.reasons]
+    t = Table(title=text(_title(c)), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
               caption="MiB, K: KiB, B: bytes (anomalies: a count). median (p10-p90) of the "
               "boots that measure the figure; n: boots a side, or paired hosts (p); change: of the median "
               "(per host when paired); leaked, <1M freed, anomalies: the largest change; "
@@ -102,8 +104,8 @@ def to_table(c: Comparison) -> RenderableType:
                   _compact(f["baseline"], f["unit"]), _compact(f["candidate"], f["unit"]),
                   _mib(f["delta"], f["unit"], True, short=True),
                   _mib(f["threshold"], f["unit"], short=True),
-                  f"[{_VERDICT_STYLE[f['verdict']]}]{f['verdict']}[/]")
-    parts: list[RenderableType] = [head, reasons, t]
+                  Text(f["verdict"], style=_VERDICT_STYLE[f["verdict"]]))
+    parts: list[RenderableType] = [head, *reasons, t]
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
         p = Table(title="paired hosts (baseline → candidate, MiB; K: KiB, B: bytes)", box=box.SIMPLE_HEAD,
@@ -112,10 +114,10 @@ def to_table(c: Comparison) -> RenderableType:
         for name in shown:
             p.add_column(_short(name), justify="right")
         for d in c.pairs:
-            p.add_row(_host(d), *(_pair_cell(d["figures"].get(name), _UNITS[name], short=True)
-                                  for name in shown))
+            p.add_row(text(_host(d)), *(_pair_cell(d["figures"].get(name), _UNITS[name], short=True)
+                                        for name in shown))
         parts.append(p)
-    parts += [Text(line) for line in _context_lines(c)]
+    parts += [text(line) for line in _context_lines(c)]
     return Group(*parts)
 
 
@@ -150,23 +152,24 @@ def to_json(c: Comparison) -> str:
 
 
 def to_markdown(c: Comparison) -> str:
-    lines = [f"### memledger compare: {_title(c)}", "", f"**Verdict: {c.verdict}**", ""]
-    lines += [f"- {r}" for r in c.reasons]
+    # Data reaches markdown only through md(): what is not wrapped in it is ours.
+    lines = [f"### memledger compare: {md(_title(c))}", "", f"**Verdict: {c.verdict}**", ""]
+    lines += [f"- {md(r)}" for r in c.reasons]
     lines += ["", "| figure | compared | baseline | candidate | change | threshold | verdict |",
               "|---|---|---:|---:|---:|---:|---|"]
     for f in c.figures:
         verdict = f"**{f['verdict']}**" if f["verdict"] == "regression" else f["verdict"]
         how = f"{_how(f)} ({f['mode']})" if f["mode"] else "-"
-        lines.append(f"| {f['label']} | {how} | {_side(f['baseline'], f['unit'])} | "
+        lines.append(f"| {md(f['label'])} | {how} | {_side(f['baseline'], f['unit'])} | "
                      f"{_side(f['candidate'], f['unit'])} | {_num(f['delta'], f['unit'], True)} | "
                      f"{_num(f['threshold'], f['unit'])} | {verdict} |")
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
         lines += ["", "Paired hosts (baseline → candidate, MiB unless marked):", "",
                   "| host | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
-        lines += [f"| {_host(d)} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
+        lines += [f"| {md(_host(d))} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
                                                   for n in shown) + " |" for d in c.pairs]
-    lines += [""] + [f"- {line}" for line in _context_lines(c)]
+    lines += [""] + [f"- {md(line)}" for line in _context_lines(c)]
     regs = c.regressions
     lines += ["", f"Regressions: {', '.join(regs)}." if regs else "No regression.", ""]
     return "\n".join(lines)

@@ -14,11 +14,11 @@ import pytest
 from conftest import CAPTURES
 from memledger.cli.inputs import load
 from memledger.cli.render import render_ledger
+from memledger.exporters.terminal import console as terminal
 from memledger.ledger.compute import compute_ledger
 from memledger.tracer import efimap
 from memledger.tracer.bootlog import parse_boot
 from memledger.tracer.logformat import split_boots
-from rich.console import Console
 
 G_TEXT = (CAPTURES / "g-6.12.117-default" / "root" / "dmesg.txt").read_text()
 BIOS_TEXT = (CAPTURES / "f-6.12.117-seabios-noefi" / "root" / "dmesg.txt").read_text()
@@ -155,7 +155,7 @@ def test_efi_debug_on_a_bios_boot_is_no_anomaly(tmp_path: Path) -> None:
 
 
 def _table(ledger: dict[str, Any]) -> str:
-    console = Console(record=True, width=120)
+    console = terminal(record=True, width=120)
     render_ledger(ledger, console)
     return console.export_text()
 

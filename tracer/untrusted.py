@@ -32,12 +32,21 @@ __all__ = (
     "parse_time",
     "printable",
     "scrub",
+    "shown",
 )
 
 # A manifest nests two levels (unreadable: {path: reason}); an event one.
 MAX_JSON_DEPTH = 8
 _CONTROL_OR_SURROGATE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
 _NUL_OR_SURROGATE = re.compile(r"[\x00\ud800-\udfff]")
+# What a terminal, a log reader or a markdown viewer acts on rather than shows: C0 (ESC
+# starts CSI and OSC sequences: CSI 2J clears the screen, OSC 52 writes the clipboard),
+# DEL, C1 (U+009B is a one-character CSI), line and paragraph separators, the bidi
+# embeddings, overrides and isolates and their marks (text shown in another order than
+# it is read), and lone surrogates.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                         "\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
 class UntrustedError(ValueError):
@@ -99,6 +108,19 @@ def check_text(value: str, what: str, max_chars: int, *, controls: bool = False)
 def scrub(value: str) -> str:
     """``value`` with NUL and lone surrogates replaced by U+FFFD (what the store cannot hold)."""
     return _NUL_OR_SURROGATE.sub("\ufffd", value)
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _SHORT.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def shown(text: str) -> str:
+    """``text`` as an output can show it: every character a terminal, log reader or
+    viewer would act on (control, bidi, separator, surrogate) written as its escape
+    (``\\n``, ``\\x1b``, ``\\u202e``); the rest unchanged. The one line every output
+    (terminal, markdown, log) passes data through; what is stored stays as written."""
+    return _UNSHOWABLE.sub(_escape, text) if _UNSHOWABLE.search(text) else text
 
 
 def printable(name: str, max_chars: int = 200) -> str:
