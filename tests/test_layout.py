@@ -116,3 +116,19 @@ def test_comments_state_their_facts() -> None:
              for i, line in enumerate(p.read_text(errors="replace").splitlines(), 1)
              if pointer.search(line) and p.name != "test_layout.py"]
     assert found == []
+
+
+def test_every_output_goes_through_its_edge() -> None:
+    """A command prints with exporters.terminal's console (no markup read from data,
+    control characters escaped) and logs with exporters.logs' formatter (one line a
+    record): no other module makes a rich Console or configures logging itself."""
+    edges = {"console": ROOT / "exporters" / "terminal.py", "basicConfig": ROOT / "exporters" / "logs.py"}
+    wrong = []
+    for path in _modules().values():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+                for call, edge in (("Console", edges["console"]), ("basicConfig", edges["basicConfig"])):
+                    if name == call and path != edge:
+                        wrong.append(f"{path.relative_to(ROOT)}:{node.lineno}: {call}()")
+    assert wrong == []

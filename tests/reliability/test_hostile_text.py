@@ -192,3 +192,22 @@ def test_a_log_record_is_one_line_whatever_its_data(message: str, arg: str, rais
     line = OneLineFormatter("%(levelname)s %(message)s").format(record)
     assert "\n" not in line and not _acting(line)
     assert line.startswith("ERROR x.tar.gz: ") and shown(arg) in line and shown(raised) in line
+
+
+@pytest.mark.slow
+def test_a_newline_in_osrelease_forges_no_daemon_log_line(tmp_path: Path) -> None:
+    from daemonrun import Daemon, drop, wait_for
+
+    forged = "\nERROR forged.tar.gz: the database refused it\n\x1b[2J"
+    spool = tmp_path / "spool"
+    d = Daemon(tmp_path, f"sqlite:///{tmp_path / 'memledger.db'}", spool)
+    drop(spool, "hostile.tar.gz", _capture("6.1.0-47-amd64-default", 2, "web-2",
+                                           "6.1.0-47-amd64", f"6.1.0-47{forged}", "ro", {}))
+    wait_for("the capture", lambda: (spool / "done" / "hostile.tar.gz").exists(), 60)
+    assert d.stop() == 0
+    text = d.text()
+    stored = [ln for ln in text.splitlines() if ln.startswith("INFO hostile.tar.gz: new")]
+    # One record, the release shown escaped in it; no other line, no escape sequence.
+    assert stored == [f"INFO hostile.tar.gz: new boot {boot_id(2, 22)} of {machine_id(2)} "
+                      f"({shown('6.1.0-47' + forged)})"], text
+    assert not any(ln.startswith("ERROR") for ln in text.splitlines()) and "\x1b" not in text
