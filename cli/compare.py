@@ -99,7 +99,7 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
                  + f" in {display_url(engine.url)}")
     if fmt == "table" and output:
         with open(output, "w") as fh:
-            console(file=fh, width=120).print(to_table(result))
+            console(file=fh).print(to_table(result))
     elif fmt == "table":
         console().print(to_table(result))
     else:

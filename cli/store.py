@@ -281,11 +281,7 @@ def boots(db: str | None, as_json: bool, limit: int | None) -> None:
     if not rows:
         click.echo(f"no stored boots in {display_url(engine.url)}", err=True)
         return
-    # Piped, rich would lay the table out for 80 columns; a file gets every row on one line.
-    console = terminal()
-    if not console.is_terminal:
-        console.width = 200
-    console.print(_boot_rows(rows))
+    terminal().print(_boot_rows(rows))
 
 
 @click.command("reprocess", epilog="\b\nexamples:\n    memledger reprocess\n"

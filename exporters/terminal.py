@@ -11,6 +11,7 @@ is built with :func:`text`. Styling is ours, never the data's: ``Text`` objects 
 
 from __future__ import annotations
 
+import os
 from typing import IO, Any
 
 from memledger.tracer.untrusted import shown
@@ -34,8 +35,18 @@ class _DataConsole(Console):
         return super().render_str(shown(text), **kwargs)
 
 
+# Piped or written to a file, rich would lay a table out for 80 columns and cut what does
+# not fit (two hosts "lab-memblock" and "lab-mem8g" both read "lab-me…" in a CI log): there,
+# tables get this width, wider than any row memledger prints (COLUMNS still sets it).
+PIPED_WIDTH = 400
+
+
 def console(*, stderr: bool = False, file: IO[str] | None = None, width: int | None = None,
             record: bool = False) -> Console:
-    """The console for a command's output (stdout, stderr or ``file``)."""
-    return _DataConsole(stderr=stderr, file=file, width=width, record=record, markup=False,
-                        emoji=False)
+    """The console for a command's output (stdout, stderr or ``file``): a terminal's own
+    width, else :data:`PIPED_WIDTH` unless ``width`` or ``$COLUMNS`` says otherwise."""
+    out = _DataConsole(stderr=stderr, file=file, width=width, record=record, markup=False,
+                       emoji=False)
+    if width is None and not out.is_terminal and "COLUMNS" not in os.environ:
+        out.width = PIPED_WIDTH
+    return out

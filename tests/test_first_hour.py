@@ -282,3 +282,23 @@ def test_boots_and_the_landing_page_tell_a_figure_under_a_mib_in_kib(
     boots = CliRunner().invoke(main, ["boots", "--db", db], env={"COLUMNS": "200"})
     row = next(ln.split() for ln in boots.stdout.splitlines() if _osrelease(OLD_LOW) in ln)
     assert row[-2] == kib.replace(" KiB", "K")  # the <1M column, then the anomaly count
+
+
+def test_compare_s_table_keeps_every_host_s_name_when_piped(tmp_path: Path) -> None:
+    """In a CI log (stdout not a terminal, no COLUMNS) the table once had 80 columns:
+    hosts lab-memblock and lab-mem8g both read "lab-me…"."""
+    d = tmp_path / "captures"
+    d.mkdir()
+    names = {0: "lab-memblock", 1: "lab-mem8g"}
+    for host, name in names.items():
+        for b, boot in enumerate(("5.10.0-32-amd64-memblock", "6.1.0-47-amd64-memblock")):
+            (d / f"{host}-{b}.tar.gz").write_bytes(make_capture(boot, host, b, minutes=b,
+                                                                hostname=name))
+    db = str(tmp_path / "m.db")
+    assert _run("ingest", "--db", db, str(d)).exit_code == 0
+    table = CliRunner().invoke(main, ["compare", "--db", db, "--baseline", "5.10.0-32-amd64",
+                                      "--candidate", "6.1.0-47-amd64"], env={"COLUMNS": None})
+    assert table.exit_code == 0, table.stderr
+    hosts = [ln.split()[0] for ln in table.stdout.splitlines() if ln.strip().startswith("lab-")]
+    assert sorted(hosts) == sorted(names.values())
+    assert "…" not in table.stdout
