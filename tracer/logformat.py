@@ -1,6 +1,6 @@
 """Kernel log text formats, and splitting a log into boots.
 
-Accepted forms, detected per file:
+Accepted forms, detected where the text changes to them (see "A format that changes" below):
 
 ``dmesg``
     util-linux ``dmesg`` (``[    0.000000] msg``) and serial consoles.
@@ -34,6 +34,16 @@ Accepted forms, detected per file:
 Where a syslog line carries the kernel's own ``[    0.000000]`` time stamp, that is the
 record's time. Lines of other programs in a syslog file are noise, not records.
 
+A format that changes part-way (a kern.log, a note, then a plain ``dmesg`` of the next
+boot; rsyslog's time format changed by an upgrade) is followed line by line. The first
+lines decide the format the scan starts in (:func:`detect_format`). A line that is not a
+record of the current format, or a record whose message starts with another format's
+prefix (a host and ``kernel:``, a caller id), is classified by its own prefix; when it
+and most of the next prefixed lines are of another format, the scan goes on in that
+format from that line. A plain part (no prefix at all) is recognised where it starts at
+the kernel banner followed by the kernel's command line. Each boot is named by the format
+of most of its records.
+
 A file that holds several boots yields one :class:`BootLog` each. A new boot is marked by
 what only a new boot prints: the kernel banner (``Linux version …``, with the
 ``[    0.000000]`` lines that some kernels print just before it), a journal boot separator,
@@ -54,7 +64,8 @@ columns (messages, line numbers, time stamps) rather than one object per line.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count, filterfalse, islice, pairwise
 
@@ -159,6 +170,38 @@ _BANNER = "Linux version "
 # end, the banner joined to it (seen on Ubuntu's 6.8 on a Kunpeng server).
 _BOOTING = "Booting Linux on physical CPU "
 _BANNERS = (_BANNER, _BOOTING)  # one startswith() per record in the loops, is_banner() on a hit
+# A change of format: from a line of another format, the next _SWITCH_LOOK lines with a
+# prefix (among at most _SWITCH_SPAN lines) are looked at; at least _SWITCH_MIN of them,
+# and _SWITCH_SHARE of those looked at, must be of that format. One stray line (a note, a
+# pasted line) is not a change.
+_SWITCH_LOOK = 8
+_SWITCH_SPAN = 500
+_SWITCH_MIN = 3
+_SWITCH_SHARE = 0.75
+# The formats that hold journal boot separators ("-- Boot … --").
+_MARKED = ("journal", "syslog", "syslog-iso")
+# The formats a line may be of, by its first character, in _ORDER.
+_BY_BRACKET = ("journal", "dmesg-ctime", "dmesg")
+_BY_DIGIT = ("kmsg", "syslog", "syslog-iso", "dmesg-iso")
+_BY_LETTER = ("dmesg-decode", "syslog", "syslog-iso")
+_FACILITIES = ("kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp",
+               "cron", "ftp", "local")
+# A plain part starts at a banner only when start_kernel()'s "Kernel command line: "
+# follows within this many lines, before any other banner: the text of /proc/version in a
+# bundle of files is a banner line too. (efi=debug and memblock=debug boots print up to
+# 900 lines between the two.)
+_PLAIN_SPAN = 2000
+_CMDLINE = "Kernel command line: "
+# What a line of another format can start with (or hold: "kernel"); a line with none of
+# them is not asked (:func:`_switch_at`), which keeps a syslog's other programs' lines cheap.
+_LEADS = frozenset("[<-0123456789")
+_STARTS = (*_FACILITIES, *_BANNERS)
+# Another program's line in journalctl -k's monotonic form, written to /dev/kmsg
+# ("[    2.531694] systemd[1]: Inserted module 'autofs4'", WSL's "[    3.950100] init: (1)
+# ERROR: …"): noise there. From a journal, such lines are not counted as dmesg.
+_JOURNAL_OTHER = re.compile(_TS + r" (?:(?:\S+ )?[^\s:\[]+\[\d+\]|[^\s:\[]+): ")
+# Another program's syslog line ("Oct 18 21:26:33 host sshd[812]: …"): not plain text.
+_OTHER = re.compile(r"(?:" + _BSD_TIME + "|" + _ISO_TIME + r") (?:\S+ )?[^\s:]+: ")
 
 
 def is_banner(msg: str) -> bool:
@@ -208,6 +251,88 @@ def detect_format(lines: Sequence[str]) -> str:
     if best == "dmesg" and callers * 2 > counts["dmesg"]:
         return "dmesg-caller"
     return best
+
+
+def _kind(line: str) -> str | None:
+    """The format whose prefix starts ``line``, checked in the order :func:`detect_format`
+    checks them; ``mark`` for a journal separator line, ``plain`` for the kernel banner
+    without a prefix, None for any other line (text, another program's syslog line)."""
+    c = line[:1]
+    names: tuple[str, ...]
+    if c == "[":
+        names = _BY_BRACKET
+    elif c == "<":
+        # A priority of another facility than the kernel's (0) is a program's message
+        # written to /dev/kmsg ("<14>Jun  9 14:29:04 ec2: …").
+        p = _PRIORITY.match(line)
+        return "dmesg-raw" if p is not None and int(line[1:p.end() - 1]) < 8 else None
+    elif c.isdigit():
+        names = _BY_DIGIT
+    elif c == "-":
+        return "mark" if _JOURNAL_MARK.match(line) else None
+    elif line.startswith(_FACILITIES) or "kernel" in line:
+        names = _BY_LETTER
+    else:
+        names = ()
+    for name in names:
+        if name in _MARKED and "kernel" not in line:
+            continue
+        m = _PATTERNS[name].match(line)
+        if m:
+            return "dmesg-caller" if name == "dmesg" and _CALLER.match(line, m.end()) else name
+    return "plain" if line.startswith(_BANNERS) and is_banner(line) else None
+
+
+def _switch_at(lines: list[str], i: int, fmt: str) -> str | None:
+    """The format the text changes to at ``lines[i]``, a line the scan in ``fmt`` cannot
+    read as it is: the line's own format when most of the prefixed lines from it on are of
+    that format too; None when nothing changes. A journal separator changes to the format
+    of the lines after it; a plain part starts at a banner, its next lines have no prefix
+    and the kernel's command line follows (:func:`_boots_here`). The looks ahead are
+    bounded, so a log of any size stays linear."""
+    new = _kind(lines[i])
+    if new is None or new == fmt or (new == "dmesg" and fmt == "dmesg-caller"):
+        return None
+    other = _JOURNAL_OTHER.match if fmt == "journal" else None
+    if other is not None and other(lines[i]):
+        return None
+    start = i
+    if new == "mark":
+        start = i + 1
+        ahead = map(_kind, islice(lines, start, start + _SWITCH_SPAN))
+        new = next((k for k in ahead if k is not None and k != "mark"), None)
+        if new is None or new not in _MARKED or new == fmt:
+            return None
+    looked = hits = 0
+    for line in islice(lines, start, start + _SWITCH_SPAN):
+        k = _kind(line)
+        if new == "plain":
+            if not line or line.isspace():
+                continue
+            hit = k in (None, "plain") and _OTHER.match(line) is None
+        elif k is None or k == "mark" or (other is not None and other(line)):
+            continue
+        else:
+            hit = k == new
+        looked += 1
+        hits += hit
+        if looked == _SWITCH_LOOK:
+            break
+    if hits < _SWITCH_MIN or hits < _SWITCH_SHARE * looked:
+        return None
+    return new if new != "plain" or _boots_here(lines, i) else None
+
+
+def _boots_here(lines: list[str], i: int) -> bool:
+    """True when the plain banner at ``lines[i]`` starts a boot: start_kernel()'s command
+    line follows before another banner. The look stops at the next banner, so the looks
+    from every banner of a text read each line once."""
+    for line in islice(lines, i + 1, i + _PLAIN_SPAN):
+        if line.startswith(_CMDLINE):
+            return True
+        if line.startswith(_BANNERS) and is_banner(line):
+            return False
+    return False
 
 
 @dataclass(slots=True)
@@ -286,8 +411,26 @@ def _dmesg_prefix(line: str) -> tuple[float, str] | None:
     return ts, line[j + 2:] if line[j + 1:j + 2] == " " else line[j + 1:]
 
 
-def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_Segment]:
-    """The common forms by hand, without a regular expression on the common path:
+@dataclass(slots=True)
+class _State:
+    """What a scan hands on where the format changes: the open segment, the last record's
+    time stamp and kmsg sequence number (-1: none), and the runs so far, each as its
+    first line (1-based) and format."""
+
+    seg: _Segment = field(default_factory=_Segment)
+    prev_ts: float | None = None
+    prev_seq: int = -1
+    runs: list[tuple[int, str]] = field(default_factory=list)
+
+
+# A scan yields the finished segments and returns where the format changes (the line's
+# 0-based index and the new format), or None at the end of the text.
+_Scan = Generator[_Segment, None, tuple[int, str] | None]
+
+
+def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
+    """The common forms by hand, from ``lines[start]``, without a regular expression on
+    the common path:
 
     * ``dmesg``: ``[%5lu.%06lu] msg`` (printk's prefix; the space may be missing), and
       ``dmesg-caller``, the same with a caller id before the message;
@@ -296,15 +439,19 @@ def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_
       starts a new boot.
 
     In both, a banner starts a new boot and a time drop may (see :func:`_cuts`; for kmsg,
-    a later dump of a wrapped ring buffer starts at a higher sequence number). This loop
-    is the hottest in memledger: a few string operations per line, and nothing built per
-    line but the message and its time stamp."""
-    seg = _Segment()
+    a later dump of a wrapped ring buffer starts at a higher sequence number). A line
+    that is not a record, and a ``dmesg`` record whose message holds ``kernel`` or starts
+    like a caller id, is asked whether the format changes there (:func:`_switch_at`).
+    This loop is the hottest in memledger: a few string operations per line, and nothing
+    built per line but the message and its time stamp."""
+    kmsg, caller = fmt == "kmsg", fmt == "dmesg-caller"
+    seg = st.seg
     msgs, tss = seg.msgs, seg.ts
-    prev, prev_seq, seq = -1.0, -1, -1
+    prev = -1.0 if st.prev_ts is None else st.prev_ts
+    prev_seq = seq = st.prev_seq
     ts_max, reset = _TS_MAX, _TS_RESET  # locals: this loop runs once per line
-    strip_caller = _CALLER.match
-    for lineno, line in enumerate(lines, 1):
+    strip_caller, switch, leads, starts = _CALLER.match, _switch_at, _LEADS, _STARTS
+    for lineno, line in enumerate(islice(lines, start, None), start + 1):
         ts = -1.0
         if kmsg:
             semi = line.find(";")
@@ -326,10 +473,22 @@ def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_
                 msg = line[j + 2:]
             elif (rec := _dmesg_prefix(line)) is not None:
                 ts, msg = rec
-            if caller and 0.0 <= ts < ts_max and (c := strip_caller(msg)) is not None:
-                msg = msg[c.end():]
+            if 0.0 <= ts < ts_max:
+                if caller:
+                    if (c := strip_caller(msg)) is not None:
+                        msg = msg[c.end():]
+                # A journal line ("[    0.5] host kernel: …") or a caller id: maybe
+                # another format from here.
+                elif (("kernel" in msg or (msg[:1] in "[ c" and strip_caller(msg) is not None))
+                      and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                    st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
+                    return lineno - 1, new
         if not 0.0 <= ts < ts_max:
             if line and not line.isspace() and not (kmsg and line[0] == " "):
+                if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
+                        and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                    st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
+                    return lineno - 1, new
                 seg.noise.append(lineno)
             if msgs:
                 seg.skipped.append(lineno)
@@ -354,23 +513,27 @@ def _scan_fast(lines: list[str], kmsg: bool, caller: bool = False) -> Iterator[_
         msgs.append(msg)
         tss.append(ts)
         prev, prev_seq = ts, seq
-    yield seg
+    st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
+    return None
 
 
-def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
-    """Every other form, with the format's prefix pattern (``plain``: every line). Like
-    :func:`_scan_fast`, a loop over every line of syslogs of many megabytes: names are
-    bound to locals and a substring test spares most lines the regular expression."""
+def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
+    """Every other form, from ``lines[start]``, with the format's prefix pattern (``plain``:
+    every line). Like :func:`_scan_fast`, a loop over every line of syslogs of many
+    megabytes: names are bound to locals and a substring test spares most lines the
+    regular expression. A line that is not a record (in ``plain``: any line with a
+    prefix) is asked whether the format changes there (:func:`_switch_at`)."""
     pattern = _PATTERNS.get(fmt)
     match = pattern.match if pattern is not None else None
     search = pattern.search if pattern is not None else None
-    marks = fmt in ("journal", "syslog", "syslog-iso")
+    marks = fmt in _MARKED
     has_ts = pattern is not None and "ts" in pattern.groupindex
     inner_ts, caller, banners, reset = _INNER_TS.match, _CALLER.match, _BANNERS, _TS_RESET
-    seg = _Segment()
+    leads, starts, switch = _LEADS, _STARTS, _switch_at
+    seg = st.seg
     msgs, tss = seg.msgs, seg.ts
-    prev_ts: float | None = None
-    for lineno, line in enumerate(lines, 1):
+    prev_ts = st.prev_ts
+    for lineno, line in enumerate(islice(lines, start, None), start + 1):
         if marks and line[:3] == "-- ":
             mark = _JOURNAL_MARK.match(line)
             if mark:
@@ -389,8 +552,16 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
             if m is None and marks and search is not None and " kernel:" in line:
                 # A line torn at a crash: the start of one line, then a whole one.
                 m = search(line, 1)
+        if (match is None and line and (line[0] in leads or "kernel" in line)
+                and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+            st.seg, st.prev_ts = seg, prev_ts
+            return lineno - 1, new
         if m is None and (match is not None or not line or line.isspace()):
             if line and not line.isspace():
+                if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
+                        and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                    st.seg, st.prev_ts = seg, prev_ts
+                    return lineno - 1, new
                 seg.noise.append(lineno)
             if msgs:
                 seg.skipped.append(lineno)
@@ -431,7 +602,23 @@ def _scan(lines: list[str], fmt: str) -> Iterator[_Segment]:
         msgs.append(msg)
         tss.append(ts)
         prev_ts = ts
-    yield seg
+    st.seg, st.prev_ts = seg, prev_ts
+    return None
+
+
+def _scan_all(lines: list[str], fmt: str, st: _State) -> Iterator[_Segment]:
+    """The segments of the whole text, each run of lines scanned in its own format; a
+    boot goes on across a change of format. ``st.runs`` records the runs."""
+    start = 0
+    while True:
+        st.runs.append((start + 1, fmt))
+        scan = _scan_fast if fmt in ("dmesg", "dmesg-caller", "kmsg") else _scan
+        change = yield from scan(lines, start, fmt, st)
+        if change is None:
+            break
+        start, fmt = change
+        st.prev_seq = -1  # a kmsg sequence goes on only within its own run
+    yield st.seg
 
 
 def _cuts(msgs: list[str], ts: list[float | None], drops: list[int]) -> list[int]:
@@ -465,14 +652,14 @@ def _cuts(msgs: list[str], ts: list[float | None], drops: list[int]) -> list[int
     return out
 
 
-def _boots(seg: _Segment, fmt: str) -> Iterator[BootLog]:
+def _boots(seg: _Segment, format_of: Callable[[Sequence[int]], str]) -> Iterator[BootLog]:
     """A segment's boots: one, or more where the time drops say so."""
     cuts = _cuts(seg.msgs, seg.ts, seg.drops) if seg.drops else []
     linenos = seg.linenos()
     if not cuts:
         if seg.msgs:
-            yield BootLog(seg.msgs, linenos, seg.ts, fmt, seg.boot_id, len(seg.noise),
-                          seg.banner)
+            yield BootLog(seg.msgs, linenos, seg.ts, format_of(linenos), seg.boot_id,
+                          len(seg.noise), seg.banner)
         return
     edges = [0, *cuts, len(seg.msgs)]
     for k, (a, b) in enumerate(pairwise(edges)):
@@ -481,8 +668,30 @@ def _boots(seg: _Segment, fmt: str) -> Iterator[BootLog]:
         high = linenos[b] if b < len(linenos) else float("inf")
         noise = sum(1 for n in seg.noise if low <= n < high)
         banner = seg.banner if k == 0 else None
-        yield BootLog(seg.msgs[a:b], linenos[a:b], seg.ts[a:b], fmt,
+        yield BootLog(seg.msgs[a:b], linenos[a:b], seg.ts[a:b], format_of(linenos[a:b]),
                       seg.boot_id if k == 0 else None, noise, banner)
+
+
+def _format_of(runs: list[tuple[int, str]]) -> Callable[[Sequence[int]], str]:
+    """The format of most of a boot's records (its line numbers, ascending), from the
+    runs of the scan; the earlier run on a tie."""
+    starts = [first for first, _ in runs]
+
+    def format_of(linenos: Sequence[int]) -> str:
+        if not linenos:
+            return runs[0][1]
+        lo = bisect_left(starts, linenos[0] + 1) - 1
+        hi = bisect_left(starts, linenos[-1] + 1) - 1
+        if lo == hi:
+            return runs[lo][1]
+        records: dict[str, int] = {}
+        for r in range(lo, hi + 1):
+            end = starts[r + 1] if r + 1 < len(starts) else linenos[-1] + 1
+            n = bisect_left(linenos, end) - bisect_left(linenos, starts[r])
+            records[runs[r][1]] = records.get(runs[r][1], 0) + n
+        return max(records, key=records.__getitem__)
+
+    return format_of
 
 
 def _is_replay(a: BootLog, b: BootLog) -> bool:
@@ -506,11 +715,12 @@ def split_boots(text: str) -> list[BootLog]:
         fmt = detect_format(lines[start:start + window])
         if fmt != "plain":
             break
-    segments = (_scan_fast(lines, fmt == "kmsg", fmt == "dmesg-caller")
-                if fmt in ("dmesg", "dmesg-caller", "kmsg") else _scan(lines, fmt))
+    state = _State()
+    segments = list(_scan_all(lines, fmt, state))
+    format_of = _format_of(state.runs)
     boots: list[BootLog] = []
     for seg in segments:
-        for log in _boots(seg, fmt):
+        for log in _boots(seg, format_of):
             if not log.msgs:
                 continue
             # Boots with journal boot IDs are distinct by definition; only anonymous ones
@@ -519,7 +729,7 @@ def split_boots(text: str) -> list[BootLog]:
             if anonymous and _is_replay(boots[-1], log):
                 prev = boots[-1]
                 keep = log if len(log.msgs) >= len(prev.msgs) else prev
-                boots[-1] = BootLog(keep.msgs, keep.linenos, keep.ts, fmt,
+                boots[-1] = BootLog(keep.msgs, keep.linenos, keep.ts, keep.format,
                                     prev.boot_id or log.boot_id,
                                     prev.noise_lines + log.noise_lines, keep.banner)
                 continue
