@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
-from conftest import CAPTURES, kernel_efi_freed_bytes
+from conftest import CAPTURES, analyze_json, kernel_efi_freed_bytes
 from memledger.tracer import e820, efimap, memblock
 from memledger.tracer.bootlog import parse_boot
 from memledger.tracer.logformat import split_boots
@@ -286,3 +287,155 @@ def test_crashkernel_lines() -> None:
     old = _one("Reserving 256MB of low memory at 2800MB for crashkernel (low RAM limit: 4096MB)")
     assert [(c.low, c.start, c.size) for c in gen.crashkernel] == [(True, 0x6B000000, 256 << 20)]  # type: ignore[attr-defined]
     assert [(c.low, c.size) for c in old.crashkernel] == [(True, 256 << 20)]  # type: ignore[attr-defined]
+
+
+# --- A log whose format changes part-way (issue 28 item 8) -----------------------------
+#
+# Two real boots of the lab (tests/fixtures/boots), each written in a form of its own, in
+# one file. The oracle is what each kernel printed in its own dmesg: the release, the
+# "Memory: …K/…K available (… reserved)" figures and every "Freeing … memory: NK" line.
+
+_BOOTS = Path(__file__).parent / "fixtures" / "boots"
+_A = (_BOOTS / "6.1.0-56-amd64-default" / "root" / "dmesg.txt").read_text()
+_B = (_BOOTS / "6.12.117+deb12-cloud-amd64-default" / "root" / "dmesg.txt").read_text()
+
+
+def _oracle(dmesg: str) -> tuple[str, tuple[int, int, int], list[tuple[str, int]]]:
+    """The release, Memory:'s available, total and reserved KiB, and each Freeing line's
+    name and KiB, read from the kernel's lines with expressions of this test's own."""
+    release = re.search(r"\] Linux version (\S+)", dmesg)
+    memory = re.search(r"\] Memory: (\d+)K/(\d+)K available \(.*?(\d+)K reserved", dmesg)
+    assert release is not None and memory is not None
+    freeing = [(m[1], int(m[2])) for m in re.finditer(r"\] (?:efi: )?Freeing (.+?) memory: (\d+)K$",
+                                                      dmesg, re.M)]
+    assert len(freeing) >= 5
+    return release[1], (int(memory[1]), int(memory[2]), int(memory[3])), freeing
+
+
+def _records(dmesg: str) -> list[tuple[str, str]]:
+    """Each kernel line's time stamp as dmesg prints it, and its message."""
+    return [(m[1], m[2]) for m in re.finditer(r"^\[\s*(\d+\.\d+)\] ?(.*)$", dmesg, re.M)]
+
+
+def _written(form: str) -> Callable[[str], str]:
+    """A real boot's dmesg rewritten in ``form``, its messages the kernel's own."""
+    def write(dmesg: str) -> str:
+        recs = _records(dmesg)
+        if form == "dmesg":
+            return dmesg
+        lines = {
+            "plain": [m for _, m in recs],
+            "syslog": [f"Sep 23 05:36:{i % 60:02d} host kernel: {m}" for i, (_, m) in enumerate(recs)],
+            "short-precise": [f"Sep 23 05:36:55.{i:06d} host kernel: {m}" for i, (_, m) in enumerate(recs)],
+            "syslog-iso": [f"2019-09-23T05:36:55.{i:06d}+02:00 host kernel: {m}"
+                           for i, (_, m) in enumerate(recs)],
+            "journal": [f"[{t:>12}] host kernel: {m}" for t, m in recs],
+            "kmsg": [f"6,{i},{round(float(t) * 1e6)},-;{m}" for i, (t, m) in enumerate(recs)],
+            "dmesg-caller": [f"[{t:>12}] [{'T' + str(i % 7):>7}] {m}" for i, (t, m) in enumerate(recs)],
+            # A kern.log among other programs' lines.
+            "syslog-busy": [ln for i, (_, m) in enumerate(recs) for ln in (
+                f"Sep 23 05:37:{i % 60:02d} host kernel: {m}",
+                f"Sep 23 05:37:{i % 60:02d} host systemd[1]: Started Session {i} of user root.")],
+        }[form]
+        return "\n".join(lines) + "\n"
+    return write
+
+
+# The format split_boots names each part by.
+_NAMED = {"short-precise": "syslog", "syslog-busy": "syslog"}
+
+# first boot's form, the line between, second boot's form
+CHANGES = [
+    ("syslog", "REBOOTED HERE", "dmesg"),            # the report
+    ("dmesg", "REBOOTED HERE", "syslog"),
+    ("short-precise", "", "plain"),                  # journalctl -o short-precise, then dmesg -t
+    ("plain", "-- cut here --", "dmesg"),
+    ("journal", "", "dmesg"),
+    ("dmesg", "", "journal"),
+    ("syslog", "", "syslog-iso"),                    # rsyslog's time format changed by an upgrade
+    ("kmsg", "", "dmesg-caller"),
+    ("dmesg", "== dmesg of the next boot ==", "kmsg"),
+    ("syslog-busy", "", "plain"),
+    ("dmesg-caller", "", "syslog-busy"),
+]
+
+
+@pytest.mark.parametrize(("first", "between", "second"), CHANGES, ids=lambda v: v or "-")
+def test_a_change_of_format_between_boots_keeps_both_boots_figures(
+        first: str, between: str, second: str) -> None:
+    head, tail = _written(first)(_A), _written(second)(_B).split("\n")
+    boots = split_boots(head + between + "\n" + "\n".join(tail))
+    assert [b.format for b in boots] == [_NAMED.get(f, f) for f in (first, second)]
+    # The second boot's banner is read on its own line, after the line between.
+    banner = head.count("\n") + 2 + next(i for i, ln in enumerate(tail) if "Linux version" in ln)
+    assert boots[1].banner is not None and boots[1].linenos[boots[1].banner] == banner
+    for boot, dmesg in zip(boots, (_A, _B), strict=True):
+        release, memory, freeing = _oracle(dmesg)
+        log = parse_boot(boot)
+        assert log.release == release and log.complete and log.init_done is not None
+        assert log.memory is not None
+        assert (log.memory.available_kib, log.memory.total_kib, log.memory.reserved_kib) == memory
+        assert [(f.name, f.kib) for f in log.freeing] == freeing
+
+
+# A change inside one boot: the first part up to a line, the rest in another form.
+INSIDE = [
+    ("syslog", "dmesg", "Memory: "),                  # the change just before Memory:
+    ("dmesg", "journal", "Freeing SMP alternatives"),
+    ("plain", "dmesg", "efi: Freeing EFI boot services"),
+    ("dmesg", "syslog-iso", "Freeing initrd memory"),
+]
+
+
+@pytest.mark.parametrize(("first", "second", "at"), INSIDE, ids=lambda v: v.strip())
+def test_a_change_of_format_inside_a_boot_keeps_its_figures(first: str, second: str, at: str) -> None:
+    lines = _A.splitlines(keepends=True)
+    cut = next(i for i, ln in enumerate(lines) if at in ln)
+    text = _written(first)("".join(lines[:cut])) + _written(second)("".join(lines[cut:]))
+    (boot,) = split_boots(text)
+    assert len(boot.msgs) == len(_records(_A))
+    release, memory, freeing = _oracle(_A)
+    log = parse_boot(boot)
+    assert log.release == release and log.complete and log.init_done is not None
+    assert log.memory is not None
+    assert (log.memory.available_kib, log.memory.total_kib, log.memory.reserved_kib) == memory
+    assert [(f.name, f.kib) for f in log.freeing] == freeing
+
+
+def test_the_reported_log_is_two_whole_boots(tmp_path: Path) -> None:
+    # A syslog, "REBOOTED HERE", then the next boot's plain dmesg: `memledger analyze`
+    # gives the second boot its Memory: and Freeing figures and does not call it truncated.
+    path = tmp_path / "attachment.txt"
+    path.write_text(_written("syslog")(_A) + "REBOOTED HERE\n" + _B)
+    doc = analyze_json(path)
+    ledgers = doc if isinstance(doc, list) else [doc]
+    assert [led["fidelity"]["log_format"] for led in ledgers] == ["syslog", "dmesg"]
+    for led, dmesg in zip(ledgers, (_A, _B), strict=True):
+        release, memory, freeing = _oracle(dmesg)
+        assert led["kernel"]["release"] == release
+        assert led["kernel_accounting"]["boot_reserved_bytes"] == memory[2] * 1024
+        by_name: dict[str, int] = {}
+        for name, kib in freeing:
+            by_name[name] = by_name.get(name, 0) + kib * 1024
+        assert led["kernel_accounting"]["freed_by_name"] == by_name
+        assert "log_truncated" not in {a["code"] for a in led["anomalies"]}
+
+
+def test_stray_lines_of_another_format_are_not_a_change() -> None:
+    # One pasted line of another format, and /proc/version's text in a bundle (a banner
+    # line followed by other text), change nothing: the boot and its figures stay whole.
+    lines = _written("syslog")(_A).splitlines()
+    at = next(i for i, ln in enumerate(lines) if "Memory: " in ln)
+    lines.insert(at, "[    0.100000] a line pasted from a dmesg")
+    bundle = "\n".join(["==== kernel version ====", "", _records(_B)[0][1], "", "==== meminfo ====",
+                        "MemTotal:        1018116 kB", "MemFree:          596196 kB",
+                        "Buffers:           28040 kB", "Cached:           209268 kB", ""])
+    boots = split_boots("\n".join(lines) + "\n" + bundle + _B)
+    assert [b.format for b in boots] == ["syslog", "dmesg"]
+    assert len(boots[0].msgs) == len(_records(_A))
+    for boot, dmesg in zip(boots, (_A, _B), strict=True):
+        log = parse_boot(boot)
+        release, memory, freeing = _oracle(dmesg)
+        assert log.release == release and log.memory is not None
+        assert log.memory.reserved_kib == memory[2]
+        assert [(f.name, f.kib) for f in log.freeing] == freeing

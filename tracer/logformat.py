@@ -428,6 +428,12 @@ class _State:
 _Scan = Generator[_Segment, None, tuple[int, str] | None]
 
 
+def _held(start: int, st: _State) -> int:
+    """The line (1-based) a scan never changes format at: the first of a run that follows
+    a change (it is of the new format), none (0) for the first run."""
+    return start + 1 if len(st.runs) > 1 else 0
+
+
 def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
     """The common forms by hand, from ``lines[start]``, without a regular expression on
     the common path:
@@ -445,6 +451,7 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
     This loop is the hottest in memledger: a few string operations per line, and nothing
     built per line but the message and its time stamp."""
     kmsg, caller = fmt == "kmsg", fmt == "dmesg-caller"
+    hold = _held(start, st)
     seg = st.seg
     msgs, tss = seg.msgs, seg.ts
     prev = -1.0 if st.prev_ts is None else st.prev_ts
@@ -480,13 +487,13 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
                 # A journal line ("[    0.5] host kernel: …") or a caller id: maybe
                 # another format from here.
                 elif (("kernel" in msg or (msg[:1] in "[ c" and strip_caller(msg) is not None))
-                      and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                      and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
                     st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
                     return lineno - 1, new
         if not 0.0 <= ts < ts_max:
             if line and not line.isspace() and not (kmsg and line[0] == " "):
                 if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
-                        and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                        and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
                     st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
                     return lineno - 1, new
                 seg.noise.append(lineno)
@@ -530,6 +537,7 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
     has_ts = pattern is not None and "ts" in pattern.groupindex
     inner_ts, caller, banners, reset = _INNER_TS.match, _CALLER.match, _BANNERS, _TS_RESET
     leads, starts, switch = _LEADS, _STARTS, _switch_at
+    hold = _held(start, st)
     seg = st.seg
     msgs, tss = seg.msgs, seg.ts
     prev_ts = st.prev_ts
@@ -553,13 +561,13 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
                 # A line torn at a crash: the start of one line, then a whole one.
                 m = search(line, 1)
         if (match is None and line and (line[0] in leads or "kernel" in line)
-                and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
             st.seg, st.prev_ts = seg, prev_ts
             return lineno - 1, new
         if m is None and (match is not None or not line or line.isspace()):
             if line and not line.isspace():
                 if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
-                        and lineno > start + 1 and (new := switch(lines, lineno - 1, fmt))):
+                        and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
                     st.seg, st.prev_ts = seg, prev_ts
                     return lineno - 1, new
                 seg.noise.append(lineno)
