@@ -332,6 +332,7 @@ def _written(form: str) -> Callable[[str], str]:
             "journal": [f"[{t:>12}] host kernel: {m}" for t, m in recs],
             "kmsg": [f"6,{i},{round(float(t) * 1e6)},-;{m}" for i, (t, m) in enumerate(recs)],
             "dmesg-caller": [f"[{t:>12}] [{'T' + str(i % 7):>7}] {m}" for i, (t, m) in enumerate(recs)],
+            "dmesg-decode": [f"kern  :info  : [{t:>12}] {m}" for t, m in recs],
             # A kern.log among other programs' lines.
             "syslog-busy": [ln for i, (_, m) in enumerate(recs) for ln in (
                 f"Sep 23 05:37:{i % 60:02d} host kernel: {m}",
@@ -357,6 +358,9 @@ CHANGES = [
     ("dmesg", "== dmesg of the next boot ==", "kmsg"),
     ("syslog-busy", "", "plain"),
     ("dmesg-caller", "", "syslog-busy"),
+    ("dmesg-caller", "", "journal"),
+    ("dmesg", "REBOOTED HERE", "plain"),
+    ("plain", "", "dmesg-decode"),
 ]
 
 

@@ -480,16 +480,8 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
                 msg = line[j + 2:]
             elif (rec := _dmesg_prefix(line)) is not None:
                 ts, msg = rec
-            if 0.0 <= ts < ts_max:
-                if caller:
-                    if (c := strip_caller(msg)) is not None:
-                        msg = msg[c.end():]
-                # A journal line ("[    0.5] host kernel: …") or a caller id: maybe
-                # another format from here.
-                elif (("kernel" in msg or (msg[:1] in "[ c" and strip_caller(msg) is not None))
-                      and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
-                    st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
-                    return lineno - 1, new
+            if caller and 0.0 <= ts < ts_max and (c := strip_caller(msg)) is not None:
+                msg = msg[c.end():]
         if not 0.0 <= ts < ts_max:
             if line and not line.isspace() and not (kmsg and line[0] == " "):
                 if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
@@ -500,6 +492,13 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
             if msgs:
                 seg.skipped.append(lineno)
             continue
+        # A journal line ("[    0.5] host kernel: …"), or a caller id where the format has
+        # none: maybe another format from here.
+        if (not kmsg and ("kernel" in msg or (
+                not caller and msg[:1] in "[ c" and strip_caller(msg) is not None))
+                and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
+            st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
+            return lineno - 1, new
         if not msgs:
             seg.first = lineno
             if msg.startswith(_BANNERS) and is_banner(msg):
@@ -560,7 +559,7 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
             if m is None and marks and search is not None and " kernel:" in line:
                 # A line torn at a crash: the start of one line, then a whole one.
                 m = search(line, 1)
-        if (match is None and line and (line[0] in leads or "kernel" in line)
+        if (match is None and line and (line[0] in leads or line.startswith(starts) or "kernel" in line)
                 and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
             st.seg, st.prev_ts = seg, prev_ts
             return lineno - 1, new
