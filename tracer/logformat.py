@@ -67,7 +67,7 @@ import re
 from bisect import bisect_left
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from itertools import count, filterfalse, islice, pairwise
+from itertools import chain, count, filterfalse, islice, pairwise
 
 __all__ = ("BootLog", "LogLine", "detect_format", "is_banner", "split_boots")
 
@@ -283,6 +283,12 @@ def _kind(line: str) -> str | None:
     return "plain" if line.startswith(_BANNERS) and is_banner(line) else None
 
 
+def _window(lines: list[str], start: int, span: int) -> Iterator[str]:
+    """``lines[start:start + span]`` one by one, without copying them (islice would step
+    over the ``start`` lines before)."""
+    return map(lines.__getitem__, range(start, min(start + span, len(lines))))
+
+
 def _switch_at(lines: list[str], i: int, fmt: str) -> str | None:
     """The format the text changes to at ``lines[i]``, a line the scan in ``fmt`` cannot
     read as it is: the line's own format when most of the prefixed lines from it on are of
@@ -298,22 +304,25 @@ def _switch_at(lines: list[str], i: int, fmt: str) -> str | None:
         return None
     start = i
     if new == "mark":
+        # The first format among the next prefixed lines, separators counted.
         start = i + 1
-        ahead = map(_kind, islice(lines, start, start + _SWITCH_SPAN))
-        new = next((k for k in ahead if k is not None and k != "mark"), None)
+        ahead = (k for k in map(_kind, _window(lines, start, _SWITCH_SPAN)) if k is not None)
+        new = next((k for k in islice(ahead, _SWITCH_LOOK) if k != "mark"), None)
         if new is None or new not in _MARKED or new == fmt:
             return None
+    # Only a line with a prefix (or a banner) starts a look, and a look stops after
+    # _SWITCH_LOOK such lines: each line is read by at most _SWITCH_LOOK looks.
     looked = hits = 0
-    for line in islice(lines, start, start + _SWITCH_SPAN):
+    for line in _window(lines, start, _SWITCH_SPAN):
         k = _kind(line)
         if new == "plain":
             if not line or line.isspace():
                 continue
             hit = k in (None, "plain") and _OTHER.match(line) is None
-        elif k is None or k == "mark" or (other is not None and other(line)):
+        elif k is None or (other is not None and other(line)):
             continue
         else:
-            hit = k == new
+            hit = k == new or (k == "mark" and new in _MARKED)
         looked += 1
         hits += hit
         if looked == _SWITCH_LOOK:
@@ -327,7 +336,7 @@ def _boots_here(lines: list[str], i: int) -> bool:
     """True when the plain banner at ``lines[i]`` starts a boot: start_kernel()'s command
     line follows before another banner. The look stops at the next banner, so the looks
     from every banner of a text read each line once."""
-    for line in islice(lines, i + 1, i + _PLAIN_SPAN):
+    for line in _window(lines, i + 1, _PLAIN_SPAN):
         if line.startswith(_CMDLINE):
             return True
         if line.startswith(_BANNERS) and is_banner(line):
@@ -423,20 +432,15 @@ class _State:
     runs: list[tuple[int, str]] = field(default_factory=list)
 
 
-# A scan yields the finished segments and returns where the format changes (the line's
-# 0-based index and the new format), or None at the end of the text.
+# A scan reads (line number, line) rows, yields the finished segments and returns the line
+# number where the format changes and the new format, or None at the end of the text. It
+# never changes format at line ``hold`` (the first of a run after a change).
 _Scan = Generator[_Segment, None, tuple[int, str] | None]
 
 
-def _held(start: int, st: _State) -> int:
-    """The line (1-based) a scan never changes format at: the first of a run that follows
-    a change (it is of the new format), none (0) for the first run."""
-    return start + 1 if len(st.runs) > 1 else 0
-
-
-def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
-    """The common forms by hand, from ``lines[start]``, without a regular expression on
-    the common path:
+def _scan_fast(lines: list[str], rows: Iterator[tuple[int, str]], hold: int, fmt: str,
+               st: _State) -> _Scan:
+    """The common forms by hand, without a regular expression on the common path:
 
     * ``dmesg``: ``[%5lu.%06lu] msg`` (printk's prefix; the space may be missing), and
       ``dmesg-caller``, the same with a caller id before the message;
@@ -446,19 +450,19 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
 
     In both, a banner starts a new boot and a time drop may (see :func:`_cuts`; for kmsg,
     a later dump of a wrapped ring buffer starts at a higher sequence number). A line
-    that is not a record, and a ``dmesg`` record whose message holds ``kernel`` or starts
-    like a caller id, is asked whether the format changes there (:func:`_switch_at`).
+    that is not a record, and a record whose message holds ``kernel`` (or starts like a
+    caller id where the format has none), is asked whether the format changes there
+    (:func:`_switch_at`).
     This loop is the hottest in memledger: a few string operations per line, and nothing
     built per line but the message and its time stamp."""
     kmsg, caller = fmt == "kmsg", fmt == "dmesg-caller"
-    hold = _held(start, st)
     seg = st.seg
     msgs, tss = seg.msgs, seg.ts
     prev = -1.0 if st.prev_ts is None else st.prev_ts
     prev_seq = seq = st.prev_seq
     ts_max, reset = _TS_MAX, _TS_RESET  # locals: this loop runs once per line
     strip_caller, switch, leads, starts = _CALLER.match, _switch_at, _LEADS, _STARTS
-    for lineno, line in enumerate(islice(lines, start, None), start + 1):
+    for lineno, line in rows:
         ts = -1.0
         if kmsg:
             semi = line.find(";")
@@ -487,7 +491,7 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
                 if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
                         and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
                     st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
-                    return lineno - 1, new
+                    return lineno, new
                 seg.noise.append(lineno)
             if msgs:
                 seg.skipped.append(lineno)
@@ -498,7 +502,7 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
                 not caller and msg[:1] in "[ c" and strip_caller(msg) is not None))
                 and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
             st.seg, st.prev_ts, st.prev_seq = seg, (prev if prev >= 0.0 else None), prev_seq
-            return lineno - 1, new
+            return lineno, new
         if not msgs:
             seg.first = lineno
             if msg.startswith(_BANNERS) and is_banner(msg):
@@ -523,12 +527,13 @@ def _scan_fast(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
     return None
 
 
-def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
-    """Every other form, from ``lines[start]``, with the format's prefix pattern (``plain``:
-    every line). Like :func:`_scan_fast`, a loop over every line of syslogs of many
-    megabytes: names are bound to locals and a substring test spares most lines the
-    regular expression. A line that is not a record (in ``plain``: any line with a
-    prefix) is asked whether the format changes there (:func:`_switch_at`)."""
+def _scan(lines: list[str], rows: Iterator[tuple[int, str]], hold: int, fmt: str,
+          st: _State) -> _Scan:
+    """Every other form, with the format's prefix pattern (``plain``: every line). Like
+    :func:`_scan_fast`, a loop over every line of syslogs of many megabytes: names are
+    bound to locals and a substring test spares most lines the regular expression. A
+    line that is not a record (in ``plain``: any line with a prefix) is asked whether the
+    format changes there (:func:`_switch_at`)."""
     pattern = _PATTERNS.get(fmt)
     match = pattern.match if pattern is not None else None
     search = pattern.search if pattern is not None else None
@@ -536,11 +541,10 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
     has_ts = pattern is not None and "ts" in pattern.groupindex
     inner_ts, caller, banners, reset = _INNER_TS.match, _CALLER.match, _BANNERS, _TS_RESET
     leads, starts, switch = _LEADS, _STARTS, _switch_at
-    hold = _held(start, st)
     seg = st.seg
     msgs, tss = seg.msgs, seg.ts
     prev_ts = st.prev_ts
-    for lineno, line in enumerate(islice(lines, start, None), start + 1):
+    for lineno, line in rows:
         if marks and line[:3] == "-- ":
             mark = _JOURNAL_MARK.match(line)
             if mark:
@@ -562,13 +566,13 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
         if (match is None and line and (line[0] in leads or line.startswith(starts) or "kernel" in line)
                 and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
             st.seg, st.prev_ts = seg, prev_ts
-            return lineno - 1, new
+            return lineno, new
         if m is None and (match is not None or not line or line.isspace()):
             if line and not line.isspace():
                 if ((line[0] in leads or line.startswith(starts) or "kernel" in line)
                         and lineno != hold and (new := switch(lines, lineno - 1, fmt))):
                     st.seg, st.prev_ts = seg, prev_ts
-                    return lineno - 1, new
+                    return lineno, new
                 seg.noise.append(lineno)
             if msgs:
                 seg.skipped.append(lineno)
@@ -615,15 +619,20 @@ def _scan(lines: list[str], start: int, fmt: str, st: _State) -> _Scan:
 
 def _scan_all(lines: list[str], fmt: str, st: _State) -> Iterator[_Segment]:
     """The segments of the whole text, each run of lines scanned in its own format; a
-    boot goes on across a change of format. ``st.runs`` records the runs."""
-    start = 0
+    boot goes on across a change of format. ``st.runs`` records the runs. The runs share
+    one pass over the lines: the line a run ends at is handed to the next."""
+    base = enumerate(lines, 1)
+    rows: Iterator[tuple[int, str]] = base
+    first, hold = 1, 0
     while True:
-        st.runs.append((start + 1, fmt))
+        st.runs.append((first, fmt))
         scan = _scan_fast if fmt in ("dmesg", "dmesg-caller", "kmsg") else _scan
-        change = yield from scan(lines, start, fmt, st)
+        change = yield from scan(lines, rows, hold, fmt, st)
         if change is None:
             break
-        start, fmt = change
+        first, fmt = change
+        hold = first
+        rows = chain(((first, lines[first - 1]),), base)
         st.prev_seq = -1  # a kmsg sequence goes on only within its own run
     yield st.seg
 
