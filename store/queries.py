@@ -170,11 +170,12 @@ def latest_boots(conn: Connection, machine_id: str | None, n: int = 2,
 def running_and_previous(conn: Connection, machine_id: str | None,
                          running: str | None) -> tuple[StoredBoot | None, StoredBoot | None]:
     """The running boot (None when it is not stored yet) and the newest other boot of
-    ``machine_id`` (:func:`latest_boots`). Without a running boot id, the newest stored
-    boot stands for it."""
+    ``machine_id`` (:func:`latest_boots`). Without a running boot id, or for another
+    machine's boots (``machine_id`` has none stored), the newest stored boot stands for it."""
     rows = latest_boots(conn, machine_id, 2, running)
-    if running is not None and (not rows or rows[0]["boot_id"] != running):
-        return None, rows[0] if rows else None
+    ours = bool(rows) and rows[0]["machine_id"] == machine_id
+    if running is not None and ours and rows[0]["boot_id"] != running:
+        return None, rows[0]
     return (rows[0] if rows else None), (rows[1] if len(rows) > 1 else None)
 
 

@@ -82,11 +82,15 @@ def test_compare_shows_the_real_difference(store: str) -> None:
     assert code == 1 and back["regressions"] == ["reclaimed"]
 
 
-def test_all_four_formats(store: str, tmp_path: Path) -> None:
+def test_all_four_formats(store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["compare", "--db", store, "--baseline", OLD, "--candidate", NEW]
-    table = run_cli(*args)
-    assert table.returncode == 0
-    assert max(map(len, table.stdout.splitlines())) <= 80
+    monkeypatch.setenv("COLUMNS", "80")  # an 80-column terminal: the table fits it
+    narrow = run_cli(*args)
+    assert narrow.returncode == 0
+    assert max(map(len, narrow.stdout.splitlines())) <= 80
+    monkeypatch.delenv("COLUMNS")
+    table = run_cli(*args)  # piped: nothing cut, the tables as wide as their rows
+    assert table.returncode == 0 and "…" not in table.stdout
     rows = {ln.split()[0]: ln for ln in table.stdout.splitlines() if ln.strip()}
     mib = (statistics.median(kernel_reclaimed(NEW)) - statistics.median(kernel_reclaimed(OLD))) / (1 << 20)
     assert f"+{mib:.1f}" in rows["reclaimed"] and "improvement" in rows["reclaimed"]

@@ -97,12 +97,13 @@ def test_a_name_with_a_newline_cannot_forge_a_log_line(tmp_path: Path) -> None:
 
 
 def test_a_huge_dmi_string_is_a_bounded_label(tmp_path: Path) -> None:
-    """A 20 MB bios_vendor in a capture of this daemon's own host (--root names it)."""
+    """The longest DMI string a kernel writes (a sysfs page, newline included) in a capture
+    of this daemon's own host (--root names it); a 20 MB one is refused by name."""
     root = tmp_path / "big-dmi"
     import shutil
     shutil.copytree(BOOTS / "6.12.117+deb12-amd64-default" / "root", root)
     (root / "sys/class/dmi/id").mkdir(parents=True, exist_ok=True)
-    (root / "sys/class/dmi/id/bios_vendor").write_text("V" * 20_000_000 + "\n")
+    (root / "sys/class/dmi/id/bios_vendor").write_text("V" * 4095 + "\n")
     host = tmp_path / "host"
     (host / "etc").mkdir(parents=True)
     (host / "etc/machine-id").write_text(machine_id(12) + "\n")
@@ -115,6 +116,10 @@ def test_a_huge_dmi_string_is_a_bounded_label(tmp_path: Path) -> None:
     vendor = info.split('firmware_vendor="', 1)[1].split('"', 1)[0]
     assert vendor.startswith("VVVV") and len(vendor) == MAX_LABEL_CHARS, len(vendor)
     assert len(body) < 200_000
+    (root / "sys/class/dmi/id/bios_vendor").write_text("V" * 20_000_000 + "\n")
+    drop(spool, "huge.tar.gz", make_capture(root, 12, 2))
+    wait_for("the refusal", lambda: (spool / "failed" / "huge.tar.gz").exists(), 60)
+    assert "sys/class/dmi/id/bios_vendor is 20000001 bytes" in d.text()
     assert d.stop() == 0
 
 

@@ -34,7 +34,7 @@ from sqlalchemy import func, select, text
 # Starts processes or servers (make fast leaves these out; make unit runs them).
 pytestmark = pytest.mark.slow
 
-HOSTS = 10
+HOSTS = 6
 # Capture version k of every boot is a boot of kernel VERSIONS[k], taken k hours later.
 VERSIONS = ("5.10.0-32-amd64-default", "6.1.0-47-amd64-default", "6.12.117+deb12-amd64-default")
 

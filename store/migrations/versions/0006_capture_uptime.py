@@ -20,10 +20,11 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('captures', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('uptime_s', sa.Float(), nullable=True))
+    # A nullable column: ALTER TABLE … ADD COLUMN on both backends (a batch copy of the
+    # table would drop captures, which boots.capture_id refers to).
+    op.add_column('captures', sa.Column('uptime_s', sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('captures', schema=None) as batch_op:
-        batch_op.drop_column('uptime_s')
+    # Both backends drop a column in place (SQLite since 3.35), for the same reason.
+    op.execute('ALTER TABLE captures DROP COLUMN uptime_s')
