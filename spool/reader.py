@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass, field
 
 from memledger.store.files import is_temporary
+from memledger.tracer.untrusted import shown
 
 __all__ = ("DONE", "FAILED", "INFLIGHT", "Claim", "Refused", "Spool", "UnsafeSpool")
 
@@ -297,7 +298,8 @@ class Spool:
                       0o640, dir_fd=fd)
         try:
             with os.fdopen(out, "wb") as fh:
-                fh.write(why.splitlines()[0].encode("utf-8", "backslashreplace") + b"\n"
+                # One line, whatever the reason quotes: control characters escaped.
+                fh.write(shown(why.strip()).encode("utf-8", "backslashreplace") + b"\n"
                          if why.strip() else b"refused\n")
                 fh.flush()
                 os.fsync(fh.fileno())

@@ -240,3 +240,17 @@ def test_a_newline_in_osrelease_forges_no_daemon_log_line(tmp_path: Path) -> Non
         f"INFO escape.tar.gz: new boot {boot_id(3, 1)} of {machine_id(3)} (6.1.0-47"), text
     assert stored[0].endswith(f"{shown(chr(27) + ']52;c;ZXZpbA==' + chr(7))})"), text
     assert not any(ln.startswith("ERROR forged") for ln in lines) and "\x1b" not in text
+
+
+def test_a_refusal_s_reason_file_is_one_line_with_data_escaped(tmp_path: Path) -> None:
+    """failed/NAME.error once kept a reason's first line with its escape sequences raw."""
+    from memledger.spool.reader import Spool
+
+    spool = Spool(str(tmp_path / "spool"), 1 << 20)
+    spool.ensure()
+    (tmp_path / "spool" / "x.tar.gz").write_bytes(b"x")
+    claim = spool.claim("x.tar.gz")
+    assert claim is not None
+    spool.mark_failed(claim, "release 6.1\x1b]52;c;ZXZpbA==\x07 refused\nERROR forged\n")
+    text = (tmp_path / "spool" / "failed" / "x.tar.gz.error").read_text()
+    assert text == "release 6.1\\x1b]52;c;ZXZpbA==\\x07 refused\\nERROR forged\n"
