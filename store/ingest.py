@@ -205,8 +205,8 @@ def _host_pks(conn: Connection, items: Sequence[tuple[Prepared, str | None]],
 
 def _rename(conn: Connection, written: list[tuple[int, int, Prepared]]) -> None:
     """Name each host as its newest boot's capture names it, when that capture was just
-    written: (host pk, boot pk, capture) in boot order. The newest boot is the one the
-    store first saw last (the largest boot pk), an order no writer's clock sets."""
+    written (``written``: host pk, boot pk, capture). The newest boot is the one the store
+    first saw last (the largest boot pk), an order no writer's clock sets."""
     host_ids = sorted({h for h, _, _ in written})
     newest = {h: pk for h, pk in conn.execute(select(boots.c.host_id, func.max(boots.c.id))
                                               .where(boots.c.host_id.in_(host_ids))
