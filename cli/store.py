@@ -10,8 +10,10 @@ import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from datetime import UTC, datetime
 from importlib.metadata import version
+from multiprocessing.context import BaseContext
 
 import click
 from memledger.cli.dboption import DB_OPTION, open_store
@@ -153,13 +155,41 @@ def _quiet_worker() -> None:
 
 def _prepared(paths: list[str], jobs: int) -> Iterator[tuple[str, Prepared | None, str | None]]:
     """Each file parsed, in order; by ``jobs`` worker processes when there are enough files
-    to pay for starting them (forkserver: no fork of this process's threads)."""
+    to pay for starting them (forkserver: no fork of this process's threads).
+
+    A worker that dies (the OOM killer, a signal) breaks its pool and every file in
+    flight with it: those files are parsed again one at a time, each in a pool of its
+    own, so that only a file that kills its parser again is refused; the rest go on in a
+    new pool."""
     if jobs <= 1 or len(paths) < 2 * INGEST_BATCH:
         yield from map(_prepare_path, paths)
         return
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_quiet_worker) as pool:
-        yield from pool.map(_prepare_path, paths, chunksize=16)
+    done = 0
+    while done < len(paths):
+        try:
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_quiet_worker) as pool:
+                for result in pool.map(_prepare_path, paths[done:], chunksize=_CHUNK):
+                    yield result
+                    done += 1
+        except BrokenProcessPool:
+            for path in paths[done:done + (jobs + 1) * _CHUNK]:
+                yield _alone(ctx, path)
+                done += 1
+
+
+# Files a worker takes at a time. The pool queues one chunk more than it has workers, so
+# when a worker dies the file that killed it is among the next jobs + 1 chunks.
+_CHUNK = 16
+
+
+def _alone(ctx: BaseContext, path: str) -> tuple[str, Prepared | None, str | None]:
+    """``path`` parsed in a worker of its own: a file whose parser dies is refused."""
+    try:
+        with ProcessPoolExecutor(1, mp_context=ctx, initializer=_quiet_worker) as pool:
+            return pool.submit(_prepare_path, path).result()
+    except BrokenProcessPool:
+        return path, None, f"{path}: the process parsing it died (killed, or out of memory)"
 
 
 @click.command(epilog=INGEST_EXAMPLES)

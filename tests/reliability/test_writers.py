@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -223,3 +224,41 @@ def test_a_failed_ingest_never_removes_a_store_a_daemon_uses(tmp_path: Path) -> 
     listed = _run("boots", "--db", str(db), "--json")
     assert listed.returncode == 0, listed.stderr
     assert [b["machine_id"] for b in json.loads(listed.stdout)] == [machine_id(7)]
+
+
+def _workers(pid: int) -> list[int]:
+    """The worker processes of ``ingest -j``: the children of its forkserver."""
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        if b"multiprocessing.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            return [int(w) for w in Path(f"/proc/{child}/task/{child}/children").read_text().split()]
+    return []
+
+
+def test_a_parser_killed_mid_ingest_loses_no_capture(tmp_path: Path) -> None:
+    """``ingest -j 2`` of enough files for worker processes; one worker is killed with
+    SIGKILL mid-run, as the OOM killer would: every capture is still stored, once."""
+    d = tmp_path / "captures"
+    d.mkdir()
+    n = 1500  # over 2 x 256: ingest starts its workers, and they take a few seconds
+    for h in range(n):
+        (d / f"{h}.tar.gz").write_bytes(make_capture("6.12.117+deb12-amd64-memblock", h, 0))
+    db = tmp_path / "m.db"
+    proc = subprocess.Popen([MEMLEDGER, "ingest", "--db", str(db), "-j", "2", str(d)],
+                            stderr=subprocess.PIPE, text=True)
+    workers: list[int] = []
+
+    def started() -> bool:
+        try:
+            workers[:] = _workers(proc.pid)
+        except OSError:
+            return False
+        return bool(workers)
+    wait_for("a worker process", started, 120)
+    os.kill(workers[0], signal.SIGKILL)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-2000:]
+    assert err.strip().splitlines()[-1] == f"{n} new, 0 replaced, 0 duplicate, 0 older, 0 failed"
+    engine = make_engine(resolve_url(str(db)), create=False)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(boots)).scalar_one() == n
+    engine.dispose()
