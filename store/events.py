@@ -33,8 +33,8 @@ def _i64(value: int | None) -> int | None:
 def _row(source: str, ts: float | None, function: str, start: int | None = None,
          end: int | None = None, size: int | None = None, caller: str | None = None,
          flags: int | None = None, detail: str | None = None) -> dict[str, Any]:
-    return {"source": source, "ts": ts, "function": function[:64], "phys_start": _i64(start),
-            "phys_end": _i64(end), "size": _i64(size), "caller": caller[:255] if caller else None,
+    return {"source": source, "ts": ts, "function": function, "phys_start": _i64(start),
+            "phys_end": _i64(end), "size": _i64(size), "caller": caller or None,
             "flags": _i64(flags), "detail": detail}
 
 

@@ -46,7 +46,7 @@ from memledger.store.events import event_rows
 from memledger.store.rows import dialect_insert
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from memledger.store.trust import CaptureTime, Untrusted, check_not_ahead, check_widths, is_later
-from memledger.tracer.caps import CMDLINE_MAX, UTS_LEN
+from memledger.tracer.caps import CMDLINE_MAX, PRINTK_RECORD_MAX, UTS_LEN
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
 from sqlalchemy import (
@@ -169,12 +169,19 @@ def prepare(data: bytes, version: str, now: datetime | None = None) -> Prepared:
 _BOOT_CAPS = {"kernel_release": UTS_LEN, "cmdline": CMDLINE_MAX}
 
 
+# events.function and events.caller: one kernel log or trace line holds them.
+_EVENT_TEXT = PRINTK_RECORD_MAX
+
+
 def _check_texts(p: Prepared) -> None:
     """Every text bound for a bounded column fits it, checked before the database so that
     SQLite and PostgreSQL refuse the same captures. Raises :class:`Untrusted`."""
     check_widths(boots, p.boot, _BOOT_CAPS)
     check_widths(hosts, {"hostname": p.manifest.hostname})
     check_widths(captures, {"memledger_version": p.manifest.memledger_version})
+    for row in p.events:
+        if len(row["function"]) > _EVENT_TEXT or len(row["caller"] or "") > _EVENT_TEXT:
+            check_widths(events, {"function": row["function"], "caller": row["caller"]})
 
 
 def _columns(p: Prepared) -> dict[str, Any]:

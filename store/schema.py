@@ -10,7 +10,7 @@ Unknown figures are NULL, never 0.
 
 from __future__ import annotations
 
-from memledger.tracer.caps import KSYM_NAME_LEN, SYSFS_ATTR_MAX
+from memledger.tracer.caps import KSYM_NAME_LEN, PRINTK_RECORD_MAX, SYSFS_ATTR_MAX
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -128,11 +128,12 @@ events = Table(
     Column("seq", Integer, nullable=False),
     Column("source", String(16), nullable=False),
     Column("ts", Float),
-    Column("function", String(64), nullable=False),
+    # A function and its caller are read from one kernel log or trace line (0005).
+    Column("function", String(PRINTK_RECORD_MAX), nullable=False),
     Column("phys_start", BigInteger),
     Column("phys_end", BigInteger),
     Column("size", BigInteger),
-    Column("caller", String(255)),
+    Column("caller", String(PRINTK_RECORD_MAX)),
     Column("flags", BigInteger),
     Column("detail", Text),
 )

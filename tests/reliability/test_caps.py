@@ -26,7 +26,7 @@ from memledger.store.db import make_engine, resolve_url
 from memledger.store.ingest import BadCapture, ingest_bytes
 from memledger.store.migrate import upgrade
 from memledger.store.runtime import ingest_batch
-from memledger.store.schema import boots, captures, hosts, runtime_batches, runtime_events
+from memledger.store.schema import boots, captures, events, hosts, runtime_batches, runtime_events
 from memledger.tracer.caps import check_host_files
 from memledger.tracer.capture import CaptureError, unpack
 from memledger.tracer.runtime import BatchError, BatchHeader, RuntimeEvent, parse_batch, render_batch
@@ -318,3 +318,34 @@ def test_any_parser_failure_is_isolated_to_its_file(tmp_path: Path,
     assert f"{paths[1]}: cannot be parsed (KeyError" in result.output, result.output
     with sqlite3.connect(db) as raw:
         assert raw.execute("SELECT count(*) FROM boots").fetchone() == (2,)
+
+
+@pytest.mark.parametrize("length", [600, 2000])
+def test_an_event_s_caller_is_stored_whole_or_refused_alike(length: int, tmp_path: Path,
+                                                           db_url: str) -> None:
+    """A memblock=debug line's caller, read from one kernel log line: at aed03d9 it was cut
+    to 255 characters without a word. Up to a printk record (1024) it is stored whole on
+    both backends; longer, no kernel printed it, and the capture is refused by name."""
+    src = BOOTS / "6.1.0-47-amd64-memblock" / "root"
+    log = (src / "dmesg.txt").read_text()
+    old = "efi_memblock_x86_reserve_range+0x1fc/0x22a"
+    caller = "s" * (length - len("+0x1fc/0x22a")) + "+0x1fc/0x22a"
+    assert old in log
+    root = tmp_path / "root"
+    shutil.copytree(src, root)
+    (root / "dmesg.txt").write_text(log.replace(old, caller, 1))
+    data = make_capture(root, 3, 1)
+    engine = _engine(db_url)
+    try:
+        if length > 1024:
+            with pytest.raises(BadCapture, match=r"^caller 's+.*is 2000 characters, over the 1024"):
+                ingest_bytes(engine, data, "test")
+            assert _count(engine, boots) == 0
+            return
+        assert ingest_bytes(engine, data, "test").status == "new"
+        with engine.connect() as conn:
+            stored = conn.execute(select(events.c.caller)
+                                  .where(events.c.caller.like("sss%"))).scalars().all()
+        assert stored == [caller]
+    finally:
+        engine.dispose()
