@@ -257,6 +257,7 @@ class StoreCollector(Collector):
         self.machine_id = machine_id
         self.boot_id = boot_id  # the running boot: "current" means this one, whatever its date
         self.fleet = fleet
+        self._down: str | None = None  # why the last scrape could not read the store
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("memledger_store_up", "1 when the store could be read at this "
@@ -277,12 +278,18 @@ class StoreCollector(Collector):
                         metrics.extend(_runtime_metrics(runtime_totals(
                             conn, current["machine_id"], current["boot_id"])))
         except SQLAlchemyError as exc:
-            # One line: a scrape that cannot read the store says why, not only store_up 0.
-            log.warning("metrics: cannot read the store: %s",
-                        (str(exc).splitlines() or [type(exc).__name__])[0])
+            # One line when the store cannot be read, and again only when the reason
+            # changes or the store comes back: not one a scrape while it is down.
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            if why != self._down:
+                log.warning("metrics: cannot read the store: %s", why)
+                self._down = why
             up.add_metric([], 0)
             yield up
             return
+        if self._down is not None:
+            log.info("metrics: the store can be read again")
+            self._down = None
         up.add_metric([], 1)
         yield up
         yield from metrics
