@@ -153,6 +153,11 @@ def _quiet_worker() -> None:
     gc.disable()  # see analyze: parsing makes no reference cycles
 
 
+# Files a worker takes at a time. The pool queues one chunk more than it has workers, so
+# when a worker dies the file that killed it is among the next jobs + 1 chunks.
+_CHUNK = 16
+
+
 def _prepared(paths: list[str], jobs: int) -> Iterator[tuple[str, Prepared | None, str | None]]:
     """Each file parsed, in order; by ``jobs`` worker processes when there are enough files
     to pay for starting them (forkserver: no fork of this process's threads).
@@ -176,11 +181,6 @@ def _prepared(paths: list[str], jobs: int) -> Iterator[tuple[str, Prepared | Non
             for path in paths[done:done + (jobs + 1) * _CHUNK]:
                 yield _alone(ctx, path)
                 done += 1
-
-
-# Files a worker takes at a time. The pool queues one chunk more than it has workers, so
-# when a worker dies the file that killed it is among the next jobs + 1 chunks.
-_CHUNK = 16
 
 
 def _alone(ctx: BaseContext, path: str) -> tuple[str, Prepared | None, str | None]:

@@ -26,6 +26,7 @@ from memledger.ledger.boot_services import KEPT_REASONS
 from memledger.ledger.model import LedgerDoc
 from memledger.ledger.stats import summary
 from memledger.spool.reader import Spool
+from memledger.store.db import describe_error
 from memledger.store.queries import STORE_COUNTS, FleetGroup, StoredBoot, running_and_previous
 from memledger.store.runtime import RuntimeTotals, runtime_totals
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
@@ -280,7 +281,7 @@ class StoreCollector(Collector):
         except SQLAlchemyError as exc:
             # One line when the store cannot be read, and again only when the reason
             # changes or the store comes back: not one a scrape while it is down.
-            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            why = describe_error(self.engine.url, exc)
             if why != self._down:
                 log.warning("metrics: cannot read the store: %s", why)
                 self._down = why
