@@ -10,6 +10,8 @@ upgrade (SQLAlchemy's "pysqlite serializable isolation" recipe). PostgreSQL
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -124,12 +126,36 @@ def display_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
+def _to_wal(cur: Any) -> None:
+    """Switch a database to WAL, waiting for other writers as long as any lock waits.
+
+    The switch reads the header under a shared lock and then needs the write lock. While a
+    second connection still in rollback mode holds a RESERVED lock (a new store, whose first
+    writers race), SQLite returns SQLITE_BUSY at once instead of calling the busy handler,
+    since waiting with a shared lock held could deadlock. The statement holds no lock when it
+    fails, so it is tried again until the busy timeout has passed. A database already in WAL
+    (every one after its first connection) is not switched at all."""
+    if cur.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+        return
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.001
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None  # we issue BEGIN ourselves (see _sqlite_begin)
     cur = dbapi_conn.cursor()
     try:
         cur.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _to_wal(cur)
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.execute("PRAGMA foreign_keys=ON")
     finally:

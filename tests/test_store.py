@@ -11,6 +11,8 @@ import json
 import multiprocessing
 import random
 import re
+import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -146,6 +148,27 @@ def test_sqlite_connections_get_the_daemon_pragmas(tmp_path: Path) -> None:
                for p in ("journal_mode", "synchronous", "busy_timeout", "foreign_keys")}
     assert got == {"journal_mode": "wal", "synchronous": 1, "busy_timeout": 30000,
                    "foreign_keys": 1}
+
+
+def test_a_new_store_opened_while_another_writer_holds_it_waits_for_it(tmp_path: Path) -> None:
+    """The first writers of a new store race: one still in rollback mode holds the write
+    lock while the other switches the file to WAL. SQLite answers that switch "database is
+    locked" at once, without the busy timeout; the connection waits instead, and gets WAL."""
+    path = tmp_path / "x.db"
+    first = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    first.execute("CREATE TABLE t (x)")
+    first.execute("BEGIN IMMEDIATE")
+    first.execute("INSERT INTO t VALUES (1)")
+    release = threading.Timer(0.5, first.execute, ("COMMIT",))
+    release.start()
+    try:
+        with engine_for(str(path)).connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+            rows = conn.exec_driver_sql("SELECT count(*) FROM t").scalar()
+    finally:
+        release.join()
+        first.close()
+    assert (mode, rows) == ("wal", 1)
 
 
 def test_default_database_location() -> None:
