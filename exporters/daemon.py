@@ -45,6 +45,7 @@ from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
 from memledger.exporters.web import WebServer
 from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
+from memledger.spool.received import sender_of
 from memledger.store.compare import size_text
 from memledger.store.db import (
     describe_error,
@@ -384,17 +385,18 @@ class Daemon:
             self._put_back(claim, f"cannot start the parser ({exc})", _RESOURCE_RETRY_S)
             return
         origin = printable(claim.name, 1000)
+        sender = sender_of(claim.name) or ""  # a fleet daemon's name for who sent it
         try:
             if parsed.batch is not None:
                 b = store_batch(self.engine, parsed.batch, hashlib.sha256(data).hexdigest(),
-                                origin=origin)
+                                origin=origin, sender=sender)
                 status: str = b.status
                 what = (f"{b.source} batch of boot {b.boot_id} of {b.machine_id}: "
                         f"{b.events} event(s)"
                         + (f", {b.dropped} lost before it" if b.dropped else ""))
             else:
                 assert parsed.capture is not None
-                r = ingest(self.engine, parsed.capture, origin=origin)
+                r = ingest(self.engine, parsed.capture, origin=origin, sender=sender)
                 if r.status == "refused":
                     self._refuse(claim, f"the database refused it: {r.why}")
                     return

@@ -38,7 +38,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 
-from memledger.store.files import is_temporary
+from memledger.store.files import atomic_write, is_temporary
 from memledger.tracer.untrusted import shown
 
 __all__ = ("DONE", "FAILED", "INFLIGHT", "Claim", "Refused", "Spool", "UnsafeSpool")
@@ -213,6 +213,18 @@ class Spool:
                         count += 1
                         oldest = mtime if oldest is None else min(oldest, mtime)
         return count, oldest
+
+    def holds(self, name: str) -> bool:
+        """Whether ``name`` waits, is being stored or was stored (done/); by path, so it is
+        safe from any thread."""
+        return any(os.path.lexists(os.path.join(d, name))
+                   for d in (self.path, self.inflight, self.done))
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write a file into the spool the producers' way (fsync, rename, fsync of the
+        directory): once this returns, the file survives a crash. By path, so it is safe
+        from any thread."""
+        atomic_write(os.path.join(self.path, name), data, 0o640)
 
     def recover(self) -> list[str]:
         """Move files left in inflight/ (by a crash) back into the spool; their names."""

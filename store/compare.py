@@ -63,15 +63,15 @@ class _Side:
     rows: list[Row[Any]]
     cols: dict[str, tuple[Any, ...]]
     whys: list[tuple[str, ...]]
-    by_host: dict[str, list[int]] = field(init=False)  # machine id → its boots' rows
+    by_host: dict[int, list[int]] = field(init=False)  # host (its row) → its boots' rows
     kinds: set[tuple[str, ...]] = field(init=False)  # the distinct whys: a handful
 
     def __post_init__(self) -> None:
         self.kinds = set(self.whys)
         self.by_host = {}
-        for i, mid in enumerate(self.cols["machine_id"]):
-            if (at := self.by_host.get(mid)) is None:
-                self.by_host[mid] = [i]
+        for i, host in enumerate(self.cols["host_pk"]):
+            if (at := self.by_host.get(host)) is None:
+                self.by_host[host] = [i]
             else:
                 at.append(i)
 
@@ -169,7 +169,9 @@ class Comparison:
 
 
 # What compare reads of each boot, and the table each column is in.
-_COLUMNS = ("kernel_release", "machine_id", "hostname", "boot_id", "captured_at", "efi",
+# A host is its row (hosts.id), never its machine id alone: clones of one disk image share
+# that (migration 0007), and pairing them would compare two machines.
+_COLUMNS = ("kernel_release", "host_pk", "machine_id", "hostname", "boot_id", "captured_at", "efi",
             "efi_debug", "kexec", "log_complete", "firmware_vendor", "firmware_version",
             "product", "cmdline", "memory_bytes", "anomaly_codes", *(f.key for f in FIGURES))
 _TABLE = {name: hosts if name in ("machine_id", "hostname") else
@@ -186,7 +188,8 @@ def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[
                            if r is not None and fnmatch.fnmatchcase(r, selector)})
         if not releases:
             return [], []
-        q = (select(*(_TABLE[name].c[name] for name in _COLUMNS))
+        q = (select(*(hosts.c.id.label(name) if name == "host_pk" else _TABLE[name].c[name]
+                      for name in _COLUMNS))
              .join(ledgers, ledgers.c.boot_pk == boots.c.id)
              .join(hosts, hosts.c.id == boots.c.host_id)
              .where(boots.c.kernel_release.in_(releases)))
@@ -205,11 +208,11 @@ def _counted(fig: Figure, side: _Side, include_all: bool) -> tuple[list[float], 
     return values, len(known) - len(values)
 
 
-def _by_host(fig: Figure, side: _Side, include_all: bool, hosts: list[str]) -> dict[str, float]:
+def _by_host(fig: Figure, side: _Side, include_all: bool, hosts: list[int]) -> dict[int, float]:
     """Each host's median of the values that count for ``fig`` (hosts with none left out)."""
     ok = side.counts(fig.name, include_all)
     col, whys = side.cols[fig.key], side.whys
-    out: dict[str, float] = {}
+    out: dict[int, float] = {}
     for mid in hosts:
         vs = [col[i] for i in side.by_host[mid] if col[i] is not None and ok[whys[i]]]
         if vs:
@@ -227,8 +230,8 @@ def _direction(fig: Figure, delta: float, threshold: float) -> str:
 
 
 def _figure(fig: Figure, sides: Sides, thresholds: Thresholds, include_all: bool,
-            hosts: list[str],
-            per_host: dict[str, tuple[dict[str, float], dict[str, float]]]) -> dict[str, Any]:
+            hosts: list[int],
+            per_host: dict[str, tuple[dict[int, float], dict[int, float]]]) -> dict[str, Any]:
     """The figure's comparison, host by host over ``hosts`` (the hosts to pair, or none);
     ``per_host`` gets those hosts' medians on each side."""
     counted = {s: _counted(fig, side, include_all) for s, side in sides.items()}
@@ -324,15 +327,16 @@ def _differences(sides: Sides) -> dict[str, dict[str, dict[str, int]]]:
     return out
 
 
-def _pairs(sides: Sides, figures: list[dict[str, Any]], hosts: list[str],
-           per_host: dict[str, tuple[dict[str, float], dict[str, float]]]) -> list[dict[str, Any]]:
+def _pairs(sides: Sides, figures: list[dict[str, Any]], hosts: list[int],
+           per_host: dict[str, tuple[dict[int, float], dict[int, float]]]) -> list[dict[str, Any]]:
     """Each paired host: its counted values per figure (its median on each side), before
     and after."""
     out = []
     for mid in hosts:
         first = sides["baseline"].by_host[mid][0]
         entry: dict[str, Any] = {
-            "machine_id": mid, "hostname": sides["baseline"].cols["hostname"][first],
+            "machine_id": sides["baseline"].cols["machine_id"][first],
+            "hostname": sides["baseline"].cols["hostname"][first],
             "boots": {s: len(sides[s].by_host[mid]) for s in ("baseline", "candidate")},
             "figures": {}}
         for fig, summary_ in zip(FIGURES, figures, strict=True):
@@ -457,7 +461,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
     both = sides["baseline"].by_host.keys() & sides["candidate"].by_host.keys()
     every = sides["baseline"].by_host.keys() | sides["candidate"].by_host.keys()
     pairing = sorted(both) if both and 2 * len(both) >= len(every) else []
-    per_host: dict[str, tuple[dict[str, float], dict[str, float]]] = {}
+    per_host: dict[str, tuple[dict[int, float], dict[int, float]]] = {}
     figures = [_figure(fig, sides, thresholds, include_all, pairing, per_host) for fig in FIGURES]
     anomalies = _anomalies(sides, include_all)
     left_out = _left_out(sides)
@@ -472,7 +476,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
         verdict = "no change"
     meta = {side: {"selector": sel, "where": where, "releases": selected[side][0],
                    "boots": len(selected[side][1]),
-                   "hosts": len({r.machine_id for r in selected[side][1]})}
+                   "hosts": len({r.host_pk for r in selected[side][1]})}
             for side, sel in (("baseline", baseline), ("candidate", candidate))}
     return Comparison(meta["baseline"], meta["candidate"], figures, verdict,
                       _reasons(figures, anomalies, left_out, include_all, len(both), len(every),

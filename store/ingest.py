@@ -43,12 +43,13 @@ from memledger.ledger.compute import compute_ledger
 from memledger.ledger.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
 from memledger.store.db import as_utc, describe_error, is_permanent, writer
 from memledger.store.events import event_rows
-from memledger.store.rows import dialect_insert
+from memledger.store.rows import HostKey, dialect_insert, host_pks
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from memledger.store.trust import CaptureTime, Untrusted, check_not_ahead, check_widths, is_later
-from memledger.tracer.caps import CMDLINE_MAX, PRINTK_RECORD_MAX, UTS_LEN
+from memledger.tracer.caps import CMDLINE_MAX, DMI_DIR, PRINTK_RECORD_MAX, UTS_LEN
 from memledger.tracer.capture import CaptureError, Manifest, capture_evidence, unpack
 from memledger.tracer.evidence import NotAKernelLog
+from memledger.tracer.sysfs import HARDWARE_FIELDS, hardware_digest
 from sqlalchemy import (
     Connection,
     Engine,
@@ -105,6 +106,7 @@ class Prepared:
     ledger: dict[str, Any]  # ledgers columns, and the document (a LedgerDoc)
     events: list[dict[str, Any]]
     uptime_s: float | None = None  # the boot's /proc/uptime at the capture
+    hardware: str = ""  # the digest of its DMI product UUID and serial ('' unknown)
 
     @property
     def taken(self) -> CaptureTime:
@@ -148,7 +150,10 @@ def _computed(data: bytes, sha: str, version: str) -> Prepared:
         "memory_bytes": _i64(doc["kernel_accounting"]["present_bytes"]),
         "document": doc,
     }
-    return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev), ev.uptime_s)
+    shown = {f: text.decode("utf-8", "replace").strip().split("\n")[0] for f in HARDWARE_FIELDS
+             if (text := cap.tree.read(f"{DMI_DIR}/{f}")) is not None}
+    return Prepared(data, sha, cap.manifest, boot, ledger, event_rows(ev), ev.uptime_s,
+                    hardware_digest(shown))
 
 
 def prepare(data: bytes, version: str, now: datetime | None = None) -> Prepared:
@@ -192,22 +197,8 @@ def _columns(p: Prepared) -> dict[str, Any]:
 _BOOT_COLUMNS = ("kernel_release", "cmdline", *BOOT_COLUMNS)
 
 
-def _host_pks(conn: Connection, items: Sequence[tuple[Prepared, str | None]],
-              now: datetime) -> dict[str, int]:
-    """Each host's primary key, creating rows for new hosts (named by the batch's first
-    capture of each); ``last_seen`` becomes ``now``."""
-    names: dict[str, str | None] = {}
-    for p, _ in items:
-        names.setdefault(p.manifest.machine_id, p.manifest.hostname)
-    mids = sorted(names)
-    conn.execute(dialect_insert(conn)(hosts).on_conflict_do_nothing(index_elements=["machine_id"]),
-                 [{"machine_id": mid, "hostname": names[mid], "first_seen": now, "last_seen": now}
-                  for mid in mids])
-    pks = {r.machine_id: r.id for r in conn.execute(
-        select(hosts.c.machine_id, hosts.c.id).where(hosts.c.machine_id.in_(mids)))}
-    conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id")).values(last_seen=now),
-                 [{"b_id": pks[mid]} for mid in mids])
-    return pks
+def _key(p: Prepared, sender: str) -> HostKey:
+    return HostKey(p.manifest.machine_id, sender, p.hardware)
 
 
 def _rename(conn: Connection, written: list[tuple[int, int, Prepared]]) -> None:
@@ -294,11 +285,14 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
 
 
 def _ingest_batch(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
-                  now: datetime) -> list[Status]:
+                  now: datetime, sender: str) -> list[Status]:
     """Store prepared captures in one transaction; their statuses in order."""
     with writer(engine) as conn, conn.begin():
-        host_pk = _host_pks(conn, items, now)
-        key_of = [(host_pk[p.manifest.machine_id], p.manifest.boot_id) for p, _ in items]
+        names: dict[HostKey, str | None] = {}
+        for p, _ in items:  # a new host is named by the batch's first capture of it
+            names.setdefault(_key(p, sender), p.manifest.hostname)
+        host_pk = host_pks(conn, names, now)
+        key_of = [(host_pk[_key(p, sender)], p.manifest.boot_id) for p, _ in items]
         rows = _locked_boots(conn, sorted(set(key_of)))
         old_ids = [r.capture_id for r in rows.values() if r.capture_id is not None]
         old = {r.id: (r.sha256, CaptureTime(as_utc(r.captured_at), r.uptime_s))
@@ -327,8 +321,10 @@ def _result(p: Prepared, status: Status, why: str | None = None) -> IngestResult
 
 
 def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
-                now: datetime | None = None) -> list[IngestResult]:
-    """Store prepared captures (each with its origin); their results in order.
+                now: datetime | None = None, sender: str = "") -> list[IngestResult]:
+    """Store prepared captures (each with its origin); their results in order. ``sender``
+    is who a fleet daemon authenticated as having sent them ('' for captures stored on the
+    host itself or by ``ingest``): a host's boots are only ever those its sender sent.
 
     One transaction for the batch; when the database refuses a value in it (DataError,
     IntegrityError: :func:`~memledger.store.db.is_permanent`), each capture again in a
@@ -339,27 +335,27 @@ def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
         return []
     now = now or datetime.now(UTC)
     try:
-        statuses = _ingest_batch(engine, items, now)
+        statuses = _ingest_batch(engine, items, now, sender)
     except SQLAlchemyError as exc:
         if not is_permanent(exc):
             raise
         if len(items) == 1:
             return [_result(items[0][0], "refused", describe_error(engine.url, exc))]
-        return [ingest_many(engine, [item], now)[0] for item in items]
+        return [ingest_many(engine, [item], now, sender)[0] for item in items]
     return [_result(p, status) for (p, _), status in zip(items, statuses, strict=True)]
 
 
 def ingest(engine: Engine, p: Prepared, origin: str | None = None,
-           now: datetime | None = None) -> IngestResult:
+           now: datetime | None = None, sender: str = "") -> IngestResult:
     """Store one prepared capture, in one transaction (``refused``, with the database's
     reason, when the database cannot hold one of its values)."""
-    return ingest_many(engine, [(p, origin)], now)[0]
+    return ingest_many(engine, [(p, origin)], now, sender)[0]
 
 
 def ingest_bytes(engine: Engine, data: bytes, version: str, origin: str | None = None,
-                 now: datetime | None = None) -> IngestResult:
+                 now: datetime | None = None, sender: str = "") -> IngestResult:
     """:func:`prepare` then :func:`ingest`."""
-    return ingest(engine, prepare(data, version), origin, now)
+    return ingest(engine, prepare(data, version), origin, now, sender)
 
 
 @dataclass(slots=True)

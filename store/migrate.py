@@ -7,20 +7,20 @@ of them migrates and the others find the schema current.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from memledger.store.db import StoreError, display_url, writer
-from sqlalchemy import Engine, inspect, text
+from sqlalchemy import Connection, Engine, inspect, text
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ("HEAD", "current_revision", "head_revision", "upgrade")
+__all__ = ("HEAD", "current_revision", "downgrade", "head_revision", "upgrade")
 
 # The newest revision in migrations/versions (a test checks it against Alembic's own
 # answer): with it, a command that finds the schema current never imports Alembic, a
 # tenth of a second of start-up for `compare` and the other readers.
-HEAD = "0006"
+HEAD = "0007"
 # pg_advisory_xact_lock key: "memledger" as a 64-bit number.
 _PG_LOCK = 0x6D656D6C6564676
 
@@ -56,16 +56,52 @@ def upgrade(engine: Engine, target: str = "head") -> None:
     head = HEAD if target == "head" else target
     if current_revision(engine) == head:
         return
-    from alembic import command
+    _migrate(engine, "upgrade", target)
+
+
+def downgrade(engine: Engine, target: str) -> None:
+    """Take the schema back to ``target`` (for tests of a revision: memledger itself only
+    ever upgrades)."""
+    _migrate(engine, "downgrade", target)
+
+
+def _migrate(engine: Engine, direction: Literal["upgrade", "downgrade"], target: str) -> None:
     from alembic.util.exc import CommandError
 
-    cfg = _config()
     try:
-        with writer(engine) as conn, conn.begin():
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, target)
+        with writer(engine) as conn:
+            if conn.dialect.name == "sqlite":
+                # A revision that copies a table (SQLite cannot drop a constraint in place)
+                # drops the old one; with foreign keys on, that would delete the rows that
+                # refer to it. The pragma is a no-op inside a transaction: set it before.
+                conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                    "PRAGMA foreign_keys=OFF")
+            try:
+                _migrate_in(conn, direction, target)
+            finally:
+                if conn.dialect.name == "sqlite":
+                    conn.connection.dbapi_connection.execute(  # type: ignore[union-attr]
+                        "PRAGMA foreign_keys=ON")
     except CommandError as exc:
-        raise StoreError(f"{display_url(engine.url)}: cannot upgrade the schema to {head} "
-                         f"({exc}); is the database from a newer memledger?") from None
+        raise StoreError(f"{display_url(engine.url)}: cannot {direction} the schema to "
+                         f"{target} ({exc}); is the database from a newer memledger?") from None
+
+
+def _migrate_in(conn: Connection, direction: Literal["upgrade", "downgrade"],
+                target: str) -> None:
+    """Run the migrations in one transaction on ``conn``; on SQLite, refuse to commit a
+    copy that left a row pointing at nothing."""
+    from alembic import command
+
+    cfg = _config()
+    with conn.begin():
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_PG_LOCK})")
+        cfg.attributes["connection"] = conn
+        getattr(command, direction)(cfg, target)
+        if conn.dialect.name == "sqlite":
+            broken = conn.exec_driver_sql("PRAGMA foreign_key_check").first()
+            if broken is not None:
+                raise StoreError(f"{display_url(conn.engine.url)}: the schema {direction} left "
+                                 f"{broken[0]} row {broken[1]} pointing at no {broken[2]} row; "
+                                 "nothing was changed")

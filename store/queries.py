@@ -12,8 +12,8 @@ from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Connection, Engine, String, bindparam, case, func, select
 
-__all__ = ("FLEET_COLUMNS", "STORE_COUNTS", "FleetGroup", "boot_ledger", "count_rows", "fleet_rows",
-           "latest_boots", "list_boots", "running_and_previous")
+__all__ = ("FLEET_COLUMNS", "SHARED_MACHINE_ID", "STORE_COUNTS", "FleetGroup", "boot_ledger",
+           "count_rows", "fleet_rows", "latest_boots", "list_boots", "running_and_previous")
 
 
 
@@ -38,6 +38,12 @@ class BootRow(TypedDict):
 
     machine_id: str
     hostname: str | None
+    # Who sent the host's captures to a fleet daemon ("certificate:CN", "user:NAME"); None
+    # for captures stored on the host itself or by ingest.
+    sender: str | None
+    # Another host has the same machine id: a clone of one disk image (fix its
+    # /etc/machine-id); its boots are kept apart all the same.
+    shared_machine_id: bool
     boot_id: str
     kernel_release: str | None
     captured_at: str | None  # ISO 8601, UTC
@@ -53,7 +59,11 @@ class BootRow(TypedDict):
 
 def list_boots(engine: Engine, limit: int | None = None) -> list[BootRow]:
     """Stored boots, newest capture first, with their headline ledger figures."""
-    q = (select(hosts.c.machine_id, hosts.c.hostname, boots.c.boot_id, boots.c.kernel_release,
+    shared = (select(hosts.c.machine_id).group_by(hosts.c.machine_id)
+              .having(func.count() > 1).scalar_subquery())
+    q = (select(hosts.c.machine_id, hosts.c.hostname, hosts.c.sender,
+                hosts.c.machine_id.in_(shared).label("shared"), boots.c.boot_id,
+                boots.c.kernel_release,
                 boots.c.captured_at, boots.c.efi, boots.c.firmware_vendor,
                 boots.c.firmware_version, boots.c.product, ledgers.c.bs_total_bytes,
                 ledgers.c.bs_reclaimed_bytes, ledgers.c.bs_kept_bytes, ledgers.c.bs_leaked_bytes,
@@ -68,6 +78,8 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[BootRow]:
     return [BootRow(
         machine_id=r.machine_id,
         hostname=r.hostname,
+        sender=r.sender or None,
+        shared_machine_id=bool(r.shared),
         boot_id=r.boot_id,
         kernel_release=r.kernel_release,
         captured_at=_iso(r.captured_at),
@@ -81,8 +93,12 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[BootRow]:
         low_memory=HeadlineLowMemory(reserved_bytes=r.low_reserved_bytes,
                                      freed_bytes=r.low_freed_bytes),
         anomalies=r.anomaly_count,
-        notes=boot_notes(r.efi),
+        notes=boot_notes(r.efi) + ([SHARED_MACHINE_ID] if r.shared else []),
     ) for r in rows]
+
+
+SHARED_MACHINE_ID = ("another host has this machine id (a clone of one disk image); their boots "
+                     "are kept apart: give each machine its own /etc/machine-id")
 
 
 def boot_notes(efi: bool | None) -> list[str]:
@@ -113,7 +129,15 @@ def count_rows(engine: Engine) -> dict[str, int]:
 
 # Built once: these run at every host-mode scrape, and building a statement costs more
 # than SQLite takes to run it.
-_HOST_BY_MACHINE = select(hosts.c.id).where(hosts.c.machine_id == bindparam("machine_id"))
+# Of the hosts of one machine id (clones: migration 0007), the one holding the running boot,
+# else the one seen last.
+_HOST_BY_MACHINE = (
+    select(hosts.c.id).where(hosts.c.machine_id == bindparam("machine_id"))
+    .order_by(case((select(boots.c.id).where(boots.c.host_id == hosts.c.id,
+                                              boots.c.boot_id == bindparam("running", type_=String))
+                    .exists(), 0), else_=1),
+              hosts.c.last_seen.desc(), hosts.c.id.desc())
+    .limit(1))
 # "Newest" is the order the store first saw boots in (boots.id), never a capture's date:
 # that date is the writer's clock, which early in boot may run hours ahead.
 _LAST_STORED_HOST = (select(boots.c.host_id).where(boots.c.capture_id.is_not(None))
@@ -154,7 +178,8 @@ def latest_boots(conn: Connection, machine_id: str | None, n: int = 2,
     has none (or None is given), of the machine whose boot was stored last."""
     host_pk = None
     if machine_id is not None:
-        host_pk = conn.execute(_HOST_BY_MACHINE, {"machine_id": machine_id}).scalar_one_or_none()
+        host_pk = conn.execute(_HOST_BY_MACHINE, {"machine_id": machine_id,
+                                                  "running": running or ""}).scalar_one_or_none()
     if host_pk is None:
         host_pk = conn.execute(_LAST_STORED_HOST).scalar_one_or_none()
     if host_pk is None:

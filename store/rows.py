@@ -1,14 +1,34 @@
-"""Row helpers shared by the writers: a dialect's INSERT … ON CONFLICT, and the host row."""
+"""Row helpers shared by the writers: a dialect's INSERT … ON CONFLICT, and host rows.
+
+A host is (machine id, sender, hardware) (migration 0007): clones of one disk image share a
+machine id, and are told apart by who sent their captures to a fleet daemon and by the
+digest of their DMI product UUID and serial. A capture that cannot show its hardware (one
+taken as a user other than root) belongs to the one host of its machine id and sender;
+the first capture that shows it gives that host its hardware.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from memledger.store.schema import hosts
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 
-__all__ = ("dialect_insert", "upsert_host")
+__all__ = ("HostKey", "dialect_insert", "host_pks", "upsert_host")
+
+# pg_advisory_xact_lock(namespace, hashtext(machine id)): writers that may add a host of
+# one machine id take turns ("mldg").
+_PG_HOST_LOCK = 0x6D6C6467
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class HostKey:
+    machine_id: str
+    sender: str = ""
+    hardware: str = ""
 
 
 def dialect_insert(conn: Connection) -> Any:
@@ -23,14 +43,50 @@ def dialect_insert(conn: Connection) -> Any:
     return sqlite_insert
 
 
-def upsert_host(conn: Connection, machine_id: str, hostname: str | None, now: datetime) -> int:
-    """The host's primary key, creating the row when new; ``last_seen`` becomes ``now``."""
-    conn.execute(dialect_insert(conn)(hosts).values(
-        machine_id=machine_id, hostname=hostname, first_seen=now, last_seen=now,
-    ).on_conflict_do_nothing(index_elements=["machine_id"]))
-    pk: int = conn.execute(select(hosts.c.id).where(hosts.c.machine_id == machine_id)).scalar_one()
-    values: dict[str, Any] = {"last_seen": now}
+def host_pks(conn: Connection, names: Mapping[HostKey, str | None],
+             now: datetime) -> dict[HostKey, int]:
+    """Each key's host row (``names``: key → the host name for a new row), created when new;
+    ``last_seen`` becomes ``now``. Keys without hardware sort first, so a batch holding a
+    machine's captures with and without it makes one host."""
+    mids = sorted({k.machine_id for k in names})
+    if conn.dialect.name == "postgresql":  # SQLite writers hold the database's write lock
+        for mid in mids:
+            conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:mid))"),
+                         {"ns": _PG_HOST_LOCK, "mid": mid})
+    known: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    for r in conn.execute(select(hosts.c.id, hosts.c.machine_id, hosts.c.sender, hosts.c.hardware)
+                          .where(hosts.c.machine_id.in_(mids)).order_by(hosts.c.id)):
+        known.setdefault((r.machine_id, r.sender), []).append((r.hardware, r.id))
+    out: dict[HostKey, int] = {}
+    for key in sorted(names):
+        rows = known.setdefault((key.machine_id, key.sender), [])
+        exact = [pk for hw, pk in rows if hw == key.hardware]
+        if exact:
+            out[key] = exact[0]
+        elif not key.hardware and len(rows) == 1:
+            out[key] = rows[0][1]  # its one host, whose hardware this capture cannot see
+        elif key.hardware and len(rows) == 1 and not rows[0][0]:
+            pk = rows[0][1]  # the first capture that shows this host's hardware
+            conn.execute(update(hosts).where(hosts.c.id == pk).values(hardware=key.hardware))
+            rows[0] = (key.hardware, pk)
+            out[key] = pk
+        else:
+            pk = conn.execute(insert(hosts).values(
+                machine_id=key.machine_id, sender=key.sender, hardware=key.hardware,
+                hostname=names[key], first_seen=now, last_seen=now).returning(hosts.c.id)
+            ).scalar_one()
+            rows.append((key.hardware, pk))
+            out[key] = pk
+    ids = sorted(set(out.values()))
+    conn.execute(update(hosts).where(hosts.c.id == bindparam("b_id")).values(last_seen=now),
+                 [{"b_id": pk} for pk in ids])
+    return out
+
+
+def upsert_host(conn: Connection, key: HostKey, hostname: str | None, now: datetime) -> int:
+    """The host's primary key, creating the row when new; ``last_seen`` becomes ``now``,
+    and a host name given becomes its name."""
+    pk = host_pks(conn, {key: hostname}, now)[key]
     if hostname:
-        values["hostname"] = hostname
-    conn.execute(update(hosts).where(hosts.c.id == pk).values(**values))
+        conn.execute(update(hosts).where(hosts.c.id == pk).values(hostname=hostname))
     return pk

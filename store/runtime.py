@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from memledger.store.db import writer
-from memledger.store.rows import dialect_insert, upsert_host
+from memledger.store.rows import HostKey, dialect_insert, upsert_host
 from memledger.store.schema import hosts, runtime_batches, runtime_events
 from memledger.store.sums import wide_sum
 from memledger.store.trust import Untrusted, check_not_ahead
@@ -41,8 +41,9 @@ def ingest_batch(engine: Engine, data: bytes, origin: str | None = None,
 
 
 def store_batch(engine: Engine, batch: Batch, sha: str, origin: str | None = None,
-                now: datetime | None = None) -> BatchResult:
-    """Store one parsed batch, keyed by ``sha`` (its file's sha256). Raises
+                now: datetime | None = None, sender: str = "") -> BatchResult:
+    """Store one parsed batch, keyed by ``sha`` (its file's sha256), for the host of its
+    machine id that ``sender`` (a fleet daemon's authenticated client, '' here) sent. Raises
     :class:`BatchError` for a batch written ahead of ``now`` by more than
     :data:`~memledger.store.trust.MAX_AHEAD`."""
     h = batch.header
@@ -52,7 +53,7 @@ def store_batch(engine: Engine, batch: Batch, sha: str, origin: str | None = Non
     except Untrusted as exc:
         raise BatchError(str(exc)) from None
     with writer(engine) as conn, conn.begin():
-        host_pk = upsert_host(conn, h.machine_id, h.hostname, now)
+        host_pk = upsert_host(conn, HostKey(h.machine_id, sender), h.hostname, now)
         batch_pk = conn.execute(dialect_insert(conn)(runtime_batches).values(
             sha256=sha, host_id=host_pk, boot_id=h.boot_id, source=h.source,
             memledger_version=h.memledger_version, written_at=h.written_at, ingested_at=now,

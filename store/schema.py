@@ -46,10 +46,16 @@ Id = BigInteger().with_variant(Integer(), "sqlite")
 hosts = Table(
     "hosts", metadata,
     Column("id", Id, primary_key=True),
-    Column("machine_id", String(32), nullable=False, unique=True),
+    Column("machine_id", String(32), nullable=False),
     Column("hostname", String(255)),
     Column("first_seen", DateTime(timezone=True), nullable=False),
     Column("last_seen", DateTime(timezone=True), nullable=False),
+    # Who sent the host's captures to a fleet daemon ("certificate:CN", "user:NAME"), and a
+    # digest of its DMI product UUID and serial; '' when not known (migration 0007). Clones
+    # of one image share a machine id and differ in one of these.
+    Column("sender", String(255), nullable=False, server_default=""),
+    Column("hardware", String(64), nullable=False, server_default=""),
+    UniqueConstraint("machine_id", "sender", "hardware"),
 )
 
 captures = Table(

@@ -55,14 +55,17 @@ def _recorded(name: str) -> tuple[dict[str, bytes], frozenset[str]]:
 
 def make_capture(name: str | Path, host: int, boot: int, minutes: int = 0, *,
                  captured_at: datetime | None = None, uptime_s: float | None = None,
-                 hostname: str | None = None) -> bytes:
+                 hostname: str | None = None, machine: str | None = None,
+                 extra: dict[str, bytes] | None = None) -> bytes:
     """Fixture boot ``name`` (or the tree at a path) as boot ``boot`` of host ``host``,
     captured at T0 + minutes (or ``captured_at``), named ``host-N`` (or ``hostname``),
-    with a /proc/uptime of ``uptime_s`` when given."""
+    with a /proc/uptime of ``uptime_s`` when given, the machine id ``machine`` instead of
+    host N's, and ``extra`` files added to the tree (path → bytes)."""
     files, dirs = _record(name) if isinstance(name, Path) else _recorded(name)
+    files = {**files, **(extra or {})}
     if uptime_s is not None:
         files = {**files, "proc/uptime": f"{uptime_s:.2f} {uptime_s * 1.9:.2f}\n".encode()}
-    m = Manifest(machine_id=machine_id(host), boot_id=boot_id(host, boot),
+    m = Manifest(machine_id=machine or machine_id(host), boot_id=boot_id(host, boot),
                  captured_at=captured_at or T0 + timedelta(minutes=minutes),
                  memledger_version="test", hostname=hostname or f"host-{host}")
     return pack(files, set(dirs), m)

@@ -18,15 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic import command as alembic_command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.store.db import default_db_path, make_engine, resolve_url
 from memledger.store.ingest import ingest_bytes, ingest_many, prepare, reprocess
-from memledger.store.migrate import HEAD, current_revision, head_revision, upgrade
-from memledger.store.migrate import _config as migrate_config
+from memledger.store.migrate import HEAD, current_revision, downgrade, head_revision, upgrade
 from memledger.store.queries import boot_ledger, count_rows
 from memledger.store.schema import (
     boots,
@@ -75,7 +73,7 @@ def _types_differ(context: Any, inspected_column: Any, metadata_column: Any,
 
 
 def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == HEAD == "0006"
+    assert current_revision(engine) == head_revision() == HEAD == "0007"
     upgrade(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(
@@ -117,9 +115,7 @@ def test_0004_fills_what_each_boot_measures_from_its_document(db_url: str) -> No
                                .join(ledgers, ledgers.c.boot_pk == boots.c.id)).all()
     with eng.begin() as conn:  # back to what an 0003 store held
         conn.execute(update(boots).values(firmware_vendor="EFI Development Kit II / OVMF"))
-        cfg = migrate_config()
-        cfg.attributes["connection"] = conn
-        alembic_command.downgrade(cfg, "0003")
+    downgrade(eng, "0003")
     assert current_revision(eng) == "0003"
     upgrade(eng)
     with eng.connect() as conn:

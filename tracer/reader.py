@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Protocol
 
 from memledger.tracer.caps import SYSFS_ATTR_MAX
-from memledger.tracer.sysfs import DMI_FIELDS
+from memledger.tracer.sysfs import DMI_FIELDS, HARDWARE_FIELDS
 
 __all__ = (
     "DMI_MAX_CHARS",
@@ -83,6 +83,8 @@ class Snapshot:
     efi_sysfs: bool | None = None
     traces: dict[str, str] = field(default_factory=dict)
     dmi: dict[str, str] | None = None
+    # DMI product UUID and serial (HARDWARE_FIELDS), when readable: which machine this is.
+    hardware: dict[str, str] = field(default_factory=dict)
     unreadable: dict[str, str] = field(default_factory=dict)
     truncated: list[str] = field(default_factory=list)
 
@@ -368,6 +370,13 @@ def read_tree(tree: Tree, root: str) -> Snapshot:
     dmi = {f: (text.strip().splitlines() or [""])[0][:DMI_MAX_CHARS] for f in DMI_FIELDS
            if (text := _text(tree.read(f"sys/class/dmi/id/{f}"))) is not None}
     snap.dmi = dmi or None
+    for f in HARDWARE_FIELDS:  # kept in the capture, read by the store only (a host's key)
+        rel = f"sys/class/dmi/id/{f}"
+        if (text := _text(tree.read(rel))) is not None:
+            snap.hardware[f] = (text.strip().splitlines() or [""])[0][:DMI_MAX_CHARS]
+        # Root-only files: a capture taken as another user lacks them, and that is no gap
+        # in the boot's evidence.
+        tree.unreadable.pop(rel, None)
     snap.unreadable = dict(tree.unreadable)
     snap.truncated = list(tree.truncated)
     return snap

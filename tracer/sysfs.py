@@ -2,14 +2,38 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 from memledger.tracer.e820 import normalize_type
 
-__all__ = ("DMI_FIELDS", "FirmwareMapEntry", "parse_firmware_memmap_entry")
+__all__ = ("DMI_FIELDS", "HARDWARE_FIELDS", "FirmwareMapEntry", "hardware_digest",
+           "parse_firmware_memmap_entry")
 
 DMI_FIELDS = ("sys_vendor", "product_name", "board_name", "bios_vendor", "bios_version",
               "bios_date")
+# What tells one machine from another of the same model (and from a clone of its disk
+# image): readable by root only (mode 0400), so a capture taken as another user lacks them.
+HARDWARE_FIELDS = ("product_uuid", "product_serial")
+# Values firmware leaves when nobody set them: they tell no machine apart. The UUID
+# 03000200-0400-0500-0006-000700080009 is an AMI BIOS placeholder seen on many boards.
+_PLACEHOLDERS = frozenset((
+    "", "0", "none", "n/a", "na", "default string", "not specified", "not settable",
+    "not applicable", "not available", "to be filled by o.e.m.", "system serial number",
+    "0123456789", "00000000-0000-0000-0000-000000000000",
+    "ffffffff-ffff-ffff-ffff-ffffffffffff", "03000200-0400-0500-0006-000700080009",
+))
+
+
+def hardware_digest(values: dict[str, str]) -> str:
+    """A short digest of the machine's DMI product UUID and serial (``values``: file name →
+    text), or '' when neither tells a machine apart. The store keeps the digest, not the
+    serial number."""
+    parts = [f"{f}={v}" for f in HARDWARE_FIELDS
+             if (v := values.get(f, "").strip()).lower() not in _PLACEHOLDERS]
+    if not parts:
+        return ""
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,126 @@
+"""A fleet daemon's ``POST /api/v1/captures``: a host's capture file or event batch, taken
+into the spool before the answer.
+
+The body is one file exactly as ``memledger capture`` and ``collect`` write it. The answer
+comes once the file is durably in the spool (fsync, rename, fsync of the directory), under
+a name that records who sent it (spool/received.py); the spool's checks and the parser's
+limits then apply to it as to any spool file, and the store keeps its boots under that
+sender's host. Answers, each a one-line text/plain body unless said:
+
+- 200 ``{"status": "accepted" | "duplicate", "sha256": …}`` (JSON): in the spool now, or it
+  was already (waiting, being stored, or in done/);
+- 400 the body does not match its ``X-Memledger-Sha256`` (damaged on the way);
+- 403 no authenticated sender (a client certificate or a basic_auth user of
+  ``--web.config.file``): a boot is stored under who sent it, never under what the file
+  claims, so an anonymous body has no host;
+- 404 another path; 415 not a capture or an event batch;
+- 503 with ``Retry-After``: the spool holds ``max_waiting`` files, or its file system
+  is nearly full. Nothing is lost: the sender keeps the file and tries again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from memledger.spool.reader import Spool
+from memledger.spool.received import SENDER_MAX, received_name
+from memledger.tracer.capture import is_capture
+from memledger.tracer.runtime import is_batch
+from prometheus_client import CollectorRegistry, Counter
+
+__all__ = ("CAPTURES_PATH", "RESULTS", "Answer", "Receiver")
+
+CAPTURES_PATH = "/api/v1/captures"
+RESULTS = ("accepted", "duplicate", "refused", "busy")
+# Free space the spool's file system keeps beyond one more file: the database, the log and
+# done/ live there too.
+_FREE_RESERVE = 256 << 20
+_RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
+
+
+def _text(status: int, line: str, **headers: str) -> Answer:
+    return Answer(status, (line + "\n").encode(), {"Content-Type": "text/plain; charset=utf-8",
+                                                     **headers})
+
+
+class Receiver:
+    """Answers POSTs on the HTTP server's threads; the spool is touched by path only."""
+
+    def __init__(self, spool: Spool, registry: CollectorRegistry, max_waiting: int = 10_000,
+                 wake: Callable[[], None] | None = None) -> None:
+        self.spool = spool
+        self.max_waiting = max_waiting
+        self.wake = wake
+        self.total = Counter("memledger_received", "Files hosts sent to this fleet daemon, by "
+                             "answer (accepted: in the spool; duplicate: it was already; "
+                             "refused: 4xx; busy: 503).", ["result"], registry=registry)
+        for result in RESULTS:
+            self.total.labels(result)
+
+    def _count(self, result: str, answer: Answer) -> Answer:
+        self.total.labels(result).inc()
+        return answer
+
+    def _busy(self, size: int) -> str | None:
+        waiting, _ = self.spool.backlog()
+        if waiting >= self.max_waiting:
+            return f"{waiting} files wait in the spool (the limit is {self.max_waiting})"
+        try:
+            st = os.statvfs(self.spool.path)
+        except OSError as exc:
+            return f"cannot check the spool's file system ({os.strerror(exc.errno or 0)})"
+        if st.f_bavail * st.f_frsize < size + _FREE_RESERVE:
+            return "the spool's file system is nearly full"
+        return None
+
+    def __call__(self, path: str, body: bytes, sender: str | None,
+                 headers: Mapping[str, str]) -> Answer:
+        if path.split("?", 1)[0] != CAPTURES_PATH:
+            return _text(404, f"not found; captures are posted to {CAPTURES_PATH}")
+        if not sender:
+            return self._count("refused", _text(
+                403, "no authenticated sender: a fleet daemon stores a boot under the client "
+                     "certificate or basic_auth user that sent it (--web.config.file)"))
+        if len(sender) > SENDER_MAX:
+            return self._count("refused", _text(
+                403, f"the sender's name is over {SENDER_MAX} characters"))
+        sha = hashlib.sha256(body).hexdigest()
+        claimed = headers.get("X-Memledger-Sha256")
+        if claimed is not None and claimed.strip().lower() != sha:
+            return self._count("refused", _text(
+                400, f"the body's sha256 is {sha}, not the {claimed.strip()[:64]} its "
+                     "X-Memledger-Sha256 says (damaged on the way)"))
+        if not (is_capture(body[:2]) or is_batch(body)):
+            return self._count("refused", _text(
+                415, "not a memledger capture file or event batch"))
+        name = received_name(sender, sha)
+        if self.spool.holds(name):
+            return self._count("duplicate", _json("duplicate", sha))
+        if (why := self._busy(len(body))) is not None:
+            return self._count("busy", _text(503, f"busy: {why}; try again later",
+                                             **{"Retry-After": str(_RETRY_AFTER_S)}))
+        try:
+            self.spool.put(name, body)
+        except OSError as exc:
+            return self._count("busy", _text(
+                503, f"busy: cannot write into the spool ({os.strerror(exc.errno or 0)})",
+                **{"Retry-After": str(_RETRY_AFTER_S)}))
+        if self.wake is not None:
+            self.wake()
+        return self._count("accepted", _json("accepted", sha))
+
+
+def _json(status: str, sha: str) -> Answer:
+    return Answer(200, (json.dumps({"status": status, "sha256": sha}) + "\n").encode(),
+                  {"Content-Type": "application/json"})
