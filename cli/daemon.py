@@ -8,14 +8,14 @@ import logging
 import os
 
 import click
-from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.dboption import DB_OPTION
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_duration, parse_size
 from memledger.exporters.daemon import DEFAULT_LISTEN, Daemon, DaemonConfig
 from memledger.exporters.logs import setup_logging
 from memledger.exporters.web import parse_listen_address
 from memledger.spool.reader import UnsafeSpool
-from memledger.store.db import StoreError, default_db_path, resolve_url, sqlite_path
+from memledger.store.db import StoreError, default_db_path, make_engine, resolve_url, sqlite_path
 
 __all__ = ("daemon",)
 
@@ -108,12 +108,19 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
                        retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory)
-    with open_store(db, create=True) as engine:
-        try:
-            code = Daemon(cfg, engine).run()
-        except UnsafeSpool as exc:
-            fail(str(exc))
-        except OSError as exc:  # the listen address is taken, or the spool cannot be watched
-            where = listen if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else spool
-            fail(f"{where}: {os.strerror(exc.errno or 0) or exc}", 1)
+    # The store is not opened here: a daemon whose store is down, or of another schema,
+    # stays up, serves /metrics with memledger_store_up 0 and tries again (the Daemon).
+    try:
+        engine = make_engine(url, create=True)
+    except StoreError as exc:
+        fail(str(exc))
+    try:
+        code = Daemon(cfg, engine).run()
+    except UnsafeSpool as exc:
+        fail(str(exc))
+    except OSError as exc:  # the listen address is taken, or the spool cannot be watched
+        where = listen if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else spool
+        fail(f"{where}: {os.strerror(exc.errno or 0) or exc}", 1)
+    finally:
+        engine.dispose()
     raise SystemExit(code)

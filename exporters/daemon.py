@@ -29,6 +29,7 @@ import gc
 import hashlib
 import logging
 import os
+import random
 import select
 import signal
 import threading
@@ -48,12 +49,14 @@ from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
 from memledger.spool.received import sender_of
 from memledger.store.compare import size_text
 from memledger.store.db import (
+    StoreError,
     describe_error,
     display_url,
     is_permanent,
 )
 from memledger.store.files import is_temporary
 from memledger.store.ingest import BadCapture, ingest, prepare
+from memledger.store.migrate import HEAD, schema_state, upgrade
 from memledger.store.queries import StoredBoot, boot_notes, running_and_previous
 from memledger.store.runtime import BatchError, store_batch
 from memledger.tracer.capture import CaptureError, normalise_boot_id, normalise_machine_id, record
@@ -80,6 +83,10 @@ VERSION = version("memledger")
 # Outside the 9100-9999 block of exporter ports, which is fully allocated.
 DEFAULT_LISTEN = ":9031"
 _DB_RETRY_S = 30.0
+# A store that is down or of another schema at start is tried again after 1 s, then twice
+# as long each time up to _DB_RETRY_S, each pause with jitter (a fleet's daemons restarted
+# together must not knock on the database together).
+_STORE_FIRST_RETRY_S = 1.0
 _RESOURCE_RETRY_S = 5.0
 _PRUNE_EVERY_S = 600.0
 _TICK_S = 5.0
@@ -262,6 +269,14 @@ class Daemon:
                                        "failed": 0}
         self._next_watchdog = 0.0
         self._retry_at: float | None = None
+        # Whether the store can be used (reachable, its schema this memledger's), and why
+        # not. Only the store's owner migrates it: a fleet daemon, or a host daemon over its
+        # own SQLite file; a host daemon never migrates a shared PostgreSQL.
+        self.owns_schema = cfg.fleet or engine.url.get_backend_name() == "sqlite"
+        self.store_why: str | None = "not opened yet"
+        self._store_retry_s = _STORE_FIRST_RETRY_S
+        self._store_check_at = 0.0
+        self._self_pending = cfg.capture_self
         self._observer: BaseObserver | None = None
 
     # -- signals and health -------------------------------------------------------------
@@ -289,6 +304,8 @@ class Daemon:
     def _landing(self) -> dict[str, str]:
         facts = {"version": VERSION, "database": display_url(self.cfg.url),
                  "spool": self.cfg.spool, "status": self._status()}
+        if self.store_why is not None:
+            return {**facts, "store": f"not in use: {self.store_why}"}
         if self.cfg.fleet:
             return facts
         try:
@@ -299,6 +316,48 @@ class Daemon:
         if current is None:
             return {**facts, "current boot": f"{self.boot_id or 'this boot'}: not stored yet"}
         return {**facts, **boot_facts(current)}
+
+    # -- the store ----------------------------------------------------------------------
+
+    def _store_problem(self) -> str | None:
+        """Why the store cannot be used now (None: it can), migrating it first when this
+        daemon owns its schema."""
+        try:
+            state = schema_state(self.engine)
+            if state in ("empty", "behind") and self.owns_schema:
+                upgrade(self.engine)
+                state = "current"
+        except StoreError as exc:
+            return str(exc)
+        except SQLAlchemyError as exc:
+            return f"unreachable: {describe_error(self.engine.url, exc)}"
+        if state == "newer":
+            return (f"its schema is newer than this memledger's ({HEAD}): a later memledger "
+                    "migrated it; upgrade this one")
+        if state != "current":
+            return (f"its schema is not this memledger's {HEAD}, and a host daemon does not "
+                    "migrate a shared store: run `memledger db upgrade`, or start a fleet "
+                    "daemon, which does")
+        return None
+
+    def _check_store(self) -> bool:
+        """Check the store (at start, when retrying, at each rescan); log a change of its
+        state once. True when it can be used."""
+        why = self._store_problem()
+        if why != self.store_why:
+            if why is None:
+                log.info("store %s: in use", display_url(self.cfg.url))
+            else:
+                log.error("store %s: %s; the spool waits, retrying", display_url(self.cfg.url),
+                          why)
+        if why is None:
+            self._store_retry_s = _STORE_FIRST_RETRY_S
+        else:
+            pause = self._store_retry_s * random.uniform(0.5, 1.0)
+            self._store_check_at = time.monotonic() + pause
+            self._store_retry_s = min(_DB_RETRY_S, self._store_retry_s * 2)
+        self.store_why = why
+        return why is None
 
     # -- one file -----------------------------------------------------------------------
 
@@ -456,9 +515,11 @@ class Daemon:
     def _drain(self) -> None:
         """Process queued names in order until none is left, a stop is asked for, or a
         database or resource error asks to wait (the names stay queued)."""
-        if not self.inbox.names or self.stopping or self._retry_at is not None:
+        if (not self.inbox.names or self.stopping or self._retry_at is not None
+                or self.store_why is not None):
             return
-        while self.inbox.names and not self.stopping and self._retry_at is None:
+        while (self.inbox.names and not self.stopping and self._retry_at is None
+               and self.store_why is None):
             self.process(self.inbox.take())
             self._heartbeat()
         self.notifier.status(self._status())
@@ -519,7 +580,8 @@ class Daemon:
         self.notifier.notify("READY=1", f"STATUS=serving http://{self.web.address}{self.web.path}")
         self._heartbeat()
         try:
-            if self.cfg.capture_self:
+            if self._check_store() and self._self_pending:
+                self._self_pending = False
                 self.capture_self()
             self._prune()
             now = time.monotonic()
@@ -537,8 +599,16 @@ class Daemon:
                 if self._retry_at is not None and now >= self._retry_at:
                     self._retry_at = None
                     next_rescan = now
+                if (self.store_why is not None and now >= self._store_check_at
+                        and self._check_store()):
+                    next_rescan = now
+                    if self._self_pending:
+                        self._self_pending = False
+                        self.capture_self()
                 if now >= next_rescan:
                     self._rewatch_if_moved()
+                    if self.store_why is None:
+                        self._check_store()  # a later memledger may have migrated it
                     self.rescan()
                     next_rescan = now + self.cfg.rescan_s
                 self._drain()
@@ -549,6 +619,8 @@ class Daemon:
                 if self.stopping or self._hup or (self.inbox.names and self._retry_at is None):
                     continue
                 wait = min(_TICK_S, max(0.0, next_rescan - time.monotonic()))
+                if self.store_why is not None:
+                    wait = min(wait, max(0.0, self._store_check_at - time.monotonic()))
                 if self.notifier.watchdog_interval is not None:
                     wait = min(wait, max(0.0, self._next_watchdog - time.monotonic()))
                 self.inbox.wait(wait)

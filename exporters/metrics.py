@@ -27,12 +27,13 @@ from memledger.ledger.model import LedgerDoc
 from memledger.ledger.stats import summary
 from memledger.spool.reader import Spool
 from memledger.store.db import describe_error
+from memledger.store.migrate import HEAD, schema_state
 from memledger.store.queries import STORE_COUNTS, FleetGroup, StoredBoot, running_and_previous
 from memledger.store.runtime import RuntimeTotals, runtime_totals
 from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, literal, select
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = ("MAX_LABEL_CHARS", "RESULTS", "IngestMetrics", "SpoolCollector", "StoreCollector",
@@ -46,7 +47,11 @@ ACCOUNTING = ("boot_reserved", "present", "managed", "memtotal", "residual",
 _STATS = ("p10", "median", "p90")
 _CACHE_NOTE = " Read from the store at scrape time."
 _FLEET_NOTE = " Read at the last fleet refresh (memledger_fleet_refresh_timestamp_seconds)."
-_PROBE = select(literal(1))
+# The store's schema revision: a scrape reads it first, so a store migrated by a later
+# memledger (or not yet by this one) says store_up 0 instead of being half read.
+_REVISION = text("SELECT version_num FROM alembic_version")
+# memledger_store_down_reason's label: why the last scrape could not read the store.
+DOWN_REASONS = ("unreachable", "schema_behind", "schema_newer")
 log = logging.getLogger("memledger.metrics")
 
 
@@ -260,15 +265,31 @@ class StoreCollector(Collector):
         self.fleet = fleet
         self._down: str | None = None  # why the last scrape could not read the store
 
+    def _schema(self, conn: Connection) -> str | None:
+        """Why the store's schema is not this memledger's (None when it is)."""
+        try:
+            rev = conn.execute(_REVISION).scalar_one_or_none()
+        except SQLAlchemyError:
+            conn.rollback()
+            rev = None
+        if rev == HEAD:
+            return None
+        state = schema_state(self.engine)
+        if state == "newer":
+            return (f"schema_newer: the store's schema {rev} is newer than this memledger's "
+                    f"{HEAD}; upgrade memledger")
+        return (f"schema_behind: the store's schema is {rev or 'not there'}, this memledger "
+                f"needs {HEAD}; run `memledger db upgrade`")
+
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("memledger_store_up", "1 when the store could be read at this "
-                               "scrape, else 0.")
+                               "scrape and its schema is this memledger's, else 0.")
         metrics: list[Metric] = []
+        why: str | None = None
         try:
             with self.engine.connect() as conn:
-                if self.fleet:
-                    conn.execute(_PROBE).scalar_one()  # only: can it be read?
-                else:
+                why = self._schema(conn)
+                if why is None and not self.fleet:  # fleet mode: only whether it can be read
                     n_boots, n_hosts = conn.execute(STORE_COUNTS).one()
                     metrics = [_plain("memledger_store_boots", "Boots held in the store.", n_boots),
                                _plain("memledger_store_hosts", "Hosts with boots in the store.",
@@ -279,14 +300,21 @@ class StoreCollector(Collector):
                         metrics.extend(_runtime_metrics(runtime_totals(
                             conn, current["machine_id"], current["boot_id"])))
         except SQLAlchemyError as exc:
+            why = "unreachable: " + describe_error(self.engine.url, exc)
+        if why is not None:
             # One line when the store cannot be read, and again only when the reason
             # changes or the store comes back: not one a scrape while it is down.
-            why = describe_error(self.engine.url, exc)
             if why != self._down:
                 log.warning("metrics: cannot read the store: %s", why)
                 self._down = why
             up.add_metric([], 0)
             yield up
+            reason = GaugeMetricFamily("memledger_store_down_reason", "Why the store could not "
+                                       "be read at this scrape (1 for the reason; the log and "
+                                       "the landing page say more).", labels=["reason"])
+            for r in DOWN_REASONS:
+                reason.add_metric([r], 1 if why.startswith(r + ":") else 0)
+            yield reason
             return
         if self._down is not None:
             log.info("metrics: the store can be read again")

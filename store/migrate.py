@@ -15,7 +15,8 @@ from sqlalchemy import Connection, Engine, inspect, text
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ("HEAD", "current_revision", "downgrade", "head_revision", "upgrade")
+__all__ = ("HEAD", "SchemaState", "current_revision", "downgrade", "head_revision",
+           "schema_state", "upgrade")
 
 # The newest revision in migrations/versions (a test checks it against Alembic's own
 # answer): with it, a command that finds the schema current never imports Alembic, a
@@ -48,6 +49,27 @@ def current_revision(engine: Engine) -> str | None:
             rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         conn.rollback()
     return rev
+
+
+SchemaState = Literal["empty", "behind", "current", "newer"]
+
+
+def _known_revisions() -> list[str]:
+    """This memledger's revisions, oldest first: 0001 … HEAD."""
+    return [f"{n:04d}" for n in range(1, int(HEAD) + 1)]
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """How the store's schema stands to this memledger's: no schema yet (``empty``), an
+    older revision of ours (``behind``: ``upgrade`` brings it on), ours (``current``), or
+    a revision this memledger has no script for (``newer``: a later memledger migrated it).
+    Raises SQLAlchemyError when the store cannot be read."""
+    rev = current_revision(engine)
+    if rev is None:
+        return "empty"
+    if rev == HEAD:
+        return "current"
+    return "behind" if rev in _known_revisions() else "newer"
 
 
 def upgrade(engine: Engine, target: str = "head") -> None:

@@ -65,10 +65,18 @@ class PgServer:
         data = self.base / "data"
         self._run("initdb", "-D", str(data), "-U", self.USER, "-A", "trust", "-E", "UTF8",
                   "--no-sync")
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the server again after :meth:`pause`, on the same port and data."""
         opts = (f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} "
                 "-c fsync=off -c max_connections=200")
-        self._run("pg_ctl", "-D", str(data), "-o", opts, "-l", str(self.base / "log"), "-w",
-                  "start")
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-o", opts, "-l",
+                  str(self.base / "log"), "-w", "start")
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data (an outage)."""
+        self._run("pg_ctl", "-D", str(self.base / "data"), "-m", "fast", "-w", "stop")
 
     def stop(self) -> None:
         try:
