@@ -260,7 +260,8 @@ class Daemon:
         ProcessCollector(registry=self.registry)
         self.machine_id = _machine_id(cfg.root)
         self.boot_id = _boot_id(cfg.root)
-        self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet, self.boot_id))
+        self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet, self.boot_id,
+                                              lambda: self.store_why is not None))
         self.registry.register(SpoolCollector(self.spool))
         self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)

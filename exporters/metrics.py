@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
 from memledger.ledger.anomalies import CODES
 from memledger.ledger.boot_services import KEPT_REASONS
@@ -258,8 +258,12 @@ class StoreCollector(Collector):
     is: the rest comes from :class:`~memledger.exporters.fleetview.FleetView`."""
 
     def __init__(self, engine: Engine, machine_id: str | None = None, fleet: bool = False,
-                 boot_id: str | None = None) -> None:
+                 boot_id: str | None = None,
+                 said_elsewhere: Callable[[], bool] = lambda: False) -> None:
         self.engine = engine
+        # True while the daemon itself has logged that the store cannot be used: a scrape
+        # then says nothing more.
+        self.said_elsewhere = said_elsewhere
         self.machine_id = machine_id
         self.boot_id = boot_id  # the running boot: "current" means this one, whatever its date
         self.fleet = fleet
@@ -304,9 +308,9 @@ class StoreCollector(Collector):
         if why is not None:
             # One line when the store cannot be read, and again only when the reason
             # changes or the store comes back: not one a scrape while it is down.
-            if why != self._down:
+            if why != self._down and not self.said_elsewhere():
                 log.warning("metrics: cannot read the store: %s", why)
-                self._down = why
+            self._down = why
             up.add_metric([], 0)
             yield up
             reason = GaugeMetricFamily("memledger_store_down_reason", "Why the store could not "
@@ -317,7 +321,8 @@ class StoreCollector(Collector):
             yield reason
             return
         if self._down is not None:
-            log.info("metrics: the store can be read again")
+            if not self.said_elsewhere():
+                log.info("metrics: the store can be read again")
             self._down = None
         up.add_metric([], 1)
         yield up

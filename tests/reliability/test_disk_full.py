@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from capturegen import BOOTS, boot_id, machine_id, make_capture
-from conftest import MEMLEDGER, run_cli
+from conftest import run_cli
 from daemonrun import Daemon, drop, wait_for
 from test_daemon import spool_state, stored
 
@@ -68,6 +68,7 @@ def test_the_disk_fills_under_a_running_daemon(small_fs: Path, tmp_path: Path) -
     spool = small_fs / "spool"
     db = f"sqlite:///{small_fs / 'memledger.db'}"
     d = Daemon(tmp_path, db, spool)
+    wait_for("the schema", lambda: d.metric("memledger_store_up") == 1, 30)
     # Room for the capture file, not for its ledger's 10⁴ events in the database.
     filler = _fill(small_fs, leave=len(CAPTURE) + 8192)
     drop(spool, "boot.tar.gz", CAPTURE)
@@ -85,26 +86,31 @@ def test_the_disk_fills_under_a_running_daemon(small_fs: Path, tmp_path: Path) -
 
 
 def test_a_daemon_started_on_a_full_disk(small_fs: Path, tmp_path: Path) -> None:
+    """SQLite cannot create its -wal file: the daemon stays up (it exited 1, and systemd
+    restarted it every few seconds), says why once, keeps the capture waiting, and stores it
+    once there is room."""
     spool = small_fs / "spool"
     db = f"sqlite:///{small_fs / 'memledger.db'}"
     d = Daemon(tmp_path, db, spool)  # the schema, while there is room
     assert d.stop() == 0
     drop(spool, "boot.tar.gz", CAPTURE)
     _fill(small_fs)
-    proc = subprocess.run([MEMLEDGER, "daemon", "--db", db, "--spool", str(spool),
-                           "--web.listen-address", "127.0.0.1:0", "--no-capture-self"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    # SQLite cannot create its -wal file: exit 1 (systemd restarts it), one line, and the
-    # capture waits in the spool.
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stdout.strip().splitlines() + proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "no space left on the file system of" in lines[0], lines
+    d = Daemon(tmp_path, db, spool)
+    wait_for("store_up 0", lambda: d.metric("memledger_store_up") == 0, 30)
+    assert d.metric('memledger_store_down_reason{reason="unreachable"}') == 1
     assert spool_state(spool) == (["boot.tar.gz"], [], [])
     wal = small_fs / "memledger.db-wal"
     assert not wal.exists() or wal.stat().st_size == 0  # so an immutable read sees it all
     with sqlite3.connect(f"file:{small_fs / 'memledger.db'}?immutable=1", uri=True) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT count(*) FROM boots").fetchone()[0] == 0
+    (small_fs / "filler").unlink()
+    wait_for("the capture stored", lambda: spool_state(spool)[0] == [], 90)
+    assert d.stop() == 0
+    said = [line for line in d.text().splitlines() if "no space left on the file system of" in line]
+    assert len(said) == 1, said
+    assert "Traceback" not in d.text()
+    assert stored(db)[1] == 1
 
 
 def test_ingest_on_a_full_disk_is_one_line_exit_1(small_fs: Path, tmp_path: Path) -> None:
