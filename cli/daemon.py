@@ -14,6 +14,7 @@ from memledger.cli.units import parse_duration, parse_size
 from memledger.exporters.daemon import DEFAULT_LISTEN, Daemon, DaemonConfig
 from memledger.exporters.logs import setup_logging
 from memledger.exporters.web import parse_listen_address
+from memledger.exporters.webconfig import WebConfigError, load_web_config
 from memledger.spool.reader import UnsafeSpool
 from memledger.store.db import StoreError, default_db_path, make_engine, resolve_url, sqlite_path
 
@@ -26,6 +27,7 @@ examples:
     memledger daemon                                  # SQLite in the default state directory
     memledger daemon --web.listen-address 127.0.0.1:9031 --spool /var/lib/memledger/spool
     memledger daemon --db postgresql+psycopg://memledger@fleetdb/memledger
+    memledger daemon --web.config.file /etc/memledger/web.yml   # TLS, client certificates
     kill -HUP $(pidof -x memledger)                   # rescan the spool now
 \b
 producers drop capture files into the spool atomically:
@@ -50,6 +52,11 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
 @click.option("--web.telemetry-path", "telemetry_path", envvar="MEMLEDGER_WEB_TELEMETRY_PATH",
               show_envvar=True, default="/metrics", show_default=True,
               help="Path of the metrics.")
+@click.option("--web.config.file", "web_config_file", envvar="MEMLEDGER_WEB_CONFIG_FILE",
+              show_envvar=True, metavar="FILE",
+              help="TLS, client certificates and basic auth, in the Prometheus "
+                   "exporter-toolkit's web configuration format (docs/metrics.md); read again "
+                   "when it changes.")
 @click.option("--spool.max-size", "max_size", envvar="MEMLEDGER_SPOOL_MAX_SIZE", show_envvar=True,
               default="16MiB", show_default=True,
               help="Refuse larger spool files (a real capture is tens of KiB).")
@@ -79,8 +86,9 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
               type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
-           telemetry_path: str, max_size: str, retention: str, rescan: str, parse_timeout: str,
-           parse_memory: str, fleet: bool, fleet_refresh: str, log_level: str) -> None:
+           telemetry_path: str, web_config_file: str | None, max_size: str, retention: str,
+           rescan: str, parse_timeout: str, parse_memory: str, fleet: bool, fleet_refresh: str,
+           log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     setup_logging(log_level)
@@ -98,7 +106,9 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
                                     ("--parse.timeout", parse_timeout, parse_timeout_s)):
             if value <= 0:
                 raise ValueError(f"{option} {text!r}: must be more than 0")
-    except ValueError as exc:
+        if web_config_file is not None:
+            load_web_config(web_config_file)
+    except ValueError as exc:  # WebConfigError too
         fail(str(exc))
     try:
         url = resolve_url(db)
@@ -107,7 +117,8 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     db_file = sqlite_path(url)
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
-                       retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory)
+                       retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory,
+                       web_config_file)
     # The store is not opened here: a daemon whose store is down, or of another schema,
     # stays up, serves /metrics with memledger_store_up 0 and tries again (the Daemon).
     try:
@@ -116,7 +127,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
         fail(str(exc))
     try:
         code = Daemon(cfg, engine).run()
-    except UnsafeSpool as exc:
+    except (UnsafeSpool, WebConfigError) as exc:
         fail(str(exc))
     except OSError as exc:  # the listen address is taken, or the spool cannot be watched
         where = listen if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) else spool

@@ -112,6 +112,7 @@ class DaemonConfig:
     rescan_s: float = 60.0
     parse_timeout_s: float = TIME_LIMIT_S
     parse_memory: int = MEMORY_LIMIT
+    web_config_file: str | None = None  # --web.config.file: TLS and authentication
 
 
 def _mib(value: int | None) -> str:
@@ -567,7 +568,8 @@ class Daemon:
         if self.fleet is not None:
             self.fleet.start()
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,
-                             self._landing, self.fleet.body if self.fleet is not None else None)
+                             self._landing, self.fleet.body if self.fleet is not None else None,
+                             web_config=self.cfg.web_config_file)
         self.web.start()
         signal.set_wakeup_fd(self.inbox.wfd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
@@ -576,9 +578,10 @@ class Daemon:
         overflow = _Overflow(self.inbox)
         logging.getLogger("watchdog.observers.inotify_c").addFilter(overflow)
         self._watch()
-        log.info("memledger %s: database %s, spool %s, serving http://%s%s", VERSION,
-                 display_url(self.cfg.url), self.cfg.spool, self.web.address, self.web.path)
-        self.notifier.notify("READY=1", f"STATUS=serving http://{self.web.address}{self.web.path}")
+        url = f"{self.web.scheme}://{self.web.address}{self.web.path}"
+        log.info("memledger %s: database %s, spool %s, serving %s", VERSION,
+                 display_url(self.cfg.url), self.cfg.spool, url)
+        self.notifier.notify("READY=1", f"STATUS=serving {url}")
         self._heartbeat()
         try:
             if self._check_store() and self._self_pending:

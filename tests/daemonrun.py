@@ -68,7 +68,7 @@ class Daemon:
         wait_for("the daemon to serve HTTP", self._serving, 60)
 
     def _serving(self) -> bool:
-        m = re.search(r"serving http://(\S+?)(/\S*)\n", self.text())
+        m = re.search(r"serving https?://(\S+?)(/\S*)\n", self.text())
         if m:
             self.address = m.group(1)
             return True
