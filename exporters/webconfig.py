@@ -399,8 +399,13 @@ class WebConfigSource:
                     result: WebConfig | WebConfigError = _load(self.path, r)
                 except WebConfigError as exc:
                     result = exc
-                self._files = [self.path, *r.files]
-                self._stamp = self._stamps()
+                # The stamps taken before the reading: a file replaced while it was read is
+                # read again next time. A file named for the first time is stamped now.
+                files = [self.path, *r.files]
+                if files != self._files:
+                    self._files = files
+                    stamp = self._stamps()
+                self._stamp = stamp
                 if isinstance(result, WebConfigError):
                     if str(result) != self._logged:
                         log.error("%s; refusing HTTP connections until it is fixed", result)
