@@ -12,9 +12,12 @@ from memledger.cli.dboption import DB_OPTION
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_duration, parse_size
 from memledger.exporters.daemon import DEFAULT_LISTEN, Daemon, DaemonConfig
+from memledger.exporters.forward import Forwarder, check_url
+from memledger.exporters.httpclient import ClientConfigError, ClientSource
 from memledger.exporters.logs import setup_logging
 from memledger.exporters.web import parse_listen_address
 from memledger.exporters.webconfig import WebConfigError, load_web_config
+from memledger.spool.outbox import Outbox
 from memledger.spool.reader import UnsafeSpool
 from memledger.store.db import StoreError, default_db_path, make_engine, resolve_url, sqlite_path
 
@@ -28,7 +31,9 @@ examples:
     memledger daemon --web.listen-address 127.0.0.1:9031 --spool /var/lib/memledger/spool
     memledger daemon --db postgresql+psycopg://memledger@fleetdb/memledger
     memledger daemon --web.config.file /etc/memledger/web.yml   # TLS, client certificates
-    kill -HUP $(pidof -x memledger)                   # rescan the spool now
+    kill -HUP $(pidof -x memledger)                   # rescan the spool, forward now
+    memledger daemon --forward.url https://fleet.example:9031 \\
+        --forward.config.file /etc/memledger/forward.yml  # send every file stored to the fleet
 \b
 producers drop capture files into the spool atomically:
     memledger capture -o /var/lib/memledger/spool/
@@ -82,13 +87,30 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
               show_envvar=True, default="60s", show_default=True,
               help="With --fleet: read the aggregates again this often (and after every boot "
                    "this daemon stores); scrapes serve the last reading.")
+@click.option("--forward.url", "forward_urls", envvar="MEMLEDGER_FORWARD_URL", show_envvar=True,
+              multiple=True, metavar="URL",
+              help="Send every capture and event batch stored to this fleet daemon's "
+                   "/api/v1/captures (repeat for failover: each in turn; the variable "
+                   "takes URLs separated by spaces).")
+@click.option("--forward.config.file", "forward_config", envvar="MEMLEDGER_FORWARD_CONFIG_FILE",
+              show_envvar=True, metavar="FILE",
+              help="HTTP client settings for --forward.url in Prometheus's form (tls_config, "
+                   "basic_auth); not readable by others.")
+@click.option("--forward.outbox", "forward_outbox", envvar="MEMLEDGER_FORWARD_OUTBOX",
+              show_envvar=True, metavar="DIR",
+              help="Where files wait to be forwarded (default: outbox/ beside the spool).")
+@click.option("--forward.max-backlog", "forward_max_backlog", envvar="MEMLEDGER_FORWARD_MAX_BACKLOG",
+              show_envvar=True, default="1GiB", show_default=True,
+              help="At most this much waits in the outbox; newer files are then not "
+                   "forwarded (counted in memledger_forward_dropped_total).")
 @click.option("--log.level", "log_level", envvar="MEMLEDGER_LOG_LEVEL", show_envvar=True,
               type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
            telemetry_path: str, web_config_file: str | None, max_size: str, retention: str,
            rescan: str, parse_timeout: str, parse_memory: str, fleet: bool, fleet_refresh: str,
-           log_level: str) -> None:
+           forward_urls: tuple[str, ...], forward_config: str | None, forward_outbox: str | None,
+           forward_max_backlog: str, log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     setup_logging(log_level)
@@ -119,6 +141,8 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
                        retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory,
                        web_config_file)
+    forwarder = _forwarder(forward_urls, forward_config, forward_outbox, forward_max_backlog,
+                           spool)
     # The store is not opened here: a daemon whose store is down, or of another schema,
     # stays up, serves /metrics with memledger_store_up 0 and tries again (the Daemon).
     try:
@@ -126,7 +150,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     except StoreError as exc:
         fail(str(exc))
     try:
-        code = Daemon(cfg, engine).run()
+        code = Daemon(cfg, engine, forwarder=forwarder).run()
     except (UnsafeSpool, WebConfigError) as exc:
         fail(str(exc))
     except OSError as exc:  # the listen address is taken, or the spool cannot be watched
@@ -135,3 +159,35 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     finally:
         engine.dispose()
     raise SystemExit(code)
+
+
+def _forwarder(urls: tuple[str, ...], config: str | None, outbox: str | None, max_backlog: str,
+               spool: str) -> Forwarder | None:
+    """The forwarder the --forward.* options describe (None without a URL); exits 2 with
+    one line when they are wrong. With --fleet too, this daemon is a tier: what its own
+    spool brings is sent on to the next one."""
+    if not urls:
+        if config is not None:
+            fail(f"--forward.config.file {config}: no --forward.url to use it for")
+        return None
+    try:
+        for u in urls:
+            check_url(u)
+        max_bytes = parse_size(max_backlog)
+        if max_bytes <= 0:
+            raise ValueError(f"--forward.max-backlog {max_backlog!r}: must be more than 0")
+    except ValueError as exc:
+        fail(str(exc))
+    try:
+        client = ClientSource(config)
+    except ClientConfigError as exc:
+        fail(str(exc))
+    box = Outbox(outbox or os.path.join(os.path.dirname(os.path.abspath(spool)), "outbox"),
+                 max_bytes)
+    try:
+        box.open()
+    except UnsafeSpool as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{box.path}: cannot use it as the outbox: {os.strerror(exc.errno or 0) or exc}")
+    return Forwarder(urls, box, client)

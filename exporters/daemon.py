@@ -41,6 +41,7 @@ from pathlib import Path
 from types import FrameType
 
 from memledger.exporters.fleetview import FleetView
+from memledger.exporters.forward import Forwarder
 from memledger.exporters.metrics import IngestMetrics, SpoolCollector, StoreCollector
 from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
@@ -248,8 +249,11 @@ class _Overflow(logging.Filter):
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, engine: Engine, notifier: Notifier | None = None) -> None:
+    def __init__(self, cfg: DaemonConfig, engine: Engine, notifier: Notifier | None = None,
+                 forwarder: Forwarder | None = None) -> None:
+        """``forwarder``: sends every file stored to the fleet daemons (--forward.url)."""
         self.cfg = cfg
+        self.forwarder = forwarder
         self.engine = engine
         self.notifier = notifier or Notifier()
         self.spool = Spool(cfg.spool, cfg.max_bytes)
@@ -266,6 +270,8 @@ class Daemon:
         self.registry.register(SpoolCollector(self.spool))
         self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
+        if forwarder is not None:
+            self.registry.register(forwarder.collector)
         self.parser = ParseChild(VERSION, cfg.parse_memory, cfg.parse_timeout_s)
         self.counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0,
                                        "failed": 0}
@@ -475,6 +481,8 @@ class Daemon:
                 self._put_back(claim, f"database error ({reason})", _DB_RETRY_S)
             return
         self._count(status)  # first: whoever sees the file in done/ sees the count
+        if self.forwarder is not None:  # before done/: a crash in between offers it again
+            self.forwarder.offer(data)
         self._done(claim)
         log.info("%s: %s %s", printable(claim.name), status, what)
 
@@ -544,6 +552,8 @@ class Daemon:
             self._count("failed")
             return
         self._count(result.status)
+        if self.forwarder is not None:
+            self.forwarder.offer(data)
         unreadable = ", ".join(sorted(manifest.unreadable)) or "none"
         log.info("this boot: %s boot %s (%s); unreadable: %s", result.status, result.boot_id,
                  result.kernel_release or "release unknown", unreadable)
@@ -571,6 +581,8 @@ class Daemon:
                              self._landing, self.fleet.body if self.fleet is not None else None,
                              web_config=self.cfg.web_config_file)
         self.web.start()
+        if self.forwarder is not None:
+            self.forwarder.start()
         signal.set_wakeup_fd(self.inbox.wfd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
@@ -594,8 +606,11 @@ class Daemon:
                 now = time.monotonic()
                 if self._hup:
                     self._hup = False
-                    log.info("SIGHUP: rescanning the spool")
+                    log.info("SIGHUP: rescanning the spool"
+                             + (", forwarding again now" if self.forwarder else ""))
                     next_rescan, self._retry_at = now, None
+                    if self.forwarder is not None:
+                        self.forwarder.kick()
                 if self.inbox.rescan.is_set():
                     self.inbox.rescan.clear()
                     log.warning("the inotify queue overflowed; rescanning the spool")
@@ -640,6 +655,8 @@ class Daemon:
                 self._observer.stop()
                 self._observer.join()
             self.web.stop()
+            if self.forwarder is not None:
+                self.forwarder.stop()
             if self.fleet is not None:
                 self.fleet.stop()
             self.parser.close()
