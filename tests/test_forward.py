@@ -59,6 +59,7 @@ class Fleet:
         self.ctx.verify_mode = ssl.CERT_REQUIRED
         self.port = port or _free_port()
         self.received: list[Received] = []
+        self.bodies: list[bytes] = []
         self.answered_at: list[tuple[float, int]] = []
         self.script: deque[tuple[int, dict[str, str], bytes] | str] = deque()
         self.stored: set[str] = set()
@@ -87,6 +88,7 @@ class Fleet:
                     fleet.stored.add(sha)
                     answer = (200, {"Content-Type": "application/json"},
                               json.dumps({"status": status, "sha256": sha}).encode())
+                fleet.bodies.append(body)
                 fleet.received.append(Received(sha, self.headers["X-Memledger-Sha256"], cn,
                                                self.headers["Content-Type"], time.monotonic(),
                                                str(answer[0]) if isinstance(answer, tuple) else answer))
@@ -184,9 +186,23 @@ def metric(fwd: Forwarder, name: str, labels: dict[str, str] | None = None) -> f
 
 # -- a real daemon ----------------------------------------------------------------------
 
-def _daemon(tmp: Path, ca: CA, spool: Path, fleet_url: str) -> Daemon:
+def _daemon(tmp: Path, ca: CA, spool: Path, fleet_url: str, capture_self: bool = False) -> Daemon:
     return Daemon(tmp, f"sqlite:///{tmp / 'db.sqlite'}", spool, "--forward.url", fleet_url,
-                  "--forward.config.file", str(client_config(tmp, ca)))
+                  "--forward.config.file", str(client_config(tmp, ca)), capture_self=capture_self)
+
+
+def test_the_daemon_forwards_its_own_boot(tmp_path: Path, ca: CA, fleet: Fleet) -> None:
+    """The capture of this boot (--capture-self) is sent as the bytes stored."""
+    d = _daemon(tmp_path, ca, tmp_path / "spool", fleet.url, capture_self=True)
+    try:
+        wait_for("the self capture", lambda: "this boot: new boot" in d.text(), 60)
+        wait_for("it sent", lambda: len(fleet.received) == 1)
+        (got,) = fleet.received
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        assert got.header_sha == got.sha256 and fleet.bodies[0][:2] == b"\x1f\x8b"
+        assert _ids(fleet.bodies[0])[1] == boot
+    finally:
+        assert d.stop() == 0
 
 
 def test_daemon_forwards_each_stored_file_once_over_mutual_tls(
