@@ -54,8 +54,11 @@ def host_pks(conn: Connection, names: Mapping[HostKey, str | None],
             conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:mid))"),
                          {"ns": _PG_HOST_LOCK, "mid": mid})
     known: dict[tuple[str, str], list[tuple[str, int]]] = {}
+    # Locked (on PostgreSQL; a SQLite writer holds the whole database): a prune that would
+    # remove one of these hosts as empty waits, and then finds it seen now.
     for r in conn.execute(select(hosts.c.id, hosts.c.machine_id, hosts.c.sender, hosts.c.hardware)
-                          .where(hosts.c.machine_id.in_(mids)).order_by(hosts.c.id)):
+                          .where(hosts.c.machine_id.in_(mids)).order_by(hosts.c.id)
+                          .with_for_update()):
         known.setdefault((r.machine_id, r.sender), []).append((r.hardware, r.id))
     out: dict[HostKey, int] = {}
     for key in sorted(names):
