@@ -218,8 +218,13 @@ def _rename(conn: Connection, written: list[tuple[int, int, Prepared]]) -> None:
 
 
 def _locked_boots(conn: Connection, keys: list[tuple[int, str]]) -> dict[tuple[int, str], Any]:
-    """The boot rows for ``keys`` (host pk, boot id), created when new, locked."""
-    conn.execute(dialect_insert(conn)(boots).on_conflict_do_nothing(index_elements=["host_id", "boot_id"]),
+    """The boot rows for ``keys`` (host pk, boot id), created when new, locked. A stored
+    boot's row is locked by the INSERT itself (DO UPDATE, to the value it has): a prune
+    (store/prune.py) that removes it waits for this transaction, or this one finds it
+    gone and creates it again."""
+    stmt = dialect_insert(conn)(boots)
+    conn.execute(stmt.on_conflict_do_update(index_elements=["host_id", "boot_id"],
+                                            set_={"ingested_at": boots.c.ingested_at}),
                  [{"host_id": h, "boot_id": b} for h, b in keys])
     rows = conn.execute(select(boots.c.id, boots.c.host_id, boots.c.boot_id, boots.c.capture_id)
                         .where(tuple_(boots.c.host_id, boots.c.boot_id).in_(keys))
