@@ -34,6 +34,8 @@ LAZY = {
     "ingest": "memledger.cli.store:ingest",
     "boots": "memledger.cli.store:boots",
     "reprocess": "memledger.cli.store:reprocess_cmd",
+    "prune": "memledger.cli.maintain:prune_cmd",
+    "db": "memledger.cli.maintain:db",
     "daemon": "memledger.cli.daemon:daemon",
     "collect": "memledger.cli.collect:collect",
     "boot-setup": "memledger.cli.bootsetup:boot_setup",

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from alembic.config import Config
 
 __all__ = ("HEAD", "SchemaState", "current_revision", "downgrade", "head_revision",
-           "schema_state", "upgrade")
+           "known_revisions", "schema_state", "upgrade")
+
+SchemaState = Literal["empty", "behind", "current", "newer"]
 
 # The newest revision in migrations/versions (a test checks it against Alembic's own
 # answer): with it, a command that finds the schema current never imports Alembic, a
@@ -41,6 +43,25 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(_config()).get_current_head()
 
 
+def known_revisions() -> frozenset[str]:
+    """Every revision of this memledger's migration scripts."""
+    from alembic.script import ScriptDirectory
+
+    return frozenset(s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions())
+
+
+def schema_state(engine: Engine) -> SchemaState:
+    """The database's schema against this memledger's: ``empty`` (no revision), ``current``
+    (:data:`HEAD`), ``behind`` (an older revision: :func:`upgrade` brings it to head) or
+    ``newer`` (a revision none of this memledger's scripts has: a newer memledger wrote it)."""
+    rev = current_revision(engine)
+    if rev is None:
+        return "empty"
+    if rev == HEAD:
+        return "current"
+    return "behind" if rev in known_revisions() else "newer"
+
+
 def current_revision(engine: Engine) -> str | None:
     """The database's revision (alembic_version), or None for an empty database."""
     with engine.connect() as conn:
@@ -49,27 +70,6 @@ def current_revision(engine: Engine) -> str | None:
             rev = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
         conn.rollback()
     return rev
-
-
-SchemaState = Literal["empty", "behind", "current", "newer"]
-
-
-def _known_revisions() -> list[str]:
-    """This memledger's revisions, oldest first: 0001 … HEAD."""
-    return [f"{n:04d}" for n in range(1, int(HEAD) + 1)]
-
-
-def schema_state(engine: Engine) -> SchemaState:
-    """How the store's schema stands to this memledger's: no schema yet (``empty``), an
-    older revision of ours (``behind``: ``upgrade`` brings it on), ours (``current``), or
-    a revision this memledger has no script for (``newer``: a later memledger migrated it).
-    Raises SQLAlchemyError when the store cannot be read."""
-    rev = current_revision(engine)
-    if rev is None:
-        return "empty"
-    if rev == HEAD:
-        return "current"
-    return "behind" if rev in _known_revisions() else "newer"
 
 
 def upgrade(engine: Engine, target: str = "head") -> None:
