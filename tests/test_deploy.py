@@ -23,6 +23,7 @@ UNIT = REPO / "deploy" / "systemd" / "memledger.service"
 
 
 COLLECTOR = UNIT.parent / "memledger-collector.service"
+PRUNE = UNIT.parent / "memledger-prune.service"
 
 
 def _unit(path: Path = UNIT) -> configparser.ConfigParser:
@@ -33,7 +34,8 @@ def _unit(path: Path = UNIT) -> configparser.ConfigParser:
 
 
 @pytest.mark.parametrize(("path", "command"), [(UNIT, "daemon $MEMLEDGER_ARGS"),
-                                               (COLLECTOR, "collect $MEMLEDGER_COLLECT_ARGS")])
+                                               (COLLECTOR, "collect $MEMLEDGER_COLLECT_ARGS"),
+                                               (PRUNE, "prune $MEMLEDGER_PRUNE_ARGS")])
 def test_units_pass_systemd_analyze_verify(tmp_path: Path, path: Path, command: str) -> None:
     """verify checks every directive and that ExecStart= is executable; the installed
     path (/usr/local/bin/memledger) is swapped for this checkout's, as an installer would."""
@@ -64,6 +66,27 @@ def test_daemon_unit_is_a_notify_service_without_privilege() -> None:
     assert s["EnvironmentFile"] == "-/etc/default/memledger"
 
 
+def test_prune_timer_runs_the_prune_daily_and_passes_verify(tmp_path: Path) -> None:
+    """The timer starts the prune service (of its own name) daily; the service is a
+    oneshot as the daemon's user on the daemon's store, with an age rule by default that
+    the environment file can replace."""
+    timer = _unit(PRUNE.with_suffix(".timer"))
+    assert timer["Timer"]["OnCalendar"] == "daily" and timer["Timer"]["Persistent"] == "true"
+    assert timer["Install"]["WantedBy"] == "timers.target"
+    s = _unit(PRUNE)["Service"]
+    assert s["Type"] == "oneshot" and s["User"] == "memledger"
+    assert s["StateDirectory"] == _unit()["Service"]["StateDirectory"]
+    assert s["Environment"] == "MEMLEDGER_PRUNE_OLDER_THAN=180d"
+    assert "[Install]" not in PRUNE.read_text()  # started by its timer only
+    service = tmp_path / PRUNE.name
+    service.write_text(PRUNE.read_text().replace("/usr/local/bin/memledger", MEMLEDGER))
+    (tmp_path / "memledger-prune.timer").write_text(PRUNE.with_suffix(".timer").read_text())
+    proc = subprocess.run(["systemd-analyze", "verify", str(service),
+                           str(tmp_path / "memledger-prune.timer")], capture_output=True,
+                          text=True, check=False, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
 def test_collector_unit_has_only_the_three_capabilities() -> None:
     s = _unit(COLLECTOR)["Service"]
     assert s["Type"] == "notify"
@@ -80,14 +103,15 @@ def test_collector_unit_has_only_the_three_capabilities() -> None:
 
 @pytest.mark.parametrize(("default", "command", "extra"), [
     ("memledger.default", "daemon", "MEMLEDGER_ARGS"),
-    ("memledger-collector.default", "collect", "MEMLEDGER_COLLECT_ARGS")])
+    ("memledger-collector.default", "collect", "MEMLEDGER_COLLECT_ARGS"),
+    ("memledger-prune.default", "prune", "MEMLEDGER_PRUNE_ARGS")])
 def test_environment_files_name_real_flags(default: str, command: str, extra: str) -> None:
     """Every variable in the environment file is one the command reads."""
     helptext = subprocess.run([MEMLEDGER, command, "--help"], capture_output=True, text=True,
                               check=True).stdout
     helptext = " ".join(helptext.split())
     names = re.findall(r"^#?(MEMLEDGER_\w+)=", (UNIT.parent / default).read_text(), re.M)
-    assert len(names) >= 5
+    assert len(names) >= 3
     for name in names:
         assert name == extra or f"env var: {name}" in helptext, name
 
