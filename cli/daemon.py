@@ -87,6 +87,10 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
               show_envvar=True, default="60s", show_default=True,
               help="With --fleet: read the aggregates again this often (and after every boot "
                    "this daemon stores); scrapes serve the last reading.")
+@click.option("--fleet.window", "fleet_window", envvar="MEMLEDGER_FLEET_WINDOW",
+              show_envvar=True, default="0", show_default=True,
+              help="With --fleet: only boots captured this recently count in the aggregates "
+                   "(30d: the fleet as it is now; 0: every stored boot).")
 @click.option("--forward.url", "forward_urls", envvar="MEMLEDGER_FORWARD_URL", show_envvar=True,
               multiple=True, metavar="URL",
               help="Send every capture and event batch stored to this fleet daemon's "
@@ -109,8 +113,8 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
 def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, listen: str,
            telemetry_path: str, web_config_file: str | None, max_size: str, retention: str,
            rescan: str, parse_timeout: str, parse_memory: str, fleet: bool, fleet_refresh: str,
-           forward_urls: tuple[str, ...], forward_config: str | None, forward_outbox: str | None,
-           forward_max_backlog: str, log_level: str) -> None:
+           fleet_window: str, forward_urls: tuple[str, ...], forward_config: str | None,
+           forward_outbox: str | None, forward_max_backlog: str, log_level: str) -> None:
     """Run the memledger service: store this boot and every capture dropped into the
     spool, and serve Prometheus metrics."""
     setup_logging(log_level)
@@ -120,6 +124,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
         max_bytes = parse_size(max_size)
         retention_s = parse_duration(retention)
         fleet_refresh_s = parse_duration(fleet_refresh)
+        fleet_window_s = parse_duration(fleet_window)
         rescan_s = parse_duration(rescan)
         parse_timeout_s = parse_duration(parse_timeout)
         memory = parse_size(parse_memory)
@@ -140,7 +145,7 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
                        retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory,
-                       web_config_file)
+                       web_config_file, fleet_window_s)
     forwarder = _forwarder(forward_urls, forward_config, forward_outbox, forward_max_backlog,
                            spool)
     # The store is not opened here: a daemon whose store is down, or of another schema,

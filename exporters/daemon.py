@@ -114,6 +114,7 @@ class DaemonConfig:
     parse_timeout_s: float = TIME_LIMIT_S
     parse_memory: int = MEMORY_LIMIT
     web_config_file: str | None = None  # --web.config.file: TLS and authentication
+    fleet_window_s: float = 0.0  # with fleet: only boots captured this recently count
 
 
 def _mib(value: int | None) -> str:
@@ -268,7 +269,7 @@ class Daemon:
         self.registry.register(StoreCollector(engine, self.machine_id, cfg.fleet, self.boot_id,
                                               lambda: self.store_why is not None))
         self.registry.register(SpoolCollector(self.spool))
-        self.fleet = FleetView(engine, cfg.fleet_refresh_s) if cfg.fleet else None
+        self.fleet = FleetView(engine, cfg.fleet_refresh_s, cfg.fleet_window_s) if cfg.fleet else None
         self.metrics = IngestMetrics(self.registry)
         if forwarder is not None:
             self.registry.register(forwarder.collector)

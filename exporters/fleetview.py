@@ -9,6 +9,10 @@ appends the last rendering to the live metrics. A scrape that follows this daemo
 ingest waits for the rendering that includes it, so what it reports is never older than
 what this daemon stored. ``memledger_fleet_refresh_timestamp_seconds`` says how fresh the
 figures are, as Prometheus's exporter guidelines ask of cached metrics.
+
+With a window (``--fleet.window``), only the boots captured within it, counted back from
+each rendering, make the fleet families; ``memledger_fleet_window_seconds`` says it (0:
+every stored boot), and ``memledger_store_boots``/``…_hosts`` still count the whole store.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 from memledger.exporters.metrics import fleet_metrics
-from memledger.store.queries import fleet_rows
-from memledger.store.schema import hosts
+from memledger.store.queries import STORE_COUNTS, fleet_rows
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 __all__ = ("FleetView",)
@@ -43,9 +47,10 @@ class _Fixed(Collector):
 class FleetView:
     """The fleet metrics' last rendering, and the thread that keeps it current."""
 
-    def __init__(self, engine: Engine, interval_s: float = 60.0) -> None:
+    def __init__(self, engine: Engine, interval_s: float = 60.0, window_s: float = 0.0) -> None:
         self.engine = engine
         self.interval_s = interval_s
+        self.window_s = window_s  # only boots captured this recently count; 0: every one
         self._cond = threading.Condition()
         self._wanted = 1   # bumped by changed(); a rendering is current when it saw this
         self._built = 0
@@ -73,10 +78,12 @@ class FleetView:
         t0 = time.monotonic()
         registry = CollectorRegistry(auto_describe=False)
         try:
-            groups = fleet_rows(self.engine)
+            since = (datetime.now(UTC) - timedelta(seconds=self.window_s)
+                     if self.window_s > 0 else None)
+            groups = fleet_rows(self.engine, since)
             with self.engine.connect() as conn:
-                n_hosts = conn.execute(select(func.count()).select_from(hosts)).scalar_one()
-            metrics = list(fleet_metrics(groups, n_hosts))
+                n_boots, n_hosts = conn.execute(STORE_COUNTS).one()
+            metrics = list(fleet_metrics(groups, n_hosts, n_boots))
             ok = 1
         except SQLAlchemyError as exc:
             log.warning("fleet metrics: cannot read the store: %s", str(exc).splitlines()[0])
@@ -85,6 +92,9 @@ class FleetView:
         for name, doc, value in (
                 ("memledger_fleet_refresh_timestamp_seconds",
                  "When the fleet metrics were last read from the store (Unix time).", time.time()),
+                ("memledger_fleet_window_seconds",
+                 "Only boots captured this long before the reading count in the fleet "
+                 "metrics (0: every stored boot).", self.window_s),
                 ("memledger_fleet_refresh_duration_seconds",
                  "How long reading the fleet metrics from the store took.", took),
                 ("memledger_fleet_refresh_success",

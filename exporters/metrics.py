@@ -216,8 +216,11 @@ _FLEET_FIGURES = {
 }
 
 
-def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None) -> Iterator[Metric]:
-    """The fleet families over every stored boot, grouped by release and firmware."""
+def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None,
+                  stored_boots: int | None = None) -> Iterator[Metric]:
+    """The fleet families over the boots in ``groups`` (every stored boot, or those of the
+    window), grouped by release and firmware; the store's own counts when given (the
+    boots' defaults to those in ``groups``)."""
     keys = ["kernel_release", "firmware_version"]
     n_boots = _g("memledger_fleet_boots", "Stored boots per kernel release and firmware.", keys)
     hosts_g = _g("memledger_fleet_hosts", "Hosts with stored boots per kernel release and "
@@ -248,7 +251,8 @@ def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None) -> Itera
     if n_hosts is not None:
         # Rendered with the fleet figures, not at the scrape: the HELP says so.
         yield _plain("memledger_store_boots", "Boots held in the store.",
-                     sum(len(g.host_ids) for g in groups), _FLEET_NOTE)
+                     sum(len(g.host_ids) for g in groups) if stored_boots is None else stored_boots,
+                     _FLEET_NOTE)
         yield _plain("memledger_store_hosts", "Hosts with boots in the store.", n_hosts,
                      _FLEET_NOTE)
 

@@ -220,14 +220,17 @@ class FleetGroup:
     columns: dict[str, tuple[Any, ...]]
 
 
-def fleet_rows(engine: Engine) -> list[FleetGroup]:
-    """Every stored boot's headline ledger columns, grouped by release and firmware (the
-    database sorts; each group is transposed into columns at C speed)."""
+def fleet_rows(engine: Engine, since: datetime | None = None) -> list[FleetGroup]:
+    """Every stored boot's headline ledger columns (only the boots captured at or after
+    ``since``, when given), grouped by release and firmware (the database sorts; each
+    group is transposed into columns at C speed)."""
     release = func.coalesce(boots.c.kernel_release, "")
     firmware = func.coalesce(boots.c.firmware_version, "")
     q = (select(release, firmware, boots.c.host_id, *(ledgers.c[c] for c in FLEET_COLUMNS))
          .join(ledgers, ledgers.c.boot_pk == boots.c.id)
          .order_by(release, firmware))
+    if since is not None:
+        q = q.where(boots.c.captured_at >= as_utc(since))
     with engine.connect() as conn:
         rows = conn.execute(q).all()
     out = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from capturegen import make_capture
 from memledger.exporters.fleetview import FleetView
 from memledger.store.db import make_engine, resolve_url
@@ -47,3 +48,42 @@ def test_an_unreadable_store_is_a_failed_reading_not_a_crash(tmp_path: Path) -> 
     assert _values(body, "memledger_fleet_refresh_success") == [0]
     assert _values(body, "memledger_fleet_boots") == []
     engine.dispose()
+
+
+def _labelled(body: bytes, name: str) -> dict[str, float]:
+    return {s.labels["kernel_release"]: s.value
+            for f in text_string_to_metric_families(body.decode())
+            for s in f.samples if s.name == name}
+
+
+@pytest.mark.slow
+def test_the_window_counts_only_recent_boots(db_url: str) -> None:
+    """Two boots captured a day ago (6.1), one 40 days ago (5.10): a 30-day window counts
+    the two, says its length, and the store's own count still holds all three; without a
+    window every boot counts."""
+    from datetime import UTC, datetime, timedelta
+
+    engine = make_engine(resolve_url(db_url))
+    upgrade(engine)
+    now = datetime.now(UTC)
+    for host, name, days in ((1, "6.1.0-47-amd64-default", 1), (2, "6.1.0-47-amd64-default", 1),
+                             (3, "5.10.0-32-amd64-default", 40)):
+        ingest_bytes(engine, make_capture(name, host, 1, captured_at=now - timedelta(days=days)),
+                     "t")
+    try:
+        view = FleetView(engine, window_s=30 * 86400)
+        view.render()
+        body = view.body()
+        assert _labelled(body, "memledger_fleet_boots") == {"6.1.0-47-amd64": 2}
+        assert _labelled(body, "memledger_fleet_hosts") == {"6.1.0-47-amd64": 2}
+        assert _values(body, "memledger_fleet_window_seconds") == [30 * 86400]
+        assert _values(body, "memledger_store_boots") == [3]
+        assert _values(body, "memledger_store_hosts") == [3]
+        everything = FleetView(engine)
+        everything.render()
+        body = everything.body()
+        assert _labelled(body, "memledger_fleet_boots") == {"6.1.0-47-amd64": 2,
+                                                             "5.10.0-32-amd64": 1}
+        assert _values(body, "memledger_fleet_window_seconds") == [0]
+    finally:
+        engine.dispose()
