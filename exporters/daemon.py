@@ -45,6 +45,7 @@ from memledger.exporters.forward import Forwarder
 from memledger.exporters.metrics import IngestMetrics, SpoolCollector, StoreCollector
 from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
+from memledger.exporters.receive import Receiver
 from memledger.exporters.web import WebServer
 from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
 from memledger.spool.received import sender_of
@@ -578,9 +579,13 @@ class Daemon:
         gc.freeze()
         if self.fleet is not None:
             self.fleet.start()
+        # A fleet daemon takes hosts' files by POST into its spool (exporters/receive.py).
+        receiver = (Receiver(self.spool, self.registry, wake=self.inbox.wake)
+                    if self.cfg.fleet else None)
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,
                              self._landing, self.fleet.body if self.fleet is not None else None,
-                             web_config=self.cfg.web_config_file)
+                             web_config=self.cfg.web_config_file, post=receiver,
+                             max_body=self.cfg.max_bytes)
         self.web.start()
         if self.forwarder is not None:
             self.forwarder.start()

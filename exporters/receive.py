@@ -23,16 +23,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 
+from memledger.exporters.web import PostAnswer, PostRequest
 from memledger.spool.reader import Spool
 from memledger.spool.received import SENDER_MAX, received_name
 from memledger.tracer.capture import is_capture
 from memledger.tracer.runtime import is_batch
 from prometheus_client import CollectorRegistry, Counter
 
-__all__ = ("CAPTURES_PATH", "RESULTS", "Answer", "Receiver")
+__all__ = ("CAPTURES_PATH", "RESULTS", "Receiver", "sender_name")
 
 CAPTURES_PATH = "/api/v1/captures"
 RESULTS = ("accepted", "duplicate", "refused", "busy")
@@ -42,16 +42,15 @@ _FREE_RESERVE = 256 << 20
 _RETRY_AFTER_S = 30
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
-    status: int
-    body: bytes
-    headers: Mapping[str, str]
+def sender_name(req: PostRequest) -> str | None:
+    """Who sent a request, as the store names a host's sender: "certificate:CN" for a
+    verified client certificate, "user:NAME" for a basic_auth user; None: nobody known."""
+    return None if req.identity is None else f"{req.identity.kind}:{req.identity.name}"
 
 
-def _text(status: int, line: str, **headers: str) -> Answer:
-    return Answer(status, (line + "\n").encode(), {"Content-Type": "text/plain; charset=utf-8",
-                                                     **headers})
+def _text(status: int, line: str, **headers: str) -> PostAnswer:
+    return PostAnswer(status, {"Content-Type": "text/plain; charset=utf-8", **headers},
+                      (line + "\n").encode())
 
 
 class Receiver:
@@ -68,7 +67,7 @@ class Receiver:
         for result in RESULTS:
             self.total.labels(result)
 
-    def _count(self, result: str, answer: Answer) -> Answer:
+    def _count(self, result: str, answer: PostAnswer) -> PostAnswer:
         self.total.labels(result).inc()
         return answer
 
@@ -84,9 +83,9 @@ class Receiver:
             return "the spool's file system is nearly full"
         return None
 
-    def __call__(self, path: str, body: bytes, sender: str | None,
-                 headers: Mapping[str, str]) -> Answer:
-        if path.split("?", 1)[0] != CAPTURES_PATH:
+    def __call__(self, req: PostRequest) -> PostAnswer:
+        body, headers, sender = req.body, req.headers, sender_name(req)
+        if req.path.split("?", 1)[0] != CAPTURES_PATH:
             return _text(404, f"not found; captures are posted to {CAPTURES_PATH}")
         if not sender:
             return self._count("refused", _text(
@@ -121,6 +120,6 @@ class Receiver:
         return self._count("accepted", _json("accepted", sha))
 
 
-def _json(status: str, sha: str) -> Answer:
-    return Answer(200, (json.dumps({"status": status, "sha256": sha}) + "\n").encode(),
-                  {"Content-Type": "application/json"})
+def _json(status: str, sha: str) -> PostAnswer:
+    return PostAnswer(200, {"Content-Type": "application/json"},
+                      (json.dumps({"status": status, "sha256": sha}) + "\n").encode())
