@@ -116,7 +116,7 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         for d in fleets:
             wait_for("the fleet store", lambda d=d: _metric(d, scrape, "memledger_store_up") == 1)
         urls = [f"https://{d.address}" for d in fleets]
-        for host, (n, mid) in HOSTS.items():
+        for host in HOSTS:
             args = ["--forward.config.file", str(_forward_config(tmp_path, pki, host))]
             for u in urls:
                 args += ["--forward.url", u]
