@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 
 import click
-from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.dboption import DB_OPTION, open_store, use_schema
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_size
 from memledger.exporters.report import to_html, to_json, to_markdown, to_table
 from memledger.exporters.terminal import console
 from memledger.store.compare import FIGURES, WHERE_KEYS, Thresholds, compare
 from memledger.store.db import display_url
-from memledger.store.migrate import upgrade
 
 __all__ = ("compare_cmd",)
 
@@ -90,7 +89,7 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
     filters = _where(where)
     thresholds = _thresholds(per_figure, abs_threshold, rel_threshold)
     with open_store(db, create=False) as engine:
-        upgrade(engine)
+        use_schema(engine, write=False)
         result = compare(engine, baseline, candidate, filters, thresholds, include_all)
     for side in (result.baseline, result.candidate):
         if not side["boots"]:

@@ -16,7 +16,7 @@ from importlib.metadata import version
 from multiprocessing.context import BaseContext
 
 import click
-from memledger.cli.dboption import DB_OPTION, open_store
+from memledger.cli.dboption import DB_OPTION, open_store, use_schema
 from memledger.cli.errors import fail, say
 from memledger.exporters.terminal import console as terminal
 from memledger.exporters.terminal import text
@@ -25,7 +25,6 @@ from memledger.store.db import display_url
 from memledger.store.files import atomic_write
 from memledger.store.ingest import BadCapture, Prepared, prepare, reprocess
 from memledger.store.ingest import ingest_many as store_ingest_many
-from memledger.store.migrate import upgrade
 from memledger.store.queries import BootRow, list_boots
 from memledger.tracer.capture import CaptureError, record
 from memledger.tracer.reader import FsTree
@@ -303,7 +302,7 @@ def _boot_rows(rows: list[BootRow]) -> Table:
 def boots(db: str | None, as_json: bool, limit: int | None) -> None:
     """List the stored boots with their headline ledger figures."""
     with open_store(db, create=False) as engine:
-        upgrade(engine)
+        use_schema(engine, write=False)
         rows = list_boots(engine, limit)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -322,7 +321,7 @@ def reprocess_cmd(db: str | None) -> None:
     upgrade of memledger's parsers)."""
     err = terminal(stderr=True)
     with open_store(db, create=False) as engine:
-        upgrade(engine)
+        use_schema(engine, write=True)
         with Progress(console=err, transient=True, disable=not err.is_terminal) as bar:
             task = bar.add_task("reprocess", total=None)
 

@@ -280,8 +280,9 @@ class Daemon:
         self._next_watchdog = 0.0
         self._retry_at: float | None = None
         # Whether the store can be used (reachable, its schema this memledger's), and why
-        # not. Only the store's owner migrates it: a fleet daemon, or a host daemon over its
-        # own SQLite file; a host daemon never migrates a shared PostgreSQL.
+        # not. An empty store is created by whoever comes first; an older schema is migrated
+        # only by its owner: a fleet daemon, or a host daemon over its own SQLite file (a
+        # host daemon never migrates a shared PostgreSQL).
         self.owns_schema = cfg.fleet or engine.url.get_backend_name() == "sqlite"
         self.store_why: str | None = "not opened yet"
         self._store_retry_s = _STORE_FIRST_RETRY_S
@@ -334,7 +335,7 @@ class Daemon:
         daemon owns its schema."""
         try:
             state = schema_state(self.engine)
-            if state in ("empty", "behind") and self.owns_schema:
+            if state == "empty" or (state == "behind" and self.owns_schema):
                 upgrade(self.engine)
                 state = "current"
         except StoreError as exc:

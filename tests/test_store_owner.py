@@ -7,6 +7,7 @@ the work once the store is back (each test ends with the oracle: the boots store
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -135,3 +136,46 @@ def test_schema_state_says_how_the_store_stands(tmp_path: Path, state: str) -> N
     assert schema_state(eng) == state
     with eng.connect() as conn:
         assert conn.execute(select(func.count()).select_from(boots)).scalar_one() == 0
+
+
+def test_commands_leave_a_shared_schema_to_its_owner(tmp_path: Path, pg_server: PgServer) -> None:
+    """boots, compare and ingest against a PostgreSQL store of an older schema stop with
+    one line naming `memledger db upgrade`, and leave it as it was; `db upgrade` migrates."""
+    from conftest import run_cli
+
+    url = pg_server.new_database()
+    eng = make_engine(resolve_url(url))
+    upgrade(eng)
+    downgrade(eng, "0006")
+    cap = tmp_path / "a.capture"
+    cap.write_bytes(make_capture(BOOT, 1, 0))
+    for args in (("boots",), ("compare", "--baseline", "6.1*", "--candidate", "6.12*"),
+                 ("ingest", str(cap))):
+        res = run_cli(*args, "--db", url)
+        assert res.returncode == 2, (args, res.stderr)
+        assert len(res.stderr.strip().splitlines()) == 1 and "memledger db upgrade" in res.stderr
+    assert current_revision(eng) == "0006"
+    assert run_cli("db", "upgrade", "--db", url).returncode == 0
+    assert current_revision(eng) == HEAD
+    eng.dispose()
+
+
+def test_a_newer_schema_is_read_with_a_warning_and_never_written(tmp_path: Path) -> None:
+    from conftest import run_cli
+
+    db = str(tmp_path / "m.db")
+    cap = tmp_path / "a.capture"
+    cap.write_bytes(make_capture(BOOT, 1, 0))
+    assert run_cli("ingest", "--db", db, str(cap)).returncode == 0
+    eng = make_engine(resolve_url(db))
+    with eng.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    eng.dispose()
+    res = run_cli("boots", "--json", "--db", db)
+    assert res.returncode == 0, res.stderr
+    assert [b["boot_id"] for b in json.loads(res.stdout)] == [boot_id(1, 0)]
+    assert "newer than this memledger" in res.stderr
+    cap.write_bytes(make_capture(BOOT, 1, 1))
+    res = run_cli("ingest", "--db", db, str(cap))
+    assert res.returncode == 2 and "upgrade memledger" in res.stderr
+    assert _stored(db) == {boot_id(1, 0)}
