@@ -597,13 +597,18 @@ class Daemon:
         overflow = _Overflow(self.inbox)
         logging.getLogger("watchdog.observers.inotify_c").addFilter(overflow)
         self._watch()
+        # Before READY: a store that can be used is ready (its schema made) when the daemon
+        # says it serves. One that cannot is said once, and READY follows all the same: a
+        # connection attempt is bounded (store/db.py), and the daemon serves /metrics while
+        # it retries.
+        ready = self._check_store()
         url = f"{self.web.scheme}://{self.web.address}{self.web.path}"
         log.info("memledger %s: database %s, spool %s, serving %s", VERSION,
                  display_url(self.cfg.url), self.cfg.spool, url)
         self.notifier.notify("READY=1", f"STATUS=serving {url}")
         self._heartbeat()
         try:
-            if self._check_store() and self._self_pending:
+            if ready and self._self_pending:
                 self._self_pending = False
                 self.capture_self()
             self._prune()

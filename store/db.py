@@ -30,6 +30,7 @@ from sqlalchemy.exc import (
 
 __all__ = (
     "BUSY_TIMEOUT_MS",
+    "CONNECT_TIMEOUT_S",
     "DB_FILE",
     "StoreError",
     "as_utc",
@@ -45,6 +46,7 @@ __all__ = (
 
 DB_FILE = "memledger.db"
 BUSY_TIMEOUT_MS = 30_000
+CONNECT_TIMEOUT_S = 10
 _BEGIN = "memledger_begin"
 
 
@@ -190,7 +192,11 @@ def make_engine(url: URL, *, create: bool = True) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             event.listen(engine, "begin", _sqlite_begin)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            # A server that does not answer (a host that drops packets) fails the connection
+            # after this long instead of the kernel's TCP timeout (about two minutes): the
+            # daemon says why and serves its metrics meanwhile. The URL's own wins.
+            args = {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT_S}
+            engine = create_engine(url, pool_pre_ping=True, connect_args=args)
     except ImportError as exc:
         hint = ("; memledger installs psycopg 3: postgresql+psycopg://…"
                 if backend == "postgresql" else "")
