@@ -25,32 +25,25 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MEMLEDGER, qemu_missing, run_cli
+from conftest import qemu_missing, run_cli
 from daemonrun import Daemon, wait_for
+from labboot import CACHE, cached_kernel, lab_boot
 from memledger.exporters.dashboard import expressions
-from memledger.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
 from promrun import Prometheus, free_port
 
 REPO = Path(__file__).parent.parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "deploy" / "grafana" / "memledger.json"
-CACHE = default_cache_dir()
 HOSTS = {"lab-2g": "2G", "lab-4g": "4G", "lab-8g": "8G"}
 # Made up, one per host, as systemd-machine-id-setup would write them.
 MACHINE_IDS = {name: f"{i + 1:x}" * 32 for i, name in enumerate(HOSTS)}
 VARIABLES = {"$kernel_release": ".*", "$firmware": ".*", "$__rate_interval": "1m"}
-
-
-def _kernel(era: str, suite: str | None = None) -> CachedKernel | None:
-    return next((k for k in cached_kernels(CACHE)
-                 if k.era == era and (suite is None or k.suite == suite)), None)
 
 
 def _missing() -> str | None:
@@ -58,7 +51,7 @@ def _missing() -> str | None:
         return why
     if shutil.which("prometheus") is None:
         return "prometheus is not installed (Debian package prometheus)"
-    if _kernel("5.10") is None or _kernel("6.1", "bookworm") is None:
+    if cached_kernel("5.10") is None or cached_kernel("6.1", "bookworm") is None:
         return f"the lab cache {CACHE} lacks bullseye's 5.10 or bookworm's 6.1 (memledger lab kernels --fetch)"
     return None
 
@@ -78,14 +71,7 @@ def kernel_leak_bytes(root: Path) -> int:
 
 def boot(kernel: str, host: str, out: Path) -> Path:
     """Boot ``kernel`` as lab host ``host``; the boot's tree, with the host's machine id."""
-    proc = subprocess.run(
-        [MEMLEDGER, "lab", "boot", "--kernel", kernel, "--memory", HOSTS[host], "--out", str(out),
-         "--cache", str(CACHE)], capture_output=True, text=True, timeout=900, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    root = out / "root"
-    (root / "etc").mkdir(exist_ok=True)
-    (root / "etc/machine-id").write_text(MACHINE_IDS[host] + "\n")
-    return root
+    return lab_boot(kernel, HOSTS[host], MACHINE_IDS[host], out)
 
 
 class Rollout:
@@ -136,7 +122,7 @@ class Rollout:
 
 @pytest.fixture(scope="module")
 def rollout(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterator[dict[str, Any]]:
-    leaking, fixed = _kernel("5.10"), _kernel("6.1", "bookworm")
+    leaking, fixed = cached_kernel("5.10"), cached_kernel("6.1", "bookworm")
     assert leaking is not None and fixed is not None
     r = Rollout(tmp_path_factory.mktemp("rollout"), str(pg_server.new_database()))
     try:
