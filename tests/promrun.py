@@ -23,21 +23,26 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, tmp: Path, targets: dict[str, str], rules: list[Path]) -> None:
-        """``targets`` maps an instance name to its host:port; scraped every second."""
+    def __init__(self, tmp: Path, targets: dict[str, str], rules: list[Path],
+                 tls: dict[str, str] | None = None) -> None:
+        """``targets`` maps an instance name to its host:port; scraped every second, over
+        HTTPS with ``tls`` (Prometheus's tls_config: ca_file, cert_file, key_file)."""
         binary = shutil.which("prometheus")
         if binary is None:
             raise RuntimeError("prometheus is not installed (apt-get install prometheus; "
                                "make test installs it as root)")
         self.port = free_port()
+        job: dict[str, Any] = {
+            "job_name": "memledger",
+            "static_configs": [{"targets": [addr], "labels": {"instance": name}}
+                               for name, addr in targets.items()],
+        }
+        if tls is not None:
+            job |= {"scheme": "https", "tls_config": tls}
         cfg = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(r) for r in rules],
-            "scrape_configs": [{
-                "job_name": "memledger",
-                "static_configs": [{"targets": [addr], "labels": {"instance": name}}
-                                   for name, addr in targets.items()],
-            }],
+            "scrape_configs": [job],
         }
         (tmp / "prometheus.yml").write_text(json.dumps(cfg))  # JSON is YAML
         self.log = open(tmp / "prometheus.log", "wb")  # noqa: SIM115 (closed in stop())
@@ -60,11 +65,19 @@ class Prometheus:
         except OSError:
             return False
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        out = self._get("/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
+    def query(self, expr: str, at: float | None = None) -> list[dict[str, Any]]:
+        """The instant query's result now, or at the Unix time ``at``."""
+        params = {"query": expr} | ({} if at is None else {"time": f"{at:.3f}"})
+        out = self._get("/api/v1/query?" + urllib.parse.urlencode(params))
         assert out["status"] == "success", out
         result: list[dict[str, Any]] = out["data"]["result"]
         return result
+
+    def rule_names(self) -> set[str]:
+        """The alerting and recording rules loaded from the rule files."""
+        out = self._get("/api/v1/rules")
+        assert out["status"] == "success", out
+        return {r["name"] for g in out["data"]["groups"] for r in g["rules"]}
 
     def targets_up(self) -> dict[str, float]:
         return {r["metric"]["instance"]: float(r["value"][1]) for r in self.query("up")}
