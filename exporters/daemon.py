@@ -310,7 +310,7 @@ class Daemon:
     def _status(self) -> str:
         c = self.counts
         return (f"{c['new'] + c['replaced']} stored, {c['duplicate'] + c['older']} duplicate, "
-                f"{c['failed']} failed; serving http://{self.web.address}{self.web.path}")
+                f"{c['failed']} failed; serving {self.web.scheme}://{self.web.address}{self.web.path}")
 
     def _landing(self) -> dict[str, str]:
         facts = {"version": VERSION, "database": display_url(self.cfg.url),

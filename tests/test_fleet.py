@@ -66,16 +66,19 @@ def _post(address: str, ctx: ssl.SSLContext, body: bytes) -> tuple[int, str]:
         conn.close()
 
 
-def _metric(d: Daemon, ctx: ssl.SSLContext | None, name: str) -> float:
+def _get(d: Daemon, ctx: ssl.SSLContext | None, path: str) -> str:
     host, port = d.address.rsplit(":", 1)
     conn = (http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30) if ctx
             else http.client.HTTPConnection(host, int(port), timeout=30))
     try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
+        conn.request("GET", path)
+        return conn.getresponse().read().decode()
     finally:
         conn.close()
-    for line in text.splitlines():
+
+
+def _metric(d: Daemon, ctx: ssl.SSLContext | None, name: str) -> float:
+    for line in _get(d, ctx, "/metrics").splitlines():
         if line.startswith(name + " "):
             return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"no sample {name}")
@@ -115,6 +118,7 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         scrape = _context(pki, "prometheus")
         for d in fleets:
             wait_for("the fleet store", lambda d=d: _metric(d, scrape, "memledger_store_up") == 1)
+        assert f"serving https://{fleets[0].address}/metrics" in _get(fleets[0], scrape, "/")
         urls = [f"https://{d.address}" for d in fleets]
         for host in HOSTS:
             args = ["--forward.config.file", str(_forward_config(tmp_path, pki, host))]
