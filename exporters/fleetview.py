@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 from memledger.exporters.metrics import fleet_metrics
-from memledger.store.queries import STORE_COUNTS, fleet_rows
+from memledger.store.queries import SHARED_MACHINE_ID_HOSTS, STORE_COUNTS, fleet_rows
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -83,7 +83,14 @@ class FleetView:
             groups = fleet_rows(self.engine, since)
             with self.engine.connect() as conn:
                 n_boots, n_hosts = conn.execute(STORE_COUNTS).one()
+                shared = conn.execute(SHARED_MACHINE_ID_HOSTS).scalar_one()
             metrics = list(fleet_metrics(groups, n_hosts, n_boots))
+            g = GaugeMetricFamily(
+                "memledger_fleet_shared_machine_id_hosts", "Hosts whose machine id another "
+                "host has too: clones of one disk image (or a sender claiming another's id). "
+                "Their boots are kept apart; give each machine its own /etc/machine-id.")
+            g.add_metric([], shared)
+            metrics.append(g)
             ok = 1
         except SQLAlchemyError as exc:
             log.warning("fleet metrics: cannot read the store: %s", str(exc).splitlines()[0])

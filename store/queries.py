@@ -12,8 +12,9 @@ from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Connection, Engine, String, bindparam, case, func, select
 
-__all__ = ("FLEET_COLUMNS", "SHARED_MACHINE_ID", "STORE_COUNTS", "FleetGroup", "boot_ledger",
-           "count_rows", "fleet_rows", "latest_boots", "list_boots", "running_and_previous")
+__all__ = ("FLEET_COLUMNS", "SHARED_MACHINE_ID", "SHARED_MACHINE_ID_HOSTS", "STORE_COUNTS",
+           "FleetGroup", "boot_ledger", "count_rows", "fleet_rows", "latest_boots", "list_boots",
+           "running_and_previous")
 
 
 
@@ -152,6 +153,11 @@ _LATEST = (select(hosts.c.machine_id, boots.c.boot_id, boots.c.kernel_release, b
            .order_by(case((boots.c.boot_id == bindparam("running", type_=String), 0), else_=1),
                      boots.c.id.desc())
            .limit(bindparam("n")))
+# Hosts whose machine id another host has too (clones of one disk image: migration 0007).
+SHARED_MACHINE_ID_HOSTS = (
+    select(func.count()).select_from(hosts)
+    .where(hosts.c.machine_id.in_(select(hosts.c.machine_id).group_by(hosts.c.machine_id)
+                                  .having(func.count() > 1))))
 STORE_COUNTS = select(select(func.count()).select_from(boots).scalar_subquery(),
                       select(func.count()).select_from(hosts).scalar_subquery())
 

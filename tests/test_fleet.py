@@ -194,6 +194,8 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         clones = {(r["sender"], r["shared_machine_id"]) for r in rows if r["machine_id"] == SHARED}
         assert clones == {("certificate:host-a", True), ("certificate:host-b", True),
                           ("certificate:host-c", True)}
+        wait_for("the fleet metrics to say so", lambda: _metric(
+            fleets[0], scrape, "memledger_fleet_shared_machine_id_hosts") == 3, 90)
     finally:
         for d in [*fleets, *senders.values()]:
             if d.proc.poll() is None:
