@@ -22,6 +22,9 @@ from memledger.store.schema import boots, hosts, runtime_batches
 from memledger.tracer.runtime import BatchHeader, parse_batch, render_batch
 from sqlalchemy import Engine, func, select
 
+# Real servers and daemons (PostgreSQL, memledger as a subprocess).
+pytestmark = pytest.mark.slow
+
 BOOT = "6.1.0-47-amd64-default"
 OTHER = "6.1.0-56-amd64-default"
 UUID = "sys/class/dmi/id/product_uuid"

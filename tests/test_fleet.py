@@ -24,6 +24,9 @@ from pgserver import PgServer
 from pki import CA, make_ca
 from sqlalchemy import select
 
+# Real servers and daemons (PostgreSQL, memledger as a subprocess).
+pytestmark = pytest.mark.slow
+
 KERNELS = ("6.1.0-47-amd64-default", "6.1.0-56-amd64-default")
 SHARED = machine_id(0)  # the golden image's machine id, on hosts a and b
 HOSTS = {"host-a": (1, SHARED), "host-b": (2, SHARED), "host-c": (3, machine_id(3))}

@@ -19,6 +19,9 @@ from memledger.store.schema import boots
 from pgserver import PgServer
 from sqlalchemy import func, select, text
 
+# Real servers and daemons (PostgreSQL, memledger as a subprocess).
+pytestmark = pytest.mark.slow
+
 BOOT = "6.1.0-47-amd64-default"
 
 
