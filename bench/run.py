@@ -7,6 +7,7 @@ fail on speed.
 
     python -m bench.run                  # every benchmark
     python -m bench.run parse            # one of them
+    python -m bench.run fleet-ingest     # a reboot wave at one fleet daemon
     MEMLEDGER_REALWORLD=DIR python -m bench.run realworld   # the real-world logs
 """
 
@@ -35,6 +36,7 @@ from memledger.ledger.model import LedgerDoc
 from memledger.tracer.capture import Manifest, pack
 from memledger.tracer.reader import FsTree, RecordingTree, read_tree
 
+from bench import fleet_ingest
 from bench.captures import BOOTS_PER_HOST, CaptureSet, source_captures, write_captures
 from bench.corpus import Boot, corpus, load_sources
 from bench.fleet import Fleet, expected_side, populate
@@ -534,10 +536,16 @@ def bench_parse_cost() -> dict[str, Any]:
     return {"baseline_rss_bytes": base_rss, "baseline_seconds": base_s, "runs": runs}
 
 
+def bench_fleet_ingest() -> dict[str, Any]:
+    """A reboot wave: 200 hosts post 5 captures each over mutual TLS to one fleet daemon
+    on PostgreSQL (bench/fleet_ingest.py)."""
+    return fleet_ingest.run(WORK, MEMLEDGER, _tests_module, REPEAT)
+
+
 BENCHES: dict[str, Callable[[], dict[str, Any]]] = {
     "parse": bench_parse, "parse-cost": bench_parse_cost, "realworld": bench_realworld,
     "backfill": bench_backfill, "compare": bench_compare, "scrape": bench_scrape,
-    "footprint": bench_footprint}
+    "footprint": bench_footprint, "fleet-ingest": bench_fleet_ingest}
 
 
 def _table(results: dict[str, Any]) -> str:
@@ -581,6 +589,13 @@ def _table(results: dict[str, Any]) -> str:
                             f"{r['c1']['p99_ms']:.2f} ms (1 connection); p99 "
                             f"{r['c10']['p99_ms']:.2f} ms at {r['c10']['requests_per_s']:.0f}/s "
                             "(10 connections)")
+    if fi := results.get("fleet-ingest"):
+        rows.append(f"fleet-ingest {fi['hosts']} hosts, {fi['captures']} captures over mutual TLS "
+                    f"to one fleet daemon on PostgreSQL: " + ", ".join(
+                        f"{r['captures_per_s']:.0f}" for r in fi["runs"]) + " captures/s "
+                    f"(target {fi['target_captures_per_s']}); POST p50 {fi['post_p50_ms']:.0f} ms, "
+                    f"p99 {fi['post_p99_ms']:.0f} ms; {fi['busy_503']} busy; daemon peak RSS "
+                    f"{fi['daemon_peak_rss_bytes'] / 2**20:.0f} MiB")
     if f := results.get("footprint"):
         rows.append(f"idle     RSS {f['rss_bytes'] / 2**20:.1f} MiB (peak "
                     f"{f['peak_rss_bytes_proc'] / 2**20:.1f} MiB), CPU {f['cpu_percent']:.3f} % "

@@ -33,7 +33,7 @@ class DaemonProc:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self.address = ""
         end = time.monotonic() + 60
-        while not (m := re.search(r"serving http://(\S+?)/\S*\n", log.read_text(errors="replace"))):
+        while not (m := re.search(r"serving https?://(\S+?)/\S*\n", log.read_text(errors="replace"))):
             if self.proc.poll() is not None or time.monotonic() > end:
                 self.stop()
                 raise SystemExit(f"bench: the daemon did not start:\n{log.read_text()[-2000:]}")
