@@ -86,6 +86,7 @@ _ACCEPT_PAUSE_S = 0.1
 # would hold a thread as a trickled header does).
 MAX_BODY = 16 << 20
 BODY_DEADLINE_S = 60.0
+LISTEN_BACKLOG = 1024
 
 
 def connection_cap() -> int:
@@ -113,6 +114,11 @@ class _Conn:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     max_connections = MAX_CONNECTIONS
+    # The kernel's queue of connections not yet accepted (socketserver's default is 5).
+    # A fleet's hosts rebooting together connect together: past the queue the kernel
+    # drops their SYNs, and each client waits 1, 3, 7, 15, 31 s… before it tries again.
+    # The kernel caps it at net.core.somaxconn.
+    request_queue_size = LISTEN_BACKLOG
     web_config: WebConfigSource | None = None
 
     def server_activate(self) -> None:
