@@ -290,14 +290,17 @@ def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],
 
 
 def _ingest_batch(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
-                  now: datetime, sender: str) -> list[Status]:
-    """Store prepared captures in one transaction; their statuses in order."""
+                  now: datetime, senders: Sequence[str]) -> list[Status]:
+    """Store prepared captures (each sent by its ``senders`` entry) in one transaction;
+    their statuses in order."""
     with writer(engine) as conn, conn.begin():
+        host_keys = [_key(p, sender) for (p, _), sender in zip(items, senders, strict=True)]
         names: dict[HostKey, str | None] = {}
-        for p, _ in items:  # a new host is named by the batch's first capture of it
-            names.setdefault(_key(p, sender), p.manifest.hostname)
+        for (p, _), hk in zip(items, host_keys, strict=True):
+            names.setdefault(hk, p.manifest.hostname)  # a new host: the batch's first name
         host_pk = host_pks(conn, names, now)
-        key_of = [(host_pk[_key(p, sender)], p.manifest.boot_id) for p, _ in items]
+        key_of = [(host_pk[hk], p.manifest.boot_id)
+                  for (p, _), hk in zip(items, host_keys, strict=True)]
         rows = _locked_boots(conn, sorted(set(key_of)))
         old_ids = [r.capture_id for r in rows.values() if r.capture_id is not None]
         old = {r.id: (r.sha256, CaptureTime(as_utc(r.captured_at), r.uptime_s))
@@ -326,10 +329,13 @@ def _result(p: Prepared, status: Status, why: str | None = None) -> IngestResult
 
 
 def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
-                now: datetime | None = None, sender: str = "") -> list[IngestResult]:
+                now: datetime | None = None, sender: str = "",
+                senders: Sequence[str] | None = None) -> list[IngestResult]:
     """Store prepared captures (each with its origin); their results in order. ``sender``
     is who a fleet daemon authenticated as having sent them ('' for captures stored on the
     host itself or by ``ingest``): a host's boots are only ever those its sender sent.
+    ``senders``, when given, names each capture's own sender instead (a fleet daemon
+    stores what many hosts sent in one batch).
 
     One transaction for the batch; when the database refuses a value in it (DataError,
     IntegrityError: :func:`~memledger.store.db.is_permanent`), each capture again in a
@@ -338,15 +344,20 @@ def ingest_many(engine: Engine, items: Sequence[tuple[Prepared, str | None]],
     and every capture can be tried again."""
     if not items:
         return []
+    if senders is None:
+        senders = [sender] * len(items)
+    elif len(senders) != len(items):
+        raise ValueError(f"{len(senders)} senders for {len(items)} captures")
     now = now or datetime.now(UTC)
     try:
-        statuses = _ingest_batch(engine, items, now, sender)
+        statuses = _ingest_batch(engine, items, now, senders)
     except SQLAlchemyError as exc:
         if not is_permanent(exc):
             raise
         if len(items) == 1:
             return [_result(items[0][0], "refused", describe_error(engine.url, exc))]
-        return [ingest_many(engine, [item], now, sender)[0] for item in items]
+        return [ingest_many(engine, [item], now, s)[0]
+                for item, s in zip(items, senders, strict=True)]
     return [_result(p, status) for (p, _), status in zip(items, statuses, strict=True)]
 
 

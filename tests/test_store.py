@@ -283,6 +283,29 @@ def test_a_batch_decides_each_capture_as_if_it_came_alone(engine: Engine) -> Non
         (BOOTS / "6.12.117+deb12-amd64-memblock" / "root" / "dmesg.txt").read_text()))
 
 
+def test_a_batch_of_many_senders_keeps_each_capture_under_its_own(engine: Engine) -> None:
+    """A fleet daemon's batch: what two hosts sent, one of them claiming the other's boot,
+    and a local file. Each capture is its sender's: the claimed boot is a second host's,
+    and each sender's repeat is its own duplicate."""
+    a, b = make_capture("6.1.0-47-amd64-default", 1, 1), make_capture("6.1.0-56-amd64-default", 2, 1)
+    a2, b2 = make_capture("6.1.0-47-amd64-default", 1, 1, 5), make_capture("6.1.0-56-amd64-default", 2, 1, 5)
+    batch = [(a, "certificate:h1"), (b, "certificate:h2"), (a2, "certificate:h2"),
+             (a, "certificate:h1"), (b2, "")]
+    results = ingest_many(engine, [(prepare(d, "t"), f"f{i}") for i, (d, _) in enumerate(batch)],
+                          senders=[s for _, s in batch])
+    assert [r.status for r in results] == ["new", "new", "new", "duplicate", "new"]
+    with engine.connect() as conn:
+        rows = sorted((r.sender, r.machine_id, r.boot_id) for r in conn.execute(
+            select(hosts.c.sender, hosts.c.machine_id, boots.c.boot_id)
+            .join(hosts, hosts.c.id == boots.c.host_id)))
+    assert rows == sorted([("certificate:h1", machine_id(1), boot_id(1, 1)),
+                           ("certificate:h2", machine_id(2), boot_id(2, 1)),
+                           ("certificate:h2", machine_id(1), boot_id(1, 1)),
+                           ("", machine_id(2), boot_id(2, 1))])
+    with pytest.raises(ValueError, match="2 senders for 1 captures"):
+        ingest_many(engine, [(prepare(a, "t"), "x")], senders=["", ""])
+
+
 def _writer(url: str, jobs: list[tuple[str, int, int, int]], seed: int,
             batch: int) -> dict[str, int]:
     eng = make_engine(resolve_url(url))
