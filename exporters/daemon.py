@@ -1,10 +1,14 @@
 """The memledger service: capture this boot, ingest the spool, serve /metrics, speak sd_notify
 (`memledger daemon`, cli/daemon.py, checks the options and starts it).
 
-One main thread does all the ingest work, in order. Everything else only tells it what to
-do and wakes it through a pipe: watchdog's inotify observer queues names, the signal
-handlers set flags (SIGTERM or Ctrl-C: finish the file being ingested, then exit 0;
-SIGHUP: rescan the spool), and the HTTP server answers scrapes on its own threads.
+One main thread does all the ingest work, in order. Files that wait together (a reboot
+wave at a fleet daemon) are parsed one by one and then stored together, up to 64 captures
+in one transaction (store/ingest.py's ingest_many), each still decided, counted and moved
+to done/ or failed/ by its own outcome. Everything else only tells it what to do and
+wakes it through a pipe: watchdog's inotify observer queues names, the signal handlers
+set flags (SIGTERM or Ctrl-C: finish the file being parsed, store the files parsed
+before it, then exit 0; SIGHUP: rescan the spool), and the HTTP server answers scrapes
+on its own threads.
 
 Nothing in the spool can stop the loop for good:
 
@@ -44,7 +48,13 @@ from memledger.exporters.fleetview import FleetView
 from memledger.exporters.forward import Forwarder
 from memledger.exporters.metrics import IngestMetrics, SpoolCollector, StoreCollector
 from memledger.exporters.notify import Notifier
-from memledger.exporters.parsechild import MEMORY_LIMIT, TIME_LIMIT_S, ParseChild, Unparsable
+from memledger.exporters.parsechild import (
+    MEMORY_LIMIT,
+    TIME_LIMIT_S,
+    ParseChild,
+    Parsed,
+    Unparsable,
+)
 from memledger.exporters.receive import Receiver
 from memledger.exporters.web import WebServer
 from memledger.spool.reader import Claim, Refused, Spool, UnsafeSpool
@@ -57,7 +67,7 @@ from memledger.store.db import (
     is_permanent,
 )
 from memledger.store.files import is_temporary
-from memledger.store.ingest import BadCapture, ingest, prepare
+from memledger.store.ingest import BadCapture, ingest, ingest_many, prepare
 from memledger.store.migrate import HEAD, schema_state, upgrade
 from memledger.store.queries import StoredBoot, boot_notes, running_and_previous
 from memledger.store.runtime import BatchError, store_batch
@@ -93,6 +103,11 @@ _RESOURCE_RETRY_S = 5.0
 _PRUNE_EVERY_S = 600.0
 _TICK_S = 5.0
 # Errors of this process's resources, not of the file: the file waits and is tried again.
+# Files stored in one transaction when many wait (a reboot wave at a fleet daemon): one
+# transaction of a capture costs a dozen round trips to the database whatever it holds.
+# The bytes bound what a batch holds in memory (each file and its parsed form).
+_BATCH_FILES = 64
+_BATCH_BYTES = 32 << 20
 _RESOURCE_ERRNOS = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN,
                               errno.ENOSPC, errno.EDQUOT, errno.EIO))
 
@@ -163,6 +178,17 @@ def _machine_id(root: str) -> str | None:
         return normalise_machine_id(Path(root, "etc/machine-id").read_text())
     except (OSError, CaptureError):
         return None
+
+
+@dataclass(slots=True)
+class _Taken:
+    """A spool file claimed, read and parsed, waiting to be stored."""
+
+    claim: Claim
+    data: bytes
+    parsed: Parsed
+    origin: str  # the name it is stored with (printable)
+    sender: str  # who sent it to this fleet daemon ('' for a local producer's file)
 
 
 class _Wakeup:
@@ -399,95 +425,154 @@ class Daemon:
             return
         log.warning("%s: %s (moved to failed/%s)", name, why, printable(target))
 
-    def _put_back(self, claim: Claim, what: str, retry_s: float) -> None:
-        """Not the file's fault: back into the spool, and a rescan in ``retry_s``."""
+    def _put_back(self, claim: Claim, what: str, retry_s: float, quiet: bool = False) -> None:
+        """Not the file's fault: back into the spool, and a rescan in ``retry_s``
+        (``quiet``: one of several, said in a line of their own)."""
         name = printable(claim.name)
         try:
             self.spool.release(claim)
         except OSError as exc:
             log.error("%s: %s; it stays in inflight/ (%s) until the next start", name, what, exc)
         else:
-            log.error("%s: %s; it stays in the spool, retry in %.0fs", name, what, retry_s)
+            (log.debug if quiet else log.error)(
+                "%s: %s; it stays in the spool, retry in %.0fs", name, what, retry_s)
         retry_at = time.monotonic() + retry_s
         self._retry_at = retry_at if self._retry_at is None else min(self._retry_at, retry_at)
 
     def process(self, name: str) -> None:
         """Claim one spool entry, ingest it, and move it to done/ or failed/."""
+        taken = self._take(name)
+        if taken is not None:
+            self._store([taken])
+
+    def _take(self, name: str) -> _Taken | None:
+        """Claim one spool entry, read it and parse it; None when there is nothing more to
+        do with it (already taken, refused, or put back to wait)."""
         try:
             claim = self.spool.claim(name)
         except UnsafeSpool as exc:
             log.error("%s", exc)
-            return
+            return None
         except OSError as exc:
             log.error("%s: cannot take it (%s); retry in %.0fs", printable(name),
                       os.strerror(exc.errno or 0) or exc, _RESOURCE_RETRY_S)
             self._retry_at = time.monotonic() + _RESOURCE_RETRY_S
-            return
+            return None
         if claim is None:
-            return  # already taken (a second event for the same file)
+            return None  # already taken (a second event for the same file)
         try:
-            self._ingest_claimed(claim)
+            return self._read_and_parse(claim)
         except Exception as exc:  # the last word: no file may stop the daemon
             log.exception("%s: internal error", printable(name))
             self._refuse(claim, f"internal error: {type(exc).__name__}: {exc}")
+            return None
 
-    def _ingest_claimed(self, claim: Claim) -> None:
+    def _read_and_parse(self, claim: Claim) -> _Taken | None:
         try:
             data = self.spool.read(claim)
         except Refused as exc:
             self._refuse(claim, f"refused: {exc}")
-            return
+            return None
         except OSError as exc:
             if exc.errno not in _RESOURCE_ERRNOS:
                 self._refuse(claim, f"unreadable: {os.strerror(exc.errno or 0) or exc}")
             else:
                 self._put_back(claim, f"cannot read it ({os.strerror(exc.errno or 0)})",
                                _RESOURCE_RETRY_S)
-            return
+            return None
         try:
             parsed = self.parser.parse(data, self._heartbeat)
         except Unparsable as exc:
             if exc.internal:
                 log.error("%s: internal error while parsing: %s", printable(claim.name), exc)
             self._refuse(claim, f"internal error: {exc}" if exc.internal else str(exc))
-            return
+            return None
         except OSError as exc:  # no process or descriptor for the parser
             self._put_back(claim, f"cannot start the parser ({exc})", _RESOURCE_RETRY_S)
-            return
-        origin = printable(claim.name, 1000)
-        sender = sender_of(claim.name) or ""  # a fleet daemon's name for who sent it
+            return None
+        # A fleet daemon's name for who sent it ('' for a local producer's file).
+        return _Taken(claim, data, parsed, printable(claim.name, 1000),
+                      sender_of(claim.name) or "")
+
+    def _store(self, taken: list[_Taken]) -> None:
+        """Store parsed files, in order: a run of captures (up to the next event batch)
+        in one transaction, each event batch in its own. Each file then goes to done/ or
+        failed/ by its own outcome, as if it had come alone (ingest_many decides each
+        capture in order, and writes a batch the database refuses again one capture per
+        transaction); when the database cannot be used, it and every file after it wait
+        in the spool."""
+        while taken:
+            run = 1 if taken[0].parsed.batch is not None else next(
+                (i for i, t in enumerate(taken) if t.parsed.batch is not None), len(taken))
+            group, taken = taken[:run], taken[run:]
+            if not self._store_group(group, taken):
+                for t in taken:
+                    self._put_back(t.claim, "waits with the files before it", _DB_RETRY_S,
+                                   quiet=True)
+                return
+
+    def _store_group(self, group: list[_Taken], rest: list[_Taken]) -> bool:
+        """Store one event batch, or captures in one transaction; False when
+        the database is away (the files are back in the spool, and ``rest``, the files
+        after them, are to go back too)."""
         try:
-            if parsed.batch is not None:
-                b = store_batch(self.engine, parsed.batch, hashlib.sha256(data).hexdigest(),
-                                origin=origin, sender=sender)
-                status: str = b.status
-                what = (f"{b.source} batch of boot {b.boot_id} of {b.machine_id}: "
-                        f"{b.events} event(s)"
-                        + (f", {b.dropped} lost before it" if b.dropped else ""))
-            else:
-                assert parsed.capture is not None
-                r = ingest(self.engine, parsed.capture, origin=origin, sender=sender)
-                if r.status == "refused":
-                    self._refuse(claim, f"the database refused it: {r.why}")
-                    return
-                status = r.status
-                what = (f"boot {r.boot_id} of {r.machine_id} "
-                        f"({r.kernel_release or 'release unknown'})")
-        except BatchError as exc:
-            self._refuse(claim, str(exc))
-            return
+            outcomes = self._write(group)
         except SQLAlchemyError as exc:
             reason = describe_error(self.engine.url, exc)
-            if is_permanent(exc):
-                self._refuse(claim, f"the database refused it: {reason}")
-            else:
-                self._put_back(claim, f"database error ({reason})", _DB_RETRY_S)
+            for i, t in enumerate(group):
+                if is_permanent(exc):
+                    self._refuse(t.claim, f"the database refused it: {reason}")
+                else:
+                    self._put_back(t.claim, f"database error ({reason})", _DB_RETRY_S,
+                                   quiet=i > 0)
+            if not is_permanent(exc) and (more := len(group) - 1 + len(rest)):
+                log.error("%d more file(s) stay in the spool with it", more)
+            return is_permanent(exc)
+        except Exception as exc:  # the last word: no file may stop the daemon
+            log.exception("%s: internal error", printable(group[0].claim.name))
+            for t in group:
+                self._refuse(t.claim, f"internal error: {type(exc).__name__}: {exc}")
+            return True
+        for t, (status, what) in zip(group, outcomes, strict=True):
+            try:
+                self._finish(t, status, what)
+            except Exception as exc:
+                log.exception("%s: internal error", printable(t.claim.name))
+                self._refuse(t.claim, f"internal error: {type(exc).__name__}: {exc}")
+        return True
+
+    def _write(self, group: list[_Taken]) -> list[tuple[str, str]]:
+        """Each file's status ("refused" with the database's reason as its "what")."""
+        batch = group[0].parsed.batch
+        if batch is not None:
+            t = group[0]
+            try:
+                b = store_batch(self.engine, batch, hashlib.sha256(t.data).hexdigest(),
+                                origin=t.origin, sender=t.sender)
+            except BatchError as exc:
+                return [("failed", str(exc))]
+            return [(b.status, f"{b.source} batch of boot {b.boot_id} of {b.machine_id}: "
+                               f"{b.events} event(s)"
+                               + (f", {b.dropped} lost before it" if b.dropped else ""))]
+        items = []
+        for t in group:
+            assert t.parsed.capture is not None
+            items.append((t.parsed.capture, t.origin))
+        results = ingest_many(self.engine, items, senders=[t.sender for t in group])
+        return [(r.status, f"the database refused it: {r.why}" if r.status == "refused" else
+                 f"boot {r.boot_id} of {r.machine_id} ({r.kernel_release or 'release unknown'})")
+                for r in results]
+
+    def _finish(self, t: _Taken, status: str, what: str) -> None:
+        """One file's outcome: counted, forwarded, moved to done/; or refused."""
+        if status in ("refused", "failed"):
+            self._refuse(t.claim, what)
             return
         self._count(status)  # first: whoever sees the file in done/ sees the count
         if self.forwarder is not None:  # before done/: a crash in between offers it again
-            self.forwarder.offer(data)
-        self._done(claim)
-        log.info("%s: %s %s", printable(claim.name), status, what)
+            self.forwarder.offer(t.data)
+        self._done(t.claim)
+        log.info("%s: %s %s", printable(t.claim.name), status, what)
 
     # -- the spool ----------------------------------------------------------------------
 
@@ -527,14 +612,26 @@ class Daemon:
 
     def _drain(self) -> None:
         """Process queued names in order until none is left, a stop is asked for, or a
-        database or resource error asks to wait (the names stay queued)."""
+        database or resource error asks to wait (the names stay queued). Files parsed
+        while more wait are stored together (up to _BATCH_FILES files or _BATCH_BYTES):
+        one transaction for many captures instead of one each."""
         if (not self.inbox.names or self.stopping or self._retry_at is not None
                 or self.store_why is not None):
             return
+        taken: list[_Taken] = []
+        size = 0
         while (self.inbox.names and not self.stopping and self._retry_at is None
                and self.store_why is None):
-            self.process(self.inbox.take())
+            t = self._take(self.inbox.take())
             self._heartbeat()
+            if t is None:
+                continue
+            taken.append(t)
+            size += len(t.data)
+            if len(taken) >= _BATCH_FILES or size >= _BATCH_BYTES:
+                self._store(taken)
+                taken, size = [], 0
+        self._store(taken)
         self.notifier.status(self._status())
 
     def capture_self(self) -> None:
@@ -647,7 +744,8 @@ class Daemon:
                 if now >= next_prune:
                     self._prune()
                     next_prune = now + _PRUNE_EVERY_S
-                if self.stopping or self._hup or (self.inbox.names and self._retry_at is None):
+                if self.stopping or self._hup or (self.inbox.names and self._retry_at is None
+                                                  and self.store_why is None):
                     continue
                 wait = min(_TICK_S, max(0.0, next_rescan - time.monotonic()))
                 if self.store_why is not None:

@@ -44,6 +44,8 @@ MEMORY_LIMIT = 1 << 30
 TIME_LIMIT_S = 60.0
 # Short enough for any watchdog interval (systemd asks for half of WatchdogSec=).
 _STEP_S = 0.1
+# Far below a socket's send buffer (net.core.wmem_default, 208 KiB on Linux).
+_DIRECT_MAX = 64 << 10
 
 
 class Unparsable(Exception):
@@ -128,12 +130,20 @@ class ParseChild:
         OSError when the child cannot be started (out of processes or descriptors)."""
         conn = self._start()
         deadline = time.monotonic() + self.time_limit_s
-        # Sent from a thread: a child that stopped reading cannot block the loop (a file
-        # is larger than the socket's buffer), and the deadline still applies.
-        sender = self._sender = threading.Thread(target=_send, args=(conn, data),
-                                                 name="parse-send", daemon=True)
+        # A larger file is sent from a thread: a child that stopped reading cannot block
+        # the loop, and the deadline still applies. A small one fits the socket's buffer,
+        # which is empty (the child read every earlier byte before it answered), so the
+        # send cannot block: it is sent here (starting a thread costs more than parsing a
+        # small capture when the machine is busy).
+        sender = None
+        if len(data) > _DIRECT_MAX:
+            sender = self._sender = threading.Thread(target=_send, args=(conn, data),
+                                                     name="parse-send", daemon=True)
         try:
-            sender.start()
+            if sender is not None:
+                sender.start()
+            else:
+                _send(conn, data)
             while not conn.poll(min(_STEP_S, max(0.0, deadline - time.monotonic()))):
                 heartbeat()
                 if time.monotonic() >= deadline:
@@ -149,7 +159,8 @@ class ParseChild:
                    else f"exited {code}")
             raise Unparsable(f"the parser process was {how} while parsing it") from None
         finally:
-            sender.join(_STEP_S)
+            if sender is not None:
+                sender.join(_STEP_S)
         if kind == "ok":
             parsed: Parsed = value
             if parsed.capture is not None:
