@@ -3,13 +3,14 @@ OVMF), its tree given the host's machine id as a fleet machine's root would have
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 
-from conftest import MEMLEDGER
+from conftest import MEMLEDGER, qemu_missing
 from memledger.lab.kernels import CachedKernel, cached_kernels, default_cache_dir
 
-__all__ = ("CACHE", "boot_id", "cached_kernel", "lab_boot", "osrelease")
+__all__ = ("CACHE", "boot_id", "cached_kernel", "lab_boot", "osrelease", "rollout_missing")
 
 CACHE = default_cache_dir()
 
@@ -44,3 +45,16 @@ def boot_id(root: Path) -> str:
 def osrelease(root: Path) -> str:
     """The guest kernel's release (its /proc/sys/kernel/osrelease)."""
     return (root / "proc/sys/kernel/osrelease").read_text().strip()
+
+
+def rollout_missing() -> str | None:
+    """Why the lab cannot boot hosts from 5.10 to 6.1 under Prometheus here (the e2e tests
+    of a rollout and of the fleet skip with it), or None."""
+    if (why := qemu_missing(CACHE)) is not None:
+        return why
+    if shutil.which("prometheus") is None:
+        return "prometheus is not installed (Debian package prometheus)"
+    if cached_kernel("5.10") is None or cached_kernel("6.1", "bookworm") is None:
+        return (f"the lab cache {CACHE} lacks bullseye's 5.10 or bookworm's 6.1 "
+                "(memledger lab kernels --fetch)")
+    return None

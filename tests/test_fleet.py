@@ -8,8 +8,6 @@ central store's rows, read directly."""
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
 import ssl
 from pathlib import Path
@@ -17,6 +15,7 @@ from pathlib import Path
 import pytest
 from capturegen import boot_id, machine_id, make_capture
 from daemonrun import Daemon, drop, wait_for
+from fleetclient import client_context, get, metric, post_capture
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.queries import list_boots
 from memledger.store.schema import boots, hosts
@@ -49,42 +48,11 @@ def _forward_config(tmp: Path, ca: CA, host: str) -> Path:
     return path
 
 
-def _context(ca: CA, client: str | None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(ca.cert))
-    if client is not None:
-        ctx.load_cert_chain(ca.dir / f"{client}.crt", ca.dir / f"{client}.key")
-    return ctx
-
-
-def _post(address: str, ctx: ssl.SSLContext, body: bytes) -> tuple[int, str]:
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-    try:
-        conn.request("POST", "/api/v1/captures", body,
-                     {"Content-Type": "application/octet-stream",
-                      "X-Memledger-Sha256": hashlib.sha256(body).hexdigest()})
-        r = conn.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        conn.close()
-
-
-def _get(d: Daemon, ctx: ssl.SSLContext | None, path: str) -> str:
-    host, port = d.address.rsplit(":", 1)
-    conn = (http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30) if ctx
-            else http.client.HTTPConnection(host, int(port), timeout=30))
-    try:
-        conn.request("GET", path)
-        return conn.getresponse().read().decode()
-    finally:
-        conn.close()
-
-
 def _metric(d: Daemon, ctx: ssl.SSLContext | None, name: str) -> float:
-    for line in _get(d, ctx, "/metrics").splitlines():
-        if line.startswith(name + " "):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name}")
+    value = metric(d.address, ctx, name)
+    if value is None:
+        raise AssertionError(f"no sample {name}")
+    return value
 
 
 def _central(url: str) -> dict[tuple[str, str], tuple[str, str | None]]:
@@ -118,10 +86,10 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         for name in ("fleet1", "fleet2"):
             fleets.append(Daemon(tmp_path, url, tmp_path / f"{name}-spool", "--fleet",
                                  "--web.config.file", str(_web_config(tmp_path, pki, name))))
-        scrape = _context(pki, "prometheus")
+        scrape = client_context(pki, "prometheus")
         for d in fleets:
             wait_for("the fleet store", lambda d=d: _metric(d, scrape, "memledger_store_up") == 1)
-        assert f"serving https://{fleets[0].address}/metrics" in _get(fleets[0], scrape, "/")
+        assert f"serving https://{fleets[0].address}/metrics" in get(fleets[0].address, scrape, "/")
         urls = [f"https://{d.address}" for d in fleets]
         for host in HOSTS:
             args = ["--forward.config.file", str(_forward_config(tmp_path, pki, host))]
@@ -177,7 +145,7 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         # A capture sent with host-c's certificate that claims host-a's machine and boot:
         # stored under host-c, host-a's boot untouched.
         forged = make_capture(KERNELS[1], 1, 0, 99, machine=SHARED, hostname="forged")
-        status, answer = _post(fleets[0].address, _context(pki, "host-c"), forged)
+        status, answer = post_capture(fleets[0].address, client_context(pki, "host-c"), forged)
         assert (status, json.loads(answer)["status"]) == (200, "accepted")
         expected[("certificate:host-c", boot_id(1, 0))] = (SHARED, KERNELS[1].rsplit("-", 1)[0])
         wait_for("the forgery stored under its sender", lambda: _central(url) == expected, 60)
@@ -185,10 +153,10 @@ def test_hosts_forward_to_two_fleet_daemons_through_outages(tmp_path: Path, pki:
         # Strangers: no certificate, and a certificate of another CA.
         other = make_ca(tmp_path / "other", "other")
         other.issue("host-a", client=True)
-        for ctx in (_context(pki, None), _context(other, "host-a")):
+        for ctx in (client_context(pki, None), client_context(other, "host-a")):
             ctx.load_verify_locations(pki.cert)
             with pytest.raises((ssl.SSLError, ConnectionError)):
-                _post(fleets[0].address, ctx, forged)
+                post_capture(fleets[0].address, ctx, forged)
 
         # The clones are two hosts, both flagged.
         eng = make_engine(resolve_url(url))

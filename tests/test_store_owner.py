@@ -34,6 +34,14 @@ def _stored(db: str) -> set[str]:
         eng.dispose()
 
 
+def _with_one_waiting(tmp: Path, db: str, *args: str) -> Daemon:
+    """A daemon on ``db`` whose spool holds one capture (boot 0 of host 1) at its start."""
+    spool = tmp / "spool"
+    spool.mkdir()
+    drop(spool, "a.capture", make_capture(BOOT, 1, 0))
+    return Daemon(tmp, db, spool, *args)
+
+
 def _reason(d: Daemon) -> str:
     for line in d.get("/metrics")[2].splitlines():
         if line.startswith("memledger_store_down_reason{") and line.endswith(" 1.0"):
@@ -49,14 +57,11 @@ def test_a_daemon_whose_store_is_newer_stays_up_and_resumes(tmp_path: Path) -> N
     upgrade(eng)
     with eng.begin() as conn:
         conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    drop(spool, "a.capture", make_capture(BOOT, 1, 0))
-    d = Daemon(tmp_path, db, spool)
+    d = _with_one_waiting(tmp_path, db)
     try:
         wait_for("store_up 0", lambda: d.metric("memledger_store_up") == 0, 30)
         assert _reason(d) == "schema_newer"
-        assert (spool / "a.capture").exists()  # waiting, not refused
+        assert (tmp_path / "spool" / "a.capture").exists()  # waiting, not refused
         assert "newer than this memledger" in d.text()
         assert current_revision(eng) == "9999"
         with eng.begin() as conn:
@@ -74,10 +79,7 @@ def test_a_host_daemon_never_migrates_a_shared_store_and_a_fleet_daemon_does(
     eng = make_engine(resolve_url(url))
     upgrade(eng)
     downgrade(eng, "0006")
-    spool = tmp_path / "spool"
-    spool.mkdir()
-    drop(spool, "a.capture", make_capture(BOOT, 1, 0))
-    host = Daemon(tmp_path, url, spool)
+    host = _with_one_waiting(tmp_path, url)
     try:
         wait_for("store_up 0", lambda: host.metric("memledger_store_up") == 0, 30)
         assert _reason(host) == "schema_behind"
@@ -106,10 +108,7 @@ def test_a_daemon_started_while_postgresql_is_down_stays_up_until_it_is_back(
         upgrade(eng)
         eng.dispose()
         server.pause()
-        spool = tmp_path / "spool"
-        spool.mkdir()
-        drop(spool, "a.capture", make_capture(BOOT, 1, 0))
-        d = Daemon(tmp_path, url, spool, "--fleet")
+        d = _with_one_waiting(tmp_path, url, "--fleet")
         try:
             wait_for("store_up 0", lambda: d.metric("memledger_store_up") == 0, 30)
             assert _reason(d) == "unreachable"

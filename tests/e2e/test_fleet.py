@@ -27,10 +27,7 @@ back, its release, and the host that booted it; the central store is read direct
 
 from __future__ import annotations
 
-import hashlib
-import http.client
 import json
-import shutil
 import socket
 import ssl
 import time
@@ -40,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import qemu_missing, run_cli
+from conftest import run_cli
 from daemonrun import Daemon, wait_for
-from labboot import CACHE, boot_id, cached_kernel, lab_boot, osrelease
+from fleetclient import client_context, metric, post_capture
+from labboot import boot_id, cached_kernel, lab_boot, osrelease, rollout_missing
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.schema import boots, hosts
 from pgserver import PgServer
-from pki import CA, make_ca
+from pki import make_ca
 from promrun import Prometheus, free_port
 from sqlalchemy import select
 
@@ -66,17 +64,7 @@ CMDLINE = "no_timer_check"
 Row = tuple[str, str, str, str | None]
 
 
-def _missing() -> str | None:
-    if (why := qemu_missing(CACHE)) is not None:
-        return why
-    if shutil.which("prometheus") is None:
-        return "prometheus is not installed (Debian package prometheus)"
-    if cached_kernel("5.10") is None or cached_kernel("6.1", "bookworm") is None:
-        return f"the lab cache {CACHE} lacks bullseye's 5.10 or bookworm's 6.1 (memledger lab kernels --fetch)"
-    return None
-
-
-SKIP_REASON = _missing()
+SKIP_REASON = rollout_missing()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
@@ -89,27 +77,6 @@ def _slowly(pred: Callable[[], bool], every: float = 0.5) -> Callable[[], bool]:
         time.sleep(every)
         return False
     return polled
-
-
-def _context(ca: CA, client: str | None) -> ssl.SSLContext:
-    """A client trusting ``ca``'s servers, with the client certificate ``client`` of it."""
-    ctx = ssl.create_default_context(cafile=str(ca.cert))
-    if client is not None:
-        ctx.load_cert_chain(ca.dir / f"{client}.crt", ca.dir / f"{client}.key")
-    return ctx
-
-
-def _post(address: str, ctx: ssl.SSLContext, body: bytes) -> tuple[int, str]:
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-    try:
-        conn.request("POST", "/api/v1/captures", body,
-                     {"Content-Type": "application/octet-stream",
-                      "X-Memledger-Sha256": hashlib.sha256(body).hexdigest()})
-        r = conn.getresponse()
-        return r.status, r.read().decode()
-    finally:
-        conn.close()
 
 
 def _handshake(address: str, ctx: ssl.SSLContext) -> str:
@@ -125,21 +92,6 @@ def _handshake(address: str, ctx: ssl.SSLContext) -> str:
         except ssl.SSLError as exc:
             return str(exc.reason)
     return ""
-
-
-def _metric(address: str, ctx: ssl.SSLContext, sample: str) -> float | None:
-    """A sample of a daemon's /metrics (HTTPS), by name and labels as exported."""
-    host, port = address.rsplit(":", 1)
-    conn = http.client.HTTPSConnection(host, int(port), context=ctx, timeout=30)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 class Fleet:
@@ -161,7 +113,7 @@ class Fleet:
         self.ca = make_ca(tmp / "pki")
         for name in (*HOSTS, "prometheus"):
             self.ca.issue(name, client=True)
-        self.scraper = _context(self.ca, "prometheus")
+        self.scraper = client_context(self.ca, "prometheus")
         self.addresses: dict[str, str] = {}
         for name in FLEETS:
             self.start_fleet(name)
@@ -191,15 +143,15 @@ class Fleet:
                                    "--web.config.file", str(self.web_config(name)), *listen)
         self.addresses[name] = self.fleets[name].address
 
-    def fleet_metric(self, name: str, sample: str) -> float | None:
-        return _metric(self.addresses[name], self.scraper, sample)
+    def fleetmetric(self, name: str, sample: str) -> float | None:
+        return metric(self.addresses[name], self.scraper, sample)
 
-    def host_metric(self, host: str, sample: str) -> float | None:
-        return _metric(f"127.0.0.1:{self.ports[host]}", self.scraper, sample)
+    def hostmetric(self, host: str, sample: str) -> float | None:
+        return metric(f"127.0.0.1:{self.ports[host]}", self.scraper, sample)
 
     def ingested(self, name: str) -> float:
         """Files fleet daemon ``name`` ingested since it started, whatever came of them."""
-        return sum(self.fleet_metric(name, f'memledger_ingest_total{{result="{r}"}}') or 0
+        return sum(self.fleetmetric(name, f'memledger_ingest_total{{result="{r}"}}') or 0
                    for r in ("ok", "duplicate", "failed"))
 
     def arrived(self) -> bool:
@@ -208,9 +160,9 @@ class Fleet:
 
     def forwarded(self, host: str) -> bool:
         """The host daemon's outbox is empty, and a fleet daemon has its boot."""
-        sent = sum(self.host_metric(host, f'memledger_forward_sent_total{{result="{r}"}}') or 0
+        sent = sum(self.hostmetric(host, f'memledger_forward_sent_total{{result="{r}"}}') or 0
                    for r in ("accepted", "duplicate"))
-        return sent >= 1 and self.host_metric(host, "memledger_forward_backlog_files") == 0
+        return sent >= 1 and self.hostmetric(host, "memledger_forward_backlog_files") == 0
 
     def wave(self, kernel: str) -> None:
         """Every host boots ``kernel`` in the lab; each host daemon is then restarted on
@@ -290,9 +242,9 @@ def _journey(f: Fleet, first: str, second: str) -> dict[str, Any]:
     f.pg_up, paused = False, time.monotonic()
     f.wave(first)
     f.restart("host-a")
-    wait_for("fleet1 to take host-a's boot into its spool", _slowly(lambda: f.fleet_metric(
+    wait_for("fleet1 to take host-a's boot into its spool", _slowly(lambda: f.fleetmetric(
         "fleet1", 'memledger_received_total{result="accepted"}') == 1), 60)
-    assert f.fleet_metric("fleet1", "memledger_store_up") == 0
+    assert f.fleetmetric("fleet1", "memledger_store_up") == 0
     # fleet1 holds host-a's boot, not stored yet, as host-b starts sending.
     spool = f.tmp / "fleet1-spool"
     seen["held"] = sorted(p.name for d in (spool, spool / "inflight") if d.is_dir()
@@ -340,11 +292,11 @@ def _journey(f: Fleet, first: str, second: str) -> dict[str, Any]:
     other = make_ca(f.tmp / "other", "other")
     other.issue("host-a", client=True)
     seen["strangers"] = {}
-    for who, ctx in (("no certificate", _context(f.ca, None)),
-                     ("another CA", _context(other, "host-a"))):
+    for who, ctx in (("no certificate", client_context(f.ca, None)),
+                     ("another CA", client_context(other, "host-a"))):
         ctx.load_verify_locations(f.ca.cert)  # it trusts the fleet daemons all the same
         try:
-            answer: object = _post(f.addresses["fleet1"], ctx, stranger.read_bytes())
+            answer: object = post_capture(f.addresses["fleet1"], ctx, stranger.read_bytes())
         except (ssl.SSLError, ConnectionError) as exc:
             answer = exc
         seen["strangers"][who] = (answer, _handshake(f.addresses["fleet1"], ctx))
@@ -356,7 +308,7 @@ def _journey(f: Fleet, first: str, second: str) -> dict[str, Any]:
                    "--boot-id", a1, "--hostname", "host-a", "-o", str(forged))
     assert proc.returncode == 0, proc.stderr
     ingested = f.ingested("fleet2")
-    seen["forged"] = _post(f.addresses["fleet2"], _context(f.ca, "host-c"), forged.read_bytes())
+    seen["forged"] = post_capture(f.addresses["fleet2"], client_context(f.ca, "host-c"), forged.read_bytes())
     seen["forgery"] = ("certificate:host-c", a1, SHARED, osrelease(f.roots["host-c"][-1]))
     wait_for("fleet2 to ingest the forged capture", _slowly(
         lambda: f.ingested("fleet2") > ingested), 60)

@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import qemu_missing, run_cli
+from conftest import run_cli
 from daemonrun import Daemon, wait_for
-from labboot import CACHE, cached_kernel, lab_boot
+from labboot import cached_kernel, lab_boot, rollout_missing
 from memledger.exporters.dashboard import expressions
 from promrun import Prometheus, free_port
 
@@ -46,17 +45,7 @@ MACHINE_IDS = {name: f"{i + 1:x}" * 32 for i, name in enumerate(HOSTS)}
 VARIABLES = {"$kernel_release": ".*", "$firmware": ".*", "$__rate_interval": "1m"}
 
 
-def _missing() -> str | None:
-    if (why := qemu_missing(CACHE)) is not None:
-        return why
-    if shutil.which("prometheus") is None:
-        return "prometheus is not installed (Debian package prometheus)"
-    if cached_kernel("5.10") is None or cached_kernel("6.1", "bookworm") is None:
-        return f"the lab cache {CACHE} lacks bullseye's 5.10 or bookworm's 6.1 (memledger lab kernels --fetch)"
-    return None
-
-
-SKIP_REASON = _missing()
+SKIP_REASON = rollout_missing()
 pytestmark = pytest.mark.skipif(SKIP_REASON is not None, reason=SKIP_REASON or "")
 
 
