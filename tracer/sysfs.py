@@ -27,8 +27,8 @@ _PLACEHOLDERS = frozenset((
 
 def hardware_digest(values: dict[str, str]) -> str:
     """A short digest of the machine's DMI product UUID and serial (``values``: file name →
-    text), or '' when neither tells a machine apart. The store keeps the digest, not the
-    serial number."""
+    text), or '' when neither tells a machine apart: a host's key in the store (the capture
+    file itself holds the values, as it holds the other DMI strings)."""
     parts = [f"{f}={v}" for f in HARDWARE_FIELDS
              if (v := values.get(f, "").strip()).lower() not in _PLACEHOLDERS]
     if not parts:
