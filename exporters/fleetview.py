@@ -10,6 +10,11 @@ ingest waits for the rendering that includes it, so what it reports is never old
 what this daemon stored. ``memledger_fleet_refresh_timestamp_seconds`` says how fresh the
 figures are, as Prometheus's exporter guidelines ask of cached metrics.
 
+While boots keep arriving (a reboot wave: 100 a second) a rendering follows the last one
+after ``min_gap_s`` at the soonest, unless a scrape waits for it: each rendering reads
+every boot, and one after each store took a seventh of a fleet daemon's time and grew
+with the store.
+
 With a window (``--fleet.window``), only the boots captured within it, counted back from
 each rendering, make the fleet families; ``memledger_fleet_window_seconds`` says it (0:
 every stored boot), and ``memledger_store_boots``/``…_hosts`` still count the whole store.
@@ -47,14 +52,18 @@ class _Fixed(Collector):
 class FleetView:
     """The fleet metrics' last rendering, and the thread that keeps it current."""
 
-    def __init__(self, engine: Engine, interval_s: float = 60.0, window_s: float = 0.0) -> None:
+    def __init__(self, engine: Engine, interval_s: float = 60.0, window_s: float = 0.0,
+                 min_gap_s: float = 5.0) -> None:
         self.engine = engine
         self.interval_s = interval_s
+        self.min_gap_s = min_gap_s
         self.window_s = window_s  # only boots captured this recently count; 0: every one
         self._cond = threading.Condition()
         self._wanted = 1   # bumped by changed(); a rendering is current when it saw this
         self._built = 0
         self._body = b""
+        self._rendered_at = -float("inf")   # when the last rendering began (monotonic)
+        self._waiters = 0                   # scrapes waiting for a newer rendering
         self._stop = False
         self._thread: threading.Thread | None = None
 
@@ -68,14 +77,19 @@ class FleetView:
         """The exposition text of the fleet metrics, waiting (at most ``timeout_s``) for a
         rendering that includes every change reported so far."""
         with self._cond:
-            self._cond.wait_for(lambda: self._built >= self._wanted or self._stop, timeout_s)
+            self._waiters += 1
+            self._cond.notify_all()
+            try:
+                self._cond.wait_for(lambda: self._built >= self._wanted or self._stop, timeout_s)
+            finally:
+                self._waiters -= 1
             return self._body
 
     def render(self) -> None:
         """Read the store and render, now (the thread's work; callable directly)."""
-        with self._cond:
-            wanted = self._wanted
         t0 = time.monotonic()
+        with self._cond:
+            wanted, self._rendered_at = self._wanted, t0
         registry = CollectorRegistry(auto_describe=False)
         try:
             since = (datetime.now(UTC) - timedelta(seconds=self.window_s)
@@ -115,11 +129,20 @@ class FleetView:
             self._body, self._built = body, max(self._built, wanted)
             self._cond.notify_all()
 
+    def _due_in(self) -> float:
+        """Seconds until the next rendering is due (0: now); called holding the lock."""
+        since = time.monotonic() - self._rendered_at
+        if self._built < self._wanted:
+            if self._waiters:
+                return 0.0
+            return max(0.0, min(self.min_gap_s, self.interval_s) - since)
+        return max(0.0, self.interval_s - since)
+
     def _loop(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._built < self._wanted or self._stop,
-                                    self.interval_s)
+                while not self._stop and (due := self._due_in()) > 0:
+                    self._cond.wait(due)
                 if self._stop:
                     return
             self.render()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,30 @@ def test_a_scrape_waits_for_the_rendering_that_holds_the_new_boot(tmp_path: Path
         assert sum(_values(body, "memledger_fleet_boots")) == 2
         assert _values(body, "memledger_fleet_refresh_timestamp_seconds") > first
         assert _values(body, "memledger_fleet_refresh_success") == [1]
+    finally:
+        view.stop()
+        engine.dispose()
+
+
+def test_boots_arriving_fast_are_read_together_unless_a_scrape_waits(tmp_path: Path) -> None:
+    engine = make_engine(resolve_url(str(tmp_path / "m.db")))
+    upgrade(engine)
+    view = FleetView(engine, interval_s=3600, min_gap_s=3600)
+    readings: list[float] = []
+    render = view.render
+    view.render = lambda: (readings.append(time.monotonic()), render())[1]  # type: ignore[method-assign]
+    view.start()
+    try:
+        assert _values(view.body(), "memledger_store_boots") == [0]
+        assert len(readings) == 1
+        for boot in range(3):   # a wave: boot after boot stored, nobody scraping
+            ingest_bytes(engine, make_capture("6.1.0-47-amd64-default", 1, boot), "t")
+            view.changed()
+        time.sleep(1.0)
+        assert len(readings) == 1
+        asked = time.monotonic()
+        assert _values(view.body(timeout_s=10), "memledger_store_boots") == [3]
+        assert len(readings) == 2 and readings[1] >= asked   # one reading, for the scrape
     finally:
         view.stop()
         engine.dispose()
