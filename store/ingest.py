@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from memledger.ledger.compute import compute_ledger
 from memledger.ledger.measures import BOOT_COLUMNS, anomaly_codes, boot_columns
+from memledger.store.bulk import insert_rows
 from memledger.store.db import as_utc, describe_error, is_permanent, writer
 from memledger.store.events import event_rows
 from memledger.store.rows import HostKey, dialect_insert, host_pks
@@ -266,9 +267,7 @@ def _replace_derived(conn: Connection, items: list[tuple[int, Prepared]], now: d
                                    for pk, p in items])
     conn.execute(insert(ledger_documents), [{"boot_pk": pk, "document": p.ledger["document"]}
                                             for pk, p in items])
-    rows = [{"boot_pk": pk, **row} for pk, p in items for row in p.events]
-    if rows:
-        conn.execute(insert(events), rows)
+    insert_rows(conn, events, [{"boot_pk": pk, **row} for pk, p in items for row in p.events])
 
 
 def _write(conn: Connection, winners: list[tuple[int, Prepared, str | None]],

@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from memledger.store.bulk import insert_rows
 from memledger.store.db import writer
 from memledger.store.rows import HostKey, dialect_insert, upsert_host
 from memledger.store.schema import hosts, runtime_batches, runtime_events
 from memledger.store.sums import wide_sum
 from memledger.store.trust import Untrusted, check_not_ahead
 from memledger.tracer.runtime import Batch, BatchError, parse_batch
-from sqlalchemy import Connection, Engine, bindparam, func, insert, select
+from sqlalchemy import Connection, Engine, bindparam, func, select
 
 __all__ = ("BatchError", "BatchResult", "RuntimeTotals", "ingest_batch", "runtime_totals",
            "store_batch")
@@ -63,7 +64,7 @@ def store_batch(engine: Engine, batch: Batch, sha: str, origin: str | None = Non
         if batch_pk is None:
             return BatchResult("duplicate", h.machine_id, h.boot_id, h.source, 0, 0)
         if batch.events:
-            conn.execute(insert(runtime_events), [
+            insert_rows(conn, runtime_events, [
                 {"batch_id": batch_pk, "seq": e.seq, "ts": e.ts, "kind": e.kind,
                  "function": e.function, "phys_start": e.phys_start, "phys_end": e.phys_end,
                  "size": e.bytes, "caller": e.caller, "detail": e.detail}
