@@ -11,7 +11,7 @@ import click
 from memledger.cli.dboption import DB_OPTION
 from memledger.cli.errors import fail
 from memledger.cli.units import parse_duration, parse_size
-from memledger.exporters.daemon import DEFAULT_LISTEN, Daemon, DaemonConfig
+from memledger.exporters.daemon import DEFAULT_LISTEN, FLEET_PARSERS, Daemon, DaemonConfig
 from memledger.exporters.forward import Forwarder, check_url
 from memledger.exporters.httpclient import ClientConfigError, ClientSource
 from memledger.exporters.logs import setup_logging
@@ -145,7 +145,8 @@ def daemon(db: str | None, spool: str | None, root: str, capture_self: bool, lis
     spool = spool or str((db_file or default_db_path()).parent / "spool")
     cfg = DaemonConfig(url, spool, root, capture_self, listen, telemetry_path, max_bytes,
                        retention_s, fleet, fleet_refresh_s, rescan_s, parse_timeout_s, memory,
-                       web_config_file, fleet_window_s)
+                       web_config_file, fleet_window_s,
+                       parsers=min(FLEET_PARSERS, os.cpu_count() or 1) if fleet else 1)
     forwarder = _forwarder(forward_urls, forward_config, forward_outbox, forward_max_backlog,
                            spool)
     # The store is not opened here: a daemon whose store is down, or of another schema,

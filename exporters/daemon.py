@@ -52,8 +52,8 @@ from memledger.exporters.notify import Notifier
 from memledger.exporters.parsechild import (
     MEMORY_LIMIT,
     TIME_LIMIT_S,
-    ParseChild,
     Parsed,
+    ParserPool,
     Unparsable,
 )
 from memledger.exporters.receive import Receiver
@@ -90,11 +90,15 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 
-__all__ = ("DEFAULT_LISTEN", "Daemon", "DaemonConfig", "boot_facts")
+__all__ = ("DEFAULT_LISTEN", "FLEET_PARSERS", "Daemon", "DaemonConfig", "boot_facts")
 
 VERSION = version("memledger")
 # Outside the 9100-9999 block of exporter ports, which is fully allocated.
 DEFAULT_LISTEN = ":9031"
+# A fleet daemon parses with one child per CPU, up to this many: in a reboot wave one
+# child parses a capture in about the time the main thread takes to store two, and the
+# main thread's store is the limit beyond (BENCHMARKS.md, "Fleet ingest").
+FLEET_PARSERS = 4
 _DB_RETRY_S = 30.0
 # A store that is down or of another schema at start is tried again after 1 s, then twice
 # as long each time up to _DB_RETRY_S, each pause with jitter (a fleet's daemons restarted
@@ -134,6 +138,7 @@ class DaemonConfig:
     parse_memory: int = MEMORY_LIMIT
     web_config_file: str | None = None  # --web.config.file: TLS and authentication
     fleet_window_s: float = 0.0  # with fleet: only boots captured this recently count
+    parsers: int = 1  # parser children (a fleet daemon's reboot wave keeps several busy)
 
 
 def _mib(value: int | None) -> str:
@@ -312,10 +317,11 @@ class Daemon:
         self.metrics = IngestMetrics(self.registry)
         if forwarder is not None:
             self.registry.register(forwarder.collector)
-        self.parser = ParseChild(VERSION, cfg.parse_memory, cfg.parse_timeout_s)
-        # One thread hands files to the parser child and waits for it, in order, while the
-        # main thread stores the files parsed before them (_drain).
-        self._parsing = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="parse")
+        self.parser = ParserPool(cfg.parsers, VERSION, cfg.parse_memory, cfg.parse_timeout_s)
+        # A thread per parser child hands it files and waits for it, while the main thread
+        # stores the files parsed before them, in the order they were taken (_drain).
+        self._parsing = concurrent.futures.ThreadPoolExecutor(cfg.parsers,
+                                                              thread_name_prefix="parse")
         self.counts: dict[str, int] = {"new": 0, "replaced": 0, "duplicate": 0, "older": 0,
                                        "failed": 0}
         self._next_watchdog = 0.0

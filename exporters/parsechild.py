@@ -16,13 +16,15 @@ would take the same file again. In a child:
 
 One long-lived child (started through a forkserver, never a fork of the daemon's threads)
 parses file after file; it sends back the parsed capture without its bytes, which the
-parent already holds.
+parent already holds. A fleet daemon keeps a few (:class:`ParserPool`): in a reboot wave
+parsing is a third of the CPU a capture costs, and one child keeps one core busy at most.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import queue
 import resource
 import signal
 import threading
@@ -35,7 +37,7 @@ from multiprocessing.process import BaseProcess
 from memledger.store.ingest import BadCapture, Prepared, prepare
 from memledger.tracer.runtime import Batch, BatchError, is_batch, parse_batch
 
-__all__ = ("MEMORY_LIMIT", "TIME_LIMIT_S", "ParseChild", "Parsed", "Unparsable")
+__all__ = ("MEMORY_LIMIT", "TIME_LIMIT_S", "ParseChild", "Parsed", "ParserPool", "Unparsable")
 
 # Measured (parse-cost): a 32 MiB log, the largest a capture holds, peaks at 215 MiB in
 # 0.5 s; the cap leaves room for a parser that gets costlier, the deadline for a slow or
@@ -182,3 +184,28 @@ class ParseChild:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+
+class ParserPool:
+    """``size`` parser children, each parsing one file at a time for whichever thread
+    asked first; a child is started on first use."""
+
+    def __init__(self, size: int, version: str, memory_limit: int = MEMORY_LIMIT,
+                 time_limit_s: float = TIME_LIMIT_S) -> None:
+        self.size = size
+        self._children = [ParseChild(version, memory_limit, time_limit_s) for _ in range(size)]
+        self._idle: queue.SimpleQueue[ParseChild] = queue.SimpleQueue()
+        for child in self._children:
+            self._idle.put(child)
+
+    def parse(self, data: bytes) -> Parsed:
+        """:meth:`ParseChild.parse` in the first child free."""
+        child = self._idle.get()
+        try:
+            return child.parse(data)
+        finally:
+            self._idle.put(child)
+
+    def close(self) -> None:
+        for child in self._children:
+            child.close()

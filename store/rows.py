@@ -22,6 +22,12 @@ __all__ = ("HostKey", "dialect_insert", "host_pks", "upsert_host")
 # pg_advisory_xact_lock(namespace, hashtext(machine id)): writers that may add a host of
 # one machine id take turns ("mldg").
 _PG_HOST_LOCK = 0x6D6C6467
+# Every machine id of a batch in one statement, in the order given (sorted: writers take
+# the locks in one order, so they never wait for each other in a circle). unnest yields
+# the array in its order, and a volatile function in the target list is evaluated row by
+# row as the rows come.
+_PG_LOCK_HOSTS = text("SELECT count(pg_advisory_xact_lock(:ns, hashtext(m))) "
+                      "FROM unnest(CAST(:mids AS text[])) AS m")
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -50,9 +56,7 @@ def host_pks(conn: Connection, names: Mapping[HostKey, str | None],
     machine's captures with and without it makes one host."""
     mids = sorted({k.machine_id for k in names})
     if conn.dialect.name == "postgresql":  # SQLite writers hold the database's write lock
-        for mid in mids:
-            conn.execute(text("SELECT pg_advisory_xact_lock(:ns, hashtext(:mid))"),
-                         {"ns": _PG_HOST_LOCK, "mid": mid})
+        conn.execute(_PG_LOCK_HOSTS, {"ns": _PG_HOST_LOCK, "mids": mids})
     known: dict[tuple[str, str], list[tuple[str, int]]] = {}
     # Locked (on PostgreSQL; a SQLite writer holds the whole database): a prune that would
     # remove one of these hosts as empty waits, and then finds it seen now.
