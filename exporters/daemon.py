@@ -1,14 +1,17 @@
 """The memledger service: capture this boot, ingest the spool, serve /metrics, speak sd_notify
 (`memledger daemon`, cli/daemon.py, checks the options and starts it).
 
-One main thread does all the ingest work, in order. Files that wait together (a reboot
-wave at a fleet daemon) are parsed one by one and then stored together, up to 64 captures
-in one transaction (store/ingest.py's ingest_many), each still decided, counted and moved
-to done/ or failed/ by its own outcome. Everything else only tells it what to do and
-wakes it through a pipe: watchdog's inotify observer queues names, the signal handlers
-set flags (SIGTERM or Ctrl-C: finish the file being parsed, store the files parsed
-before it, then exit 0; SIGHUP: rescan the spool), and the HTTP server answers scrapes
-on its own threads.
+One main thread decides all the ingest work, in order. Files that wait together (a
+reboot wave at a fleet daemon) are handed to the parser children as they are taken
+(one per CPU on a fleet daemon, each driven by a thread of the daemon), and stored
+together while the next ones are parsed: up to 64 captures in one transaction
+(store/ingest.py's ingest_many), each still decided, counted and moved to done/ or
+failed/ by its own outcome, in the order taken. Everything else only tells the main
+thread what to do and wakes it through a pipe: watchdog's inotify observer and the
+fleet's POST handler (exporters/receive.py) queue names, the signal handlers set flags
+(SIGTERM or Ctrl-C: finish the files being parsed, store the files parsed, put the
+rest back, then exit 0; SIGHUP: rescan the spool), and the HTTP server answers
+scrapes on its own threads.
 
 Nothing in the spool can stop the loop for good:
 
@@ -231,6 +234,13 @@ class _Wakeup:
         self.queued.discard(name)
         return name
 
+    def arrived(self, name: str) -> None:
+        """A file the daemon put into the spool itself (a POST): queued at once. Its
+        inotify event can come half a second late: watchdog holds every event behind a
+        rename out of the spool (each claim) until that rename's pair could have come."""
+        self.offer(name)
+        self.wake()
+
     def wake(self) -> None:
         with contextlib.suppress(BlockingIOError):  # a full pipe: the loop is awake already
             os.write(self.wfd, b"\0")
@@ -429,12 +439,19 @@ class Daemon:
 
     def _done(self, claim: Claim) -> None:
         """Stored: move the file to done/ (a failure leaves it for the next start, which
-        counts it as a duplicate; nothing is lost)."""
+        counts it as a duplicate; nothing is lost). The caller syncs (_sync_done)."""
         try:
-            self.spool.mark_done(claim)
+            self.spool.mark_done(claim, sync=False)
         except OSError as exc:
             log.error("%s: stored, but could not move it to done/: %s",
                       printable(claim.name), exc)
+
+    def _sync_done(self) -> None:
+        try:
+            self.spool.sync_done()
+        except OSError as exc:
+            log.error("%s: cannot sync the moves to done/ (%s); a crash now would offer "
+                      "those files again, as duplicates", self.spool.inflight, exc)
 
     def _refuse(self, claim: Claim, why: str) -> None:
         self._count("failed")
@@ -574,6 +591,7 @@ class Daemon:
             except Exception as exc:
                 log.exception("%s: internal error", printable(t.claim.name))
                 self._refuse(t.claim, f"internal error: {type(exc).__name__}: {exc}")
+        self._sync_done()
         return True
 
     def _write(self, group: list[_Taken]) -> list[tuple[str, str]]:
@@ -734,7 +752,7 @@ class Daemon:
         if self.fleet is not None:
             self.fleet.start()
         # A fleet daemon takes hosts' files by POST into its spool (exporters/receive.py).
-        receiver = (Receiver(self.spool, self.registry, wake=self.inbox.wake)
+        receiver = (Receiver(self.spool, self.registry, arrived=self.inbox.arrived)
                     if self.cfg.fleet else None)
         self.web = WebServer(self.cfg.listen, self.cfg.telemetry_path, self.registry,
                              self._landing, self.fleet.body if self.fleet is not None else None,

@@ -65,11 +65,11 @@ class Receiver:
     """Answers POSTs on the HTTP server's threads; the spool is touched by path only."""
 
     def __init__(self, spool: Spool, registry: CollectorRegistry, max_waiting: int = 10_000,
-                 wake: Callable[[], None] | None = None,
+                 arrived: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.spool = spool
         self.max_waiting = max_waiting
-        self.wake = wake
+        self.arrived = arrived  # told each new file's spool name, once it is there
         self._clock = clock
         self._lock = threading.Lock()
         self._counted_at: float | None = None   # when the spool was last counted
@@ -141,8 +141,8 @@ class Receiver:
                 503, f"busy: cannot write into the spool ({os.strerror(exc.errno or 0)})",
                 **{"Retry-After": str(_RETRY_AFTER_S)}))
         self._accepted()
-        if self.wake is not None:
-            self.wake()
+        if self.arrived is not None:
+            self.arrived(name)
         return self._count("accepted", _json("accepted", sha))
 
 

@@ -303,14 +303,22 @@ class Spool:
             target = f"{base}.{n}"
         return target
 
-    def mark_done(self, claim: Claim) -> str:
-        """Move to done/; its time stamp becomes the ingest time (for the retention)."""
+    def mark_done(self, claim: Claim, sync: bool = True) -> str:
+        """Move to done/; its time stamp becomes the ingest time (for the retention).
+        ``sync=False`` leaves the move to :meth:`sync_done` (one directory sync for many
+        files: a move lost in a crash brings the file back from inflight/ at the next
+        start, where it is a duplicate)."""
         target = self._free_name(DONE, claim.name)
         os.rename(claim.slot, target, src_dir_fd=self._fd(INFLIGHT), dst_dir_fd=self._fd(DONE))
         with contextlib.suppress(OSError):
             os.utime(target, dir_fd=self._fd(DONE), follow_symlinks=False)
-        os.fsync(self._fd(INFLIGHT))
+        if sync:
+            self.sync_done()
         return target
+
+    def sync_done(self) -> None:
+        """Make the moves to done/ so far durable."""
+        os.fsync(self._fd(INFLIGHT))
 
     def mark_failed(self, claim: Claim, why: str) -> str:
         """Move to failed/ with ``NAME.error`` (written first, so the reason is never lost)."""

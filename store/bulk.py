@@ -1,14 +1,17 @@
-"""Many rows into one table in one statement.
+"""Many rows into one table at once.
 
 A capture brings up to a few hundred events, and a fleet daemon stores 64 captures in
 one transaction. As an executemany, each row is a statement of its own on PostgreSQL
 (psycopg pipelines them, but SQLAlchemy and psycopg still bind every row, and the
-server runs each): in a reboot wave that was the largest part of a fleet daemon's
-time. On PostgreSQL the rows go instead as one array per column into one
-``INSERT … SELECT … FROM unnest(…)``, the usual idiom for a bulk insert through a
-driver: one statement, the same checks (a value too long for its column is refused
-as it would be row by row), and inside the caller's transaction. SQLite runs an
-executemany, which it does in process.
+server plans and runs each): in a reboot wave that was the largest part of a fleet
+daemon's time. On PostgreSQL the rows go instead through ``COPY … FROM STDIN``, its
+bulk-load path, on the transaction's own connection (psycopg's ``Cursor.copy``): the
+same checks as an INSERT (a value too long for its column, a NUL in a text, a missing
+parent row are refused), measured at a third of the time of one ``INSERT … SELECT FROM
+unnest(…)`` of arrays, itself half that of the executemany (BENCHMARKS.md, "Fleet
+ingest"). SQLAlchemy has no COPY, so a driver error is turned here into the
+SQLAlchemy error every caller handles, and a connection lost meanwhile is invalidated
+as SQLAlchemy does for its own statements. SQLite runs an executemany, in process.
 """
 
 from __future__ import annotations
@@ -16,34 +19,32 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Table, insert, text
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy import Connection, Table, insert
+from sqlalchemy.exc import DBAPIError
 
 __all__ = ("insert_rows",)
 
-_STATEMENTS: dict[tuple[str, tuple[str, ...]], TextClause] = {}
-
-
-def _unnest(table: Table, names: tuple[str, ...]) -> TextClause:
-    """INSERT INTO table (names) SELECT * FROM unnest(one typed array per column)."""
-    key = (table.name, names)
-    if key not in _STATEMENTS:
-        dialect = postgresql.dialect()
-        arrays = ", ".join(
-            f"CAST(:{n} AS {table.c[n].type.compile(dialect=dialect).split('(')[0]}[])"
-            for n in names)
-        _STATEMENTS[key] = text(f"INSERT INTO {table.name} ({', '.join(names)}) "
-                                f"SELECT * FROM unnest({arrays})")
-    return _STATEMENTS[key]
-
 
 def insert_rows(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` (each with the same keys) into ``table``."""
+    """Insert ``rows`` (each with the same keys) into ``table``, in the transaction of
+    ``conn``."""
     if not rows:
         return
     if conn.dialect.name != "postgresql":
         conn.execute(insert(table), list(rows))
         return
     names = tuple(rows[0])
-    conn.execute(_unnest(table, names), {n: [r[n] for r in rows] for n in names})
+    statement = f"COPY {table.name} ({', '.join(names)}) FROM STDIN"
+    raw = conn.connection.driver_connection
+    assert raw is not None  # a connection in a transaction has its driver connection
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row([row[n] for n in names])
+    except conn.dialect.loaded_dbapi.Error as exc:
+        lost = conn.dialect.is_disconnect(exc, raw, None)
+        if lost:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(statement, None, exc, conn.dialect.loaded_dbapi.Error,
+                                  connection_invalidated=lost,
+                                  dialect=conn.dialect) from exc

@@ -1,5 +1,6 @@
-"""Many rows in one statement (store/bulk.py): what goes in comes back, on both backends,
-and the database checks each value as it checks a row inserted alone."""
+"""Many rows at once (store/bulk.py): what goes in comes back, on both backends; the
+database checks each value as it checks a row inserted alone, and its errors are the
+SQLAlchemy errors every writer handles."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import Any
 
 import pytest
 from memledger.store.bulk import insert_rows
-from memledger.store.db import make_engine, resolve_url, writer
+from memledger.store.db import is_permanent, make_engine, resolve_url, writer
 from memledger.store.migrate import upgrade
 from memledger.store.rows import HostKey, upsert_host
 from memledger.store.schema import boots, events
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.exc import DataError
+from sqlalchemy import Engine, insert, select, text
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
 _NOW = datetime(2026, 12, 5, tzinfo=UTC)
 
@@ -49,7 +50,8 @@ def test_rows_come_back_as_they_went_in(engine: Engine) -> None:
     pk = _boot(engine)
     rows = [_row(pk, 0),   # every nullable column null
             _row(pk, 1, ts=0.5, phys_start=0, phys_end=(1 << 63) - 1, size=1 << 40,
-                 caller="efi_free_boot_services+0x1f/0x30", flags=4, detail="ä \\ \"q\" {,}"),
+                 caller="efi_free_boot_services+0x1f/0x30", flags=4,
+                 detail="ä \\ \"q\" {,} \t tab \n line \\N \r"),
             _row(pk, 2, source="ftrace", function="x" * 1024, detail="")]
     with writer(engine) as conn, conn.begin():
         insert_rows(conn, events, rows)
@@ -60,13 +62,36 @@ def test_rows_come_back_as_they_went_in(engine: Engine) -> None:
     assert got == rows
 
 
-def test_a_value_too_long_for_its_column_is_refused_and_nothing_is_written(
-        pg_server: Any) -> None:
-    """PostgreSQL only: SQLite keeps no VARCHAR length (TEXT affinity)."""
+@pytest.mark.parametrize("bad", [{"source": "s" * 17}, {"detail": "a\0b"},
+                                 {"boot_pk": 10**9}])
+def test_a_row_the_database_refuses_is_its_data_error_and_nothing_is_written(
+        pg_server: Any, bad: dict[str, Any]) -> None:
+    """PostgreSQL only: SQLite keeps no VARCHAR length (TEXT affinity). Each is a
+    permanent error (store/db.py is_permanent): the daemon refuses the capture."""
     engine = _engine(str(pg_server.new_database()))
     pk = _boot(engine)
-    with pytest.raises(DataError), writer(engine) as conn, conn.begin():
-        insert_rows(conn, events, [_row(pk, 0), _row(pk, 1, source="s" * 17)])
+    with pytest.raises(DBAPIError) as caught, writer(engine) as conn, conn.begin():
+        insert_rows(conn, events, [_row(pk, 0), {**_row(pk, 1), **bad}])
+    assert isinstance(caught.value, DataError | IntegrityError)
+    assert is_permanent(caught.value)
     with engine.connect() as conn:
         assert conn.execute(select(events.c.id)).all() == []
+    engine.dispose()
+
+
+def test_a_connection_lost_in_the_middle_is_an_operational_error_and_the_next_one_works(
+        pg_server: Any) -> None:
+    engine = _engine(str(pg_server.new_database()))
+    pk = _boot(engine)
+    with pytest.raises(OperationalError) as caught, writer(engine) as conn, conn.begin():
+        with engine.connect() as other:   # the server ends this transaction's session
+            other.execute(text("SELECT pg_terminate_backend(:pid)"),
+                          {"pid": conn.connection.driver_connection.info.backend_pid})
+        insert_rows(conn, events, [_row(pk, 0)])
+    assert caught.value.connection_invalidated
+    assert not is_permanent(caught.value)
+    with writer(engine) as conn, conn.begin():
+        insert_rows(conn, events, [_row(pk, 0)])
+    with engine.connect() as conn:
+        assert conn.execute(select(events.c.seq)).scalars().all() == [0]
     engine.dispose()

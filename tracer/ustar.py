@@ -13,6 +13,7 @@ authority for every unusual or broken file.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 __all__ = ("Member", "read_plain")
@@ -24,6 +25,7 @@ _ZERO = bytes(_BLOCK)
 _FILE_TYPES = (b"0", b"\0")
 _DIR_TYPE = b"5"
 _MAGICS = (b"ustar\x0000", b"ustar  \x00")
+_OCTAL = re.compile(rb"[0-7]+")
 
 
 def _field(header: bytes, start: int, end: int) -> bytes:
@@ -34,7 +36,7 @@ def _octal(raw: bytes) -> int | None:
     text = raw.strip(b" \0")
     if not text:
         return 0
-    if not all(48 <= c <= 55 for c in text):  # base-256 or garbage: tarfile decides
+    if _OCTAL.fullmatch(text) is None:  # base-256 or garbage: tarfile decides
         return None
     return int(text, 8)
 
