@@ -85,8 +85,8 @@ The default listen address, {DEFAULT_LISTEN}, is outside the 9100-9999 block of 
                    "store) instead of this host's current boot.")
 @click.option("--fleet.refresh", "fleet_refresh", envvar="MEMLEDGER_FLEET_REFRESH",
               show_envvar=True, default="60s", show_default=True,
-              help="With --fleet: read the aggregates again this often (and after every boot "
-                   "this daemon stores); scrapes serve the last reading.")
+              help="With --fleet: read the aggregates again this often (and after the boots "
+                   "this daemon stores, at most every 5s); scrapes serve the last reading.")
 @click.option("--fleet.window", "fleet_window", envvar="MEMLEDGER_FLEET_WINDOW",
               show_envvar=True, default="0", show_default=True,
               help="With --fleet: only boots captured this recently count in the aggregates "
