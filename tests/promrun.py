@@ -79,6 +79,13 @@ class Prometheus:
         assert out["status"] == "success", out
         return {r["name"] for g in out["data"]["groups"] for r in g["rules"]}
 
+    def alerts(self) -> list[dict[str, Any]]:
+        """The active alerts (pending and firing), each with its labels, state and value."""
+        out = self._get("/api/v1/alerts")
+        assert out["status"] == "success", out
+        alerts: list[dict[str, Any]] = out["data"]["alerts"]
+        return alerts
+
     def targets_up(self) -> dict[str, float]:
         return {r["metric"]["instance"]: float(r["value"][1]) for r in self.query("up")}
 
