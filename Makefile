@@ -103,9 +103,10 @@ boot-fixtures: venv lab-kernels
 	rm -rf tests/fixtures/boots
 	$(BIN)/memledger lab matrix --out tests/fixtures/boots -j 2
 
-# deploy/grafana/memledger.json from exporters/dashboard.py (a test checks it is current).
+# deploy/grafana/memledger-{fleet,host}.json from exporters/dashboard.py (a test checks
+# they are current).
 dashboards: venv
-	$(BIN)/python -m memledger.exporters.dashboard > deploy/grafana/memledger.json
+	$(BIN)/python -m memledger.exporters.dashboard deploy/grafana
 
 test: lint typecheck unit e2e
 

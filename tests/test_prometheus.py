@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from capturegen import BOOT_NAMES, BOOTS, make_capture
 from daemonrun import Daemon, drop, wait_for
-from memledger.exporters.dashboard import expressions, render
+from memledger.exporters.dashboard import BUILDERS, expressions, render
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.ingest import ingest_bytes
 from memledger.store.migrate import upgrade
@@ -40,9 +40,10 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).parent.parent
 ALERTS = REPO / "deploy" / "prometheus" / "alerts.yml"
-DASHBOARD = REPO / "deploy" / "grafana" / "memledger.json"
-# The fleet row needs a --fleet daemon; the template variables mean "All".
-VARIABLES = {"$kernel_release": ".*", "$firmware": ".*", "$__rate_interval": "1m"}
+DASHBOARDS = REPO / "deploy" / "grafana"
+# The fleet dashboard needs a --fleet daemon; the template variables mean "All".
+VARIABLES = {"$kernel_release": ".*", "$firmware": ".*", "$instance": ".*",
+             "$__rate_interval": "1m"}
 
 
 def _variant(tmp: Path, name: str, label: str) -> Path:
@@ -238,23 +239,46 @@ def samples(body: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
             for fam in text_string_to_metric_families(body) for s in fam.samples}
 
 
-def test_dashboard_is_the_generated_one() -> None:
-    assert DASHBOARD.read_text() == render(), "run `make dashboards`"
-    model = json.loads(DASHBOARD.read_text())
-    assert model["uid"] and [v["name"] for v in model["templating"]["list"]] == \
+def _panels(name: str) -> list[tuple[str, str]]:
+    return expressions(json.loads((DASHBOARDS / name).read_text()))
+
+
+def test_the_dashboards_are_the_generated_ones() -> None:
+    assert sorted(p.name for p in DASHBOARDS.glob("*.json")) == sorted(BUILDERS)
+    for name in BUILDERS:
+        assert (DASHBOARDS / name).read_text() == render(name), "run `make dashboards`"
+    fleet = json.loads((DASHBOARDS / "memledger-fleet.json").read_text())
+    host = json.loads((DASHBOARDS / "memledger-host.json").read_text())
+    assert (fleet["uid"], host["uid"]) == ("memledger-fleet", "memledger-host")
+    assert [v["name"] for v in fleet["templating"]["list"]] == \
         ["datasource", "kernel_release", "firmware"]
+    assert [v["name"] for v in host["templating"]["list"]] == ["datasource", "instance"]
+    # A fleet-only setup has its variables: they come from the fleet daemon's metrics.
+    assert all("memledger_fleet_boots" in v["query"]["query"]
+               for v in fleet["templating"]["list"][1:])
+
+
+def test_no_fleet_panel_draws_a_series_per_host() -> None:
+    """Every fleet panel either aggregates away the instance or keeps the worst 10."""
+    for title, expr in _panels("memledger-fleet.json"):
+        outer = expr.removeprefix("time() - ").split("(", 1)[0].strip()
+        assert outer in ("max by", "sum by", "count by", "count", "sum", "max", "topk"), \
+            (title, expr)
+        if outer == "topk":
+            assert expr.startswith("topk(10,"), (title, expr)
 
 
 def test_every_panel_expression_returns_data(stack: dict[str, Any]) -> None:
     prom: Prometheus = stack["prom"]
-    exprs = expressions(json.loads(DASHBOARD.read_text()))
-    assert len(exprs) >= 14
     empty = []
-    for title, expr in exprs:
-        for var, value in VARIABLES.items():
-            expr = expr.replace(var, value)
-        if not prom.query(expr):
-            empty.append((title, expr))
+    for name in BUILDERS:
+        exprs = _panels(name)
+        assert len(exprs) >= 11, name
+        for title, expr in exprs:
+            for var, value in VARIABLES.items():
+                expr = expr.replace(var, value)
+            if not prom.query(expr):
+                empty.append((name, title, expr))
     assert empty == []
 
 
