@@ -37,6 +37,9 @@ BY_BOOT = (' * on (instance, job) group_left (kernel_release) '
            'memledger_boot_info{kernel_release=~"$kernel_release"}')
 HOST = 'instance=~"$instance"'
 WORST = 10
+# The fleet families' own labels: max by these takes each figure once.
+KEYS = "kernel_release, firmware_vendor, firmware_version"
+RELEASE_FIRMWARE = "{{kernel_release}} {{firmware_vendor}} {{firmware_version}}"
 
 
 def _q(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
@@ -76,13 +79,12 @@ def _query_variable(name: str, label: str, query: str, multi: bool = True
 
 
 def _fleet(stat_: str, figure: str, state: str) -> str:
-    return (f'max by (kernel_release, firmware_version) (memledger_fleet_{figure}_bytes'
+    return (f'max by ({KEYS}) (memledger_fleet_{figure}_bytes'
             f'{{state="{state}", stat="{stat_}", {FLEET}}})')
 
 
 def _per_release(metric: str) -> str:
-    return (f"sum by (kernel_release) (max by (kernel_release, firmware_version) "
-            f"({metric}{{{FLEET}}}))")
+    return f"sum by (kernel_release) (max by ({KEYS}) ({metric}{{{FLEET}}}))"
 
 
 def build_fleet() -> dashboard.Dashboard:
@@ -101,27 +103,34 @@ def build_fleet() -> dashboard.Dashboard:
         "Median reclaimed", "EFI boot-services memory the kernel gave back: the median boot "
         "of each release on each firmware.", "bytes",
         _q(_fleet("median", "efi_boot_services", "reclaimed"),
-           "{{kernel_release}} {{firmware_version}}")))
+           RELEASE_FIRMWARE)))
     d = d.with_panel(_bars(
         "Reclaimed: p10, median, p90", "The spread over each release's boots; a low p10 is a "
         "minority of boots that gave back less.", "bytes",
-        _q(f'max by (kernel_release, firmware_version, stat) (memledger_fleet_efi_boot_services_bytes'
-           f'{{state="reclaimed", {FLEET}}})', "{{kernel_release}} {{firmware_version}} {{stat}}")))
+        _q(f'max by ({KEYS}, stat) (memledger_fleet_efi_boot_services_bytes'
+           f'{{state="reclaimed", {FLEET}}})', RELEASE_FIRMWARE + " {{stat}}")))
     d = d.with_panel(_bars(
         "Median kept", "EFI boot-services memory the kernel kept on purpose (or by mistake), "
         "median boot.", "bytes",
-        _q(_fleet("median", "efi_boot_services", "kept"), "{{kernel_release}} {{firmware_version}}")))
+        _q(_fleet("median", "efi_boot_services", "kept"), RELEASE_FIRMWARE)))
     d = d.with_panel(_bars(
         "Boots, hosts and leaking boots", "Stored boots and hosts per release, and the boots "
         "whose ledger shows the deferred-page leak.", "none",
         _q(_per_release("memledger_fleet_boots"), "{{kernel_release}} boots"),
         _q(_per_release("memledger_fleet_hosts"), "{{kernel_release}} hosts", "B"),
         _q(_per_release("memledger_fleet_leaking_boots"), "{{kernel_release}} leaking", "C")))
+    d = d.with_panel(_bars(
+        "Boots left out, by reason", "Boots that do not measure some figures, left out of "
+        "them here as compare leaves them out (efi=debug keeps every boot-services page; a "
+        "kexec boot inherits its map; a truncated log saw part of the boot).", "none",
+        _q(f"sum by (kernel_release, reason) (max by ({KEYS}, reason) "
+           f"(memledger_fleet_left_out_boots{{{FLEET}}}))",
+           "{{kernel_release}} {{reason}}")))
     d = d.with_row(dashboard.Row("Below 1 MiB"))
     d = d.with_panel(_bars(
         "Median reserved below 1 MiB", "What the kernel keeps of the first MiB (all of it "
         "since v5.13), median boot.", "bytes",
-        _q(_fleet("median", "low_memory", "reserved"), "{{kernel_release}} {{firmware_version}}")))
+        _q(_fleet("median", "low_memory", "reserved"), RELEASE_FIRMWARE)))
     d = d.with_panel(_bars(
         "Boots that freed low memory", "0 since v5.13 (f1d4d47c5851).", "none",
         _q(_per_release("memledger_fleet_low_memory_freed_boots"), "{{kernel_release}}")))

@@ -20,9 +20,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from memledger.ledger.anomalies import CODES
 from memledger.ledger.boot_services import KEPT_REASONS
+from memledger.ledger.measures import REASONS, measures
 from memledger.ledger.model import LedgerDoc
 from memledger.ledger.stats import summary
 from memledger.spool.reader import Spool
@@ -208,46 +210,64 @@ def _runtime_metrics(t: RuntimeTotals) -> Iterator[Metric]:
     yield d
 
 
+# Fleet family → (what, its label, label value → (ledger column, compare's figure name)).
 _FLEET_FIGURES = {
     "memledger_fleet_efi_boot_services_bytes": ("EFI boot-services memory", "state",
-                                                {s: f"bs_{s}_bytes" for s in BS_STATES}),
+                                                {s: (f"bs_{s}_bytes", s) for s in BS_STATES}),
     "memledger_fleet_low_memory_bytes": ("Memory below 1 MiB", "state",
-                                         {s: f"low_{s}_bytes" for s in LOW_STATES}),
+                                         {s: (f"low_{s}_bytes", f"low_{s}") for s in LOW_STATES}),
 }
+
+
+def _counting(g: FleetGroup, column: str, figure: str) -> list[Any]:
+    """The values of ``column`` from the boots that measure ``figure``: the boots compare
+    leaves out of it (ledger/measures.py) are left out here too."""
+    return [v for v, why in zip(g.columns[column], g.whys, strict=True) if measures(figure, why)]
 
 
 def fleet_metrics(groups: list[FleetGroup], n_hosts: int | None = None,
                   stored_boots: int | None = None) -> Iterator[Metric]:
     """The fleet families over the boots in ``groups`` (every stored boot, or those of the
     window), grouped by release and firmware; the store's own counts when given (the
-    boots' defaults to those in ``groups``)."""
-    keys = ["kernel_release", "firmware_version"]
+    boots' defaults to those in ``groups``). Each figure counts only the boots that
+    measure it, as compare does; ``memledger_fleet_left_out_boots`` says how many were
+    left out of some figures, and why."""
+    keys = ["kernel_release", "firmware_vendor", "firmware_version"]
     n_boots = _g("memledger_fleet_boots", "Stored boots per kernel release and firmware.", keys)
     hosts_g = _g("memledger_fleet_hosts", "Hosts with stored boots per kernel release and "
                  "firmware.", keys)
     leaking = _g("memledger_fleet_leaking_boots", "Boots whose ledger shows an EFI "
-                 "boot-services leak.", keys)
-    anomalous = _g("memledger_fleet_anomalous_boots", "Boots with at least one anomaly.", keys)
+                 "boot-services leak (of those that measure it: not efi=debug, EFI).", keys)
+    anomalous = _g("memledger_fleet_anomalous_boots", "Boots with at least one anomaly (of "
+                   "those that measure it: not efi=debug, kexec or a truncated log).", keys)
     lowfreed = _g("memledger_fleet_low_memory_freed_boots", "Boots that freed memory below "
-                  "1 MiB.", keys)
+                  "1 MiB (of those that measure it).", keys)
+    left_out = _g("memledger_fleet_left_out_boots", "Boots left out of some figures, by "
+                  "reason, as compare leaves them out: " + "; ".join(
+                      f"{k}: {v}" for k, v in REASONS.items()) + ".", [*keys, "reason"])
     figures = {name: _g(name, f"{what} per kernel release and firmware: p10, median and p90 "
-                        "over the boots where it is known.", [*keys, label, "stat"])
+                        "over the boots where it is known and that measure it (as compare "
+                        "counts them).", [*keys, label, "stat"])
                for name, (what, label, _) in _FLEET_FIGURES.items()}
     for g in groups:
-        lv = [label(g.kernel_release), label(g.firmware_version)]
-        cols = g.columns
+        lv = [label(g.kernel_release), label(g.firmware_vendor), label(g.firmware_version)]
         n_boots.add_metric(lv, len(g.host_ids))
         hosts_g.add_metric(lv, len(set(g.host_ids)))
-        leaking.add_metric(lv, sum(1 for v in cols["bs_leaked_bytes"] if (v or 0) > 0))
-        anomalous.add_metric(lv, sum(1 for v in cols["anomaly_count"] if v > 0))
-        lowfreed.add_metric(lv, sum(1 for v in cols["low_freed_bytes"] if (v or 0) > 0))
+        leaking.add_metric(lv, sum(1 for v in _counting(g, "bs_leaked_bytes", "leaked")
+                                   if (v or 0) > 0))
+        anomalous.add_metric(lv, sum(1 for v in _counting(g, "anomaly_count", "anomalies")
+                                     if v > 0))
+        lowfreed.add_metric(lv, sum(1 for v in _counting(g, "low_freed_bytes", "low_freed")
+                                    if (v or 0) > 0))
+        for reason in REASONS:
+            left_out.add_metric([*lv, reason], sum(1 for why in g.whys if reason in why))
         for name, (_, _, columns) in _FLEET_FIGURES.items():
-            for label_value, column in columns.items():
-                s = summary(cols[column])
+            for label_value, (column, figure) in columns.items():
+                s = summary(_counting(g, column, figure))
                 if s["n"]:
                     for stat in _STATS:
                         figures[name].add_metric([*lv, label_value, stat], s[stat] or 0)
-    yield from (n_boots, hosts_g, leaking, anomalous, lowfreed, *figures.values())
+    yield from (n_boots, hosts_g, leaking, anomalous, lowfreed, left_out, *figures.values())
     if n_hosts is not None:
         # Rendered with the fleet figures, not at the scrape: the HELP says so.
         yield _plain("memledger_store_boots", "Boots held in the store.",

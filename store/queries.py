@@ -7,6 +7,7 @@ from datetime import datetime
 from itertools import groupby
 from typing import Any, TypedDict
 
+from memledger.ledger.measures import reasons
 from memledger.ledger.model import LedgerDoc, from_stored
 from memledger.store.db import as_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
@@ -217,12 +218,15 @@ FLEET_COLUMNS = ("bs_total_bytes", "bs_reclaimed_bytes", "bs_kept_bytes", "bs_le
 
 @dataclass(frozen=True, slots=True)
 class FleetGroup:
-    """The stored boots of one (kernel release, firmware version): their hosts, and each
-    headline column's values (None where unknown)."""
+    """The stored boots of one (kernel release, firmware vendor and version): their hosts,
+    why each may not measure some figures (ledger/measures.py, the rule compare follows),
+    and each headline column's values (None where unknown), all in one order."""
 
     kernel_release: str
+    firmware_vendor: str
     firmware_version: str
     host_ids: tuple[int, ...]
+    whys: tuple[tuple[str, ...], ...]
     columns: dict[str, tuple[Any, ...]]
 
 
@@ -231,16 +235,25 @@ def fleet_rows(engine: Engine, since: datetime | None = None) -> list[FleetGroup
     ``since``, when given), grouped by release and firmware (the database sorts; each
     group is transposed into columns at C speed)."""
     release = func.coalesce(boots.c.kernel_release, "")
+    vendor = func.coalesce(boots.c.firmware_vendor, "")
     firmware = func.coalesce(boots.c.firmware_version, "")
-    q = (select(release, firmware, boots.c.host_id, *(ledgers.c[c] for c in FLEET_COLUMNS))
+    q = (select(release, vendor, firmware, boots.c.host_id, boots.c.efi, boots.c.efi_debug,
+                boots.c.kexec, boots.c.log_complete, *(ledgers.c[c] for c in FLEET_COLUMNS))
          .join(ledgers, ledgers.c.boot_pk == boots.c.id)
-         .order_by(release, firmware))
+         .order_by(release, vendor, firmware))
     if since is not None:
         q = q.where(boots.c.captured_at >= as_utc(since))
     with engine.connect() as conn:
         rows = conn.execute(q).all()
+    memo: dict[tuple[Any, ...], tuple[str, ...]] = {}
     out = []
-    for (rel, fw), group in groupby(rows, key=lambda r: (r[0], r[1])):
+    for (rel, ven, fw), group in groupby(rows, key=lambda r: (r[0], r[1], r[2])):
         cols = list(zip(*group, strict=True))
-        out.append(FleetGroup(rel, fw, cols[2], dict(zip(FLEET_COLUMNS, cols[3:], strict=True))))
+        whys = []
+        for state in zip(*cols[4:8], strict=True):
+            if state not in memo:
+                memo[state] = reasons(*state)
+            whys.append(memo[state])
+        out.append(FleetGroup(rel, ven, fw, cols[3], tuple(whys),
+                              dict(zip(FLEET_COLUMNS, cols[8:], strict=True))))
     return out

@@ -6,8 +6,9 @@ import time
 from pathlib import Path
 
 import pytest
-from capturegen import make_capture
+from capturegen import BOOT_NAMES, make_capture
 from memledger.exporters.fleetview import FleetView
+from memledger.store.compare import compare
 from memledger.store.db import make_engine, resolve_url
 from memledger.store.ingest import ingest_bytes
 from memledger.store.migrate import upgrade
@@ -112,3 +113,40 @@ def test_the_window_counts_only_recent_boots(db_url: str) -> None:
         assert _values(body, "memledger_fleet_window_seconds") == [0]
     finally:
         engine.dispose()
+
+
+# The EFI figures: on them SeaBIOS boots (another firmware) are left out everywhere, so
+# each release's measuring boots are all on the one OVMF, one fleet group.
+EFI_FIGURES = {"total": "bs_total", "reclaimed": "bs_reclaimed", "kept": "bs_kept",
+               "leaked": "bs_leaked"}
+
+
+def test_the_fleet_counts_the_boots_compare_counts(tmp_path: Path) -> None:
+    """One rule for what counts (ledger/measures.py): an efi=debug boot keeps every
+    boot-services page and a SeaBIOS boot has none, so neither is in the fleet's medians,
+    as neither is in compare's; the fleet says how many it left out."""
+    engine = make_engine(resolve_url(str(tmp_path / "m.db")))
+    upgrade(engine)
+    names = [n for n in BOOT_NAMES if n.startswith(("6.1.0-47-amd64-", "6.12.117+deb12-amd64-"))]
+    for i, name in enumerate(names):
+        ingest_bytes(engine, make_capture(name, i, 1), "t")
+    view = FleetView(engine)
+    view.render()
+    fams = {f.name: f for f in text_string_to_metric_families(view.body().decode())}
+    verdict = compare(engine, "6.1.0-47-amd64", "6.12.117+deb12-amd64").as_dict()
+    figures = {f["name"]: f for f in verdict["figures"]}
+    for side, release in (("baseline", "6.1.0-47-amd64"), ("candidate", "6.12.117+deb12-amd64")):
+        for figure, state in EFI_FIGURES.items():
+            fleet = {s.labels["firmware_version"]: s.value
+                     for s in fams["memledger_fleet_efi_boot_services_bytes"].samples
+                     if s.labels["kernel_release"] == release and s.labels["stat"] == "median"
+                     and s.labels["state"] == state.removeprefix("bs_")}
+            assert list(fleet.values()) == [figures[figure][side]["median"]], (release, figure)
+        left = {s.labels["reason"]: s.value for s in fams["memledger_fleet_left_out_boots"].samples
+                if s.labels["kernel_release"] == release and s.value}
+        # The lab's configurations of each release: one efi=debug boot, one SeaBIOS boot.
+        assert left == {"efi_debug": 1.0, "not_efi": 1.0}, release
+    # Kept: efi=debug keeps every page (tens of MiB); the other OVMF boots keep next to
+    # nothing, and that is the median both say.
+    assert figures["kept"]["baseline"]["median"] < 1 << 20
+    engine.dispose()
