@@ -3,8 +3,11 @@ self-contained HTML file with plots (matplotlib, inline SVG; past 1000 points a 
 points are one embedded image).
 
 Every format leads with the verdict and its reasons, then the figures (with each one's
-threshold and how it was compared), the paired hosts, the anomaly codes, what else
-differs between the sides, and the boots left out of some figures with why.
+threshold and how it was compared), the paired hosts (worst first), the anomaly codes,
+what else differs between the sides, and the boots left out of some figures with why.
+The table and the markdown are read by people and pasted in tickets: they list the
+:data:`WORST` worst hosts, values and left-out boots and count the rest, whatever the
+fleet's size; JSON and HTML keep everything.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import html
 import io
 import json
 import statistics
+from collections import Counter
 from typing import Any
 
 from memledger.exporters.markdown import md
@@ -23,13 +27,15 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "to_html", "to_json", "to_markdown", "to_table")
+__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "WORST", "to_html", "to_json", "to_markdown",
+           "to_table")
 
 BASELINE_COLOR = "#4c72b0"
 CANDIDATE_COLOR = "#dd8452"
 _VERDICT_STYLE = {"regression": "bold red", "improvement": "green", "changed": "yellow",
                   "same": "dim", "unknown": "dim", "no change": "bold"}
 _UNITS = {f.name: f.unit for f in FIGURES}
+WORST = 10  # hosts (and values, left-out boots) the table and the markdown list by default
 _BOOT_ROWS = 500  # the HTML lists at most this many boots a side
 _RASTER = 1000  # points of one side in one plot drawn as SVG elements, at most
 
@@ -87,7 +93,9 @@ def _host(d: dict[str, Any]) -> str:
     return str(d["hostname"] or d["machine_id"][:12])
 
 
-def to_table(c: Comparison) -> RenderableType:
+def to_table(c: Comparison, worst: int | None = WORST) -> RenderableType:
+    """The verdict, its reasons, the figures; the ``worst`` paired hosts (None: every
+    one) with the rest summarised; the context, summarised the same way."""
     head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
     reasons = [text(f"- {r}") for r in c.reasons]
     t = Table(title=text(_title(c)), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
@@ -108,17 +116,35 @@ def to_table(c: Comparison) -> RenderableType:
     parts: list[RenderableType] = [head, *reasons, t]
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
-        p = Table(title="paired hosts (baseline → candidate, MiB; K: KiB, B: bytes)", box=box.SIMPLE_HEAD,
-                  pad_edge=False, collapse_padding=True)
+        listed = c.pairs if worst is None else c.pairs[:worst]
+        p = Table(title=_pairs_title(c, listed) + " (baseline → candidate, MiB; K: KiB, B: bytes)",
+                  box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
         p.add_column("host")
         for name in shown:
             p.add_column(_short(name), justify="right")
-        for d in c.pairs:
+        for d in listed:
             p.add_row(text(_host(d)), *(_pair_cell(d["figures"].get(name), _UNITS[name], short=True)
                                         for name in shown))
         parts.append(p)
-    parts += [text(line) for line in _context_lines(c)]
+        if len(listed) < len(c.pairs):
+            parts.append(text(_rest_of_pairs(c, len(listed))))
+    parts += [text(line) for line in _context_lines(c, worst)]
     return Group(*parts)
+
+
+def _pairs_title(c: Comparison, listed: list[dict[str, Any]]) -> str:
+    if len(listed) == len(c.pairs):
+        return "paired hosts, worst first"
+    return f"the worst {len(listed)} of {len(c.pairs)} paired hosts"
+
+
+def _rest_of_pairs(c: Comparison, listed: int) -> str:
+    """One line for the paired hosts not listed: how many were worse in some figure."""
+    rest = c.pairs[listed:]
+    worse = sum(1 for d in rest if any(v["verdict"] == "regression" for v in d["figures"].values()))
+    better = sum(1 for d in rest if any(v["verdict"] == "improvement" for v in d["figures"].values()))
+    return (f"… and {len(rest)} more paired hosts: {worse} worse in some figure, {better} "
+            "better in some; every host is in --format json and html (or --worst all)")
 
 
 def _pair_cell(v: dict[str, Any] | None, unit: str, short: bool = False) -> str:
@@ -127,8 +153,16 @@ def _pair_cell(v: dict[str, Any] | None, unit: str, short: bool = False) -> str:
     return f"{_mib(v['baseline'], unit, short=short)} → {_mib(v['candidate'], unit, short=short)}"
 
 
-def _context_lines(c: Comparison) -> list[str]:
-    """Anomaly codes, other differences and the boots left out, a line each."""
+def _values(vals: dict[str, int], worst: int | None) -> str:
+    items = sorted(vals.items(), key=lambda kv: -kv[1])
+    shown = items if worst is None else items[:worst]
+    text_ = ", ".join(f"{v} ({n})" for v, n in shown)
+    return text_ + (f", and {len(items) - len(shown)} more" if len(shown) < len(items) else "")
+
+
+def _context_lines(c: Comparison, worst: int | None = None) -> list[str]:
+    """Anomaly codes, other differences and the boots left out, a line each; with
+    ``worst``, at most that many values a side and boots listed, the rest counted."""
     a = c.anomalies
     lines = []
     for side in ("baseline", "candidate"):
@@ -136,12 +170,21 @@ def _context_lines(c: Comparison) -> list[str]:
         lines.append(f"anomalies on the {side}'s measuring boots: {codes}")
     for attr, sides in c.differences.items():
         lines.append(f"differs, {attr}: " + "; ".join(
-            f"{side} " + ", ".join(f"{v} ({n})" for v, n in vals.items())
-            for side, vals in sides.items()))
+            f"{side} " + _values(vals, worst) for side, vals in sides.items()))
+    how = "counted anyway" if c.include_all else "left out"
+    if worst is None or len(c.left_out) <= worst:
+        for d in c.left_out:
+            lines.append(f"{how} ({d['side']}): {_host(d)} boot {d['boot_id'][:8]} "
+                         f"{d['kernel_release']}, of {', '.join(d['figures'])}: {'; '.join(d['why'])}")
+        return lines
+    by_side: dict[str, Counter[tuple[str, ...]]] = {}
     for d in c.left_out:
-        lines.append(f"{'counted anyway' if c.include_all else 'left out'} ({d['side']}): "
-                     f"{_host(d)} boot {d['boot_id'][:8]} {d['kernel_release']}, of "
-                     f"{', '.join(d['figures'])}: {'; '.join(d['why'])}")
+        by_side.setdefault(d["side"], Counter())[tuple(d["why"])] += 1
+    for side, kinds in by_side.items():
+        total = sum(kinds.values())
+        lines.append(f"{how} ({side}): {total} boots, of some figures: " + "; ".join(
+            f"{' and '.join(why)} ({n})" for why, n in kinds.most_common())
+            + "; each is listed in --format json and html")
     return lines
 
 
@@ -151,7 +194,10 @@ def to_json(c: Comparison) -> str:
     return json.dumps(c.as_dict(), default=str) + "\n"
 
 
-def to_markdown(c: Comparison) -> str:
+def to_markdown(c: Comparison, worst: int | None = WORST) -> str:
+    """For a pull-request comment: the ``worst`` paired hosts (None: every one), the rest
+    and the context summarised, so that it stays under GitHub's 65 536 characters at any
+    fleet size."""
     # Data reaches markdown only through md(): what is not wrapped in it is ours.
     lines = [f"### memledger compare: {md(_title(c))}", "", f"**Verdict: {c.verdict}**", ""]
     lines += [f"- {md(r)}" for r in c.reasons]
@@ -165,11 +211,15 @@ def to_markdown(c: Comparison) -> str:
                      f"{_num(f['threshold'], f['unit'])} | {verdict} |")
     if c.pairs:
         shown = [f["name"] for f in c.figures if f["mode"] == "paired"]
-        lines += ["", "Paired hosts (baseline → candidate, MiB unless marked):", "",
+        listed = c.pairs if worst is None else c.pairs[:worst]
+        lines += ["", f"{_pairs_title(c, listed).capitalize()} (baseline → candidate, MiB "
+                      "unless marked):", "",
                   "| host | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
         lines += [f"| {md(_host(d))} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
-                                                  for n in shown) + " |" for d in c.pairs]
-    lines += [""] + [f"- {md(line)}" for line in _context_lines(c)]
+                                                  for n in shown) + " |" for d in listed]
+        if len(listed) < len(c.pairs):
+            lines += ["", md(_rest_of_pairs(c, len(listed)))]
+    lines += [""] + [f"- {md(line)}" for line in _context_lines(c, worst)]
     regs = c.regressions
     lines += ["", f"Regressions: {', '.join(regs)}." if regs else "No regression.", ""]
     return "\n".join(lines)

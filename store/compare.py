@@ -2,7 +2,8 @@
 and its reasons.
 
 A selector is a kernel release or a shell glob (``6.12.*``), narrowed by ``where``
-(firmware_version, firmware_vendor, product).
+(firmware_version, firmware_vendor, product), by when the boots were captured (``since``
+inclusive, ``until`` exclusive) and by host (``hosts``: globs of host names or machine ids).
 
 **Only measurements count.** Each figure uses only the boots that can measure it
 (ledger/measures.py): an ``efi=debug`` boot counts for the total but not for reclaimed,
@@ -31,6 +32,10 @@ about the capture (a truncated log, efi=debug) are reported, never a regression.
 
 **Small samples** (fewer than :data:`SMALL_N` boots a side, or paired hosts) are said
 plainly in the reasons.
+
+**The paired hosts come worst first**: by how many figures regressed on the host, then by
+how far its worst figure moved the wrong way, so that a report showing the first few
+shows the ones to look at.
 """
 
 from __future__ import annotations
@@ -39,11 +44,13 @@ import fnmatch
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Literal
 
 from memledger.ledger.measures import CAPTURE_CODES, REASONS, measures, reasons
 from memledger.ledger.stats import summary
 from memledger.ledger.vendors import vendor_name
+from memledger.store.db import as_utc
 from memledger.store.schema import boots, hosts, ledgers
 from sqlalchemy import Engine, Row, select
 
@@ -178,11 +185,22 @@ _TABLE = {name: hosts if name in ("machine_id", "hostname") else
           ledgers if name in ledgers.c else boots for name in _COLUMNS}
 
 
-def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[list[str], list[Row[Any]]]:
+def _host_pks(conn: Any, globs: tuple[str, ...]) -> list[int]:
+    """The hosts whose name or machine id matches one of ``globs``."""
+    return [pk for pk, name, mid in conn.execute(select(hosts.c.id, hosts.c.hostname,
+                                                        hosts.c.machine_id))
+            if any(fnmatch.fnmatchcase(name or "", g) or fnmatch.fnmatchcase(mid, g)
+                   for g in globs)]
+
+
+def select_boots(engine: Engine, selector: str, where: dict[str, str],
+                 since: datetime | None = None, until: datetime | None = None,
+                 host_globs: tuple[str, ...] = ()) -> tuple[list[str], list[Row[Any]]]:
     """The releases a selector matches, and their boots (release, host, boot id, what
     decides which figures they measure, their context, and :data:`FIGURES` by column
     key), in no particular order (sorting 100 000 rows would cost PostgreSQL more than
-    the rest of the query)."""
+    the rest of the query): only those captured in [``since``, ``until``) and of the hosts
+    ``host_globs`` match, when given."""
     with engine.connect() as conn:
         releases = sorted({r for (r,) in conn.execute(select(boots.c.kernel_release).distinct())
                            if r is not None and fnmatch.fnmatchcase(r, selector)})
@@ -195,6 +213,12 @@ def select_boots(engine: Engine, selector: str, where: dict[str, str]) -> tuple[
              .where(boots.c.kernel_release.in_(releases)))
         for key, value in where.items():
             q = q.where(boots.c[key] == (vendor_name(value) if key == "firmware_vendor" else value))
+        if since is not None:
+            q = q.where(boots.c.captured_at >= as_utc(since))
+        if until is not None:
+            q = q.where(boots.c.captured_at < as_utc(until))
+        if host_globs:
+            q = q.where(boots.c.host_id.in_(_host_pks(conn, host_globs)))
         rows: list[Row[Any]] = list(conn.execute(q))
     return releases, rows
 
@@ -353,6 +377,29 @@ def _pairs(sides: Sides, figures: list[dict[str, Any]], hosts: list[int],
     return out
 
 
+def _worsening(fig: Figure, change: float | None) -> float:
+    """How far a host's change went the wrong way for ``fig`` (0 when it did not)."""
+    if change is None or fig.better == "neutral":
+        return 0.0
+    return max(0.0, change if fig.better == "lower" else -change)
+
+
+def _worst_first(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The paired hosts, those with the most regressed figures first, then the one whose
+    worst byte figure moved furthest the wrong way."""
+    def badness(d: dict[str, Any]) -> tuple[int, float, str]:
+        figs = d["figures"]
+        regressed = sum(1 for v in figs.values() if v["verdict"] == "regression")
+        worst = max((_worsening(f, figs[f.name]["delta"]) for f in FIGURES
+                     if f.unit == "bytes" and f.name in figs), default=0.0)
+        return -regressed, -worst, str(d["hostname"] or d["machine_id"])
+    return sorted(pairs, key=badness)
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def _left_out(sides: Sides) -> list[dict[str, Any]]:
     out = []
     for name, side in sides.items():
@@ -437,11 +484,13 @@ def _reasons(figures: list[dict[str, Any]], anomalies: dict[str, Any],
 
 
 def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str] | None = None,
-            thresholds: Thresholds | None = None, include_all: bool = False) -> Comparison:
+            thresholds: Thresholds | None = None, include_all: bool = False, *,
+            since: datetime | None = None, until: datetime | None = None,
+            host_globs: tuple[str, ...] = ()) -> Comparison:
     where = where or {}
     thresholds = thresholds or Thresholds()
-    selected = {"baseline": select_boots(engine, baseline, where),
-                "candidate": select_boots(engine, candidate, where)}
+    selected = {side: select_boots(engine, sel, where, since, until, host_globs)
+                for side, sel in (("baseline", baseline), ("candidate", candidate))}
     # Why each boot may not measure a figure: one small tuple per distinct state.
     memo: dict[tuple[Any, ...], tuple[str, ...]] = {}
     sides: Sides = {}
@@ -474,12 +523,14 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
         verdict = "unknown"
     else:
         verdict = "no change"
-    meta = {side: {"selector": sel, "where": where, "releases": selected[side][0],
+    window = {"since": _iso(since), "until": _iso(until), "host_globs": list(host_globs)}
+    meta = {side: {"selector": sel, "where": where, **window, "releases": selected[side][0],
                    "boots": len(selected[side][1]),
                    "hosts": len({r.host_pk for r in selected[side][1]})}
             for side, sel in (("baseline", baseline), ("candidate", candidate))}
     return Comparison(meta["baseline"], meta["candidate"], figures, verdict,
                       _reasons(figures, anomalies, left_out, include_all, len(both), len(every),
                                bool(pairing)), left_out,
-                      _pairs(sides, figures, pairing, per_host), anomalies, _differences(sides),
+                      _worst_first(_pairs(sides, figures, pairing, per_host)), anomalies,
+                      _differences(sides),
                       include_all, sides)
