@@ -17,18 +17,20 @@ import io
 import json
 import statistics
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from memledger.exporters.markdown import md
 from memledger.exporters.terminal import text
-from memledger.store.compare import FIGURES, Comparison, size_text
+from memledger.store.compare import FIGURES, SMALL_N, Comparison, size_text
+from memledger.store.db import as_utc
 from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "WORST", "to_html", "to_json", "to_markdown",
-           "to_table")
+__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "WORST", "sample_warning", "to_html", "to_json",
+           "to_markdown", "to_table")
 
 BASELINE_COLOR = "#4c72b0"
 CANDIDATE_COLOR = "#dd8452"
@@ -78,6 +80,28 @@ def _how(f: dict[str, Any], short: bool = False) -> str:
     return f"{f['baseline']['n']}/{f['candidate']['n']}"
 
 
+def _compared(f: dict[str, Any]) -> str:
+    """The HTML's "compared" cell: how many paired hosts, or boots a side."""
+    if f["mode"] == "paired":
+        n = f["hosts"]["paired"]
+        return f"{n} paired host{'s' if n != 1 else ''}"
+    if f["mode"] is None:
+        return "-"
+    return f"{f['baseline']['n']} / {f['candidate']['n']} boots"
+
+
+def sample_warning(c: Comparison) -> str | None:
+    """Said at the verdict when a figure that decides it rests on few boots or hosts."""
+    small = [f for f in c.figures
+             if f.get("small_n") and f["verdict"] in ("regression", "improvement")]
+    if not small:
+        return None
+    what = ", ".join(f"{f['name']} on {_how(f).replace('pairs', 'paired hosts')}"
+                     + ("" if f["mode"] == "paired" else " boots") for f in small)
+    return (f"on a small sample, fewer than {SMALL_N}: {what}; a change this size may be "
+            "chance")
+
+
 def _short(name: str) -> str:
     return name.replace("low_", "<1M ").replace("boot_services", "boot svc")
 
@@ -97,6 +121,8 @@ def to_table(c: Comparison, worst: int | None = WORST) -> RenderableType:
     """The verdict, its reasons, the figures; the ``worst`` paired hosts (None: every
     one) with the rest summarised; the context, summarised the same way."""
     head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
+    if (warning := sample_warning(c)) is not None:
+        head.append(f" — {warning}", style="yellow")
     reasons = [text(f"- {r}") for r in c.reasons]
     t = Table(title=text(_title(c)), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
               caption="MiB, K: KiB, B: bytes (anomalies: a count). median (p10-p90) of the "
@@ -200,6 +226,8 @@ def to_markdown(c: Comparison, worst: int | None = WORST) -> str:
     fleet size."""
     # Data reaches markdown only through md(): what is not wrapped in it is ours.
     lines = [f"### memledger compare: {md(_title(c))}", "", f"**Verdict: {c.verdict}**", ""]
+    if (warning := sample_warning(c)) is not None:
+        lines[-2] += f" — {md(warning)}"
     lines += [f"- {md(r)}" for r in c.reasons]
     lines += ["", "| figure | compared | baseline | candidate | change | threshold | verdict |",
               "|---|---|---:|---:|---:|---:|---|"]
@@ -235,6 +263,7 @@ def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
 
     scale = (1 << 20) if unit == "bytes" else 1
     fig, ax = plt.subplots(figsize=(7, 1.5))
+    highest: list[float] = []
     for y, (side, color) in enumerate((("candidate", CANDIDATE_COLOR),
                                        ("baseline", BASELINE_COLOR))):
         counted: list[float] = []
@@ -243,6 +272,7 @@ def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
             value = r._mapping[key]
             if value is not None:
                 (counted if ok else left).append(value / scale)
+        highest += [max(counted + left)] if counted or left else []
         jitter = [((i * 7) % 11 - 5) * 0.025 for i in range(max(len(counted), len(left)))]
         # Thousands of points as SVG elements would make a fleet's report hundreds of MB:
         # past _RASTER points a side's points are one embedded image.
@@ -256,6 +286,9 @@ def _plot(c: Comparison, fig_name: str, key: str, unit: str) -> str:
             ax.plot([med, med], [y - 0.3, y + 0.3], color=color, linewidth=3, zorder=2)
     ax.set_yticks([0, 1], ["candidate", "baseline"])
     ax.set_ylim(-0.6, 1.6)
+    # From 0: a difference shows at its true size (zoomed to the values, 1 KiB between
+    # two boots of 624 KiB looked like two far-apart clusters).
+    ax.set_xlim(0, max([1.0, *(v * 1.05 for v in highest)]))
     ax.set_xlabel(f"{fig_name} ({'MiB' if unit == 'bytes' else 'count'})")
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
@@ -279,7 +312,7 @@ def _boots_table(c: Comparison, side: str) -> str:
                                                r.machine_id, str(r.captured_at)))
     body = "".join(
         f"<tr><td>{_e(r.hostname or r.machine_id[:12])}</td><td>{_e(r.boot_id[:8])}</td>"
-        f"<td>{_e(r.kernel_release)}</td><td>{_e(r.captured_at)}</td>"
+        f"<td>{_e(r.kernel_release)}</td><td>{_e(_booted(r))}</td><td>{_e(_at(r.captured_at))}</td>"
         f"<td>{_tri(r.efi, 'EFI', 'not EFI')}</td><td>{_tri(r.efi_debug, 'efi=debug', '-')}</td>"
         f"<td>{_tri(r.kexec, 'kexec', '-')}</td>"
         f"<td>{_tri(r.log_complete, 'complete', 'truncated')}</td>"
@@ -287,17 +320,32 @@ def _boots_table(c: Comparison, side: str) -> str:
         + f"<td>{_e(r.anomaly_codes or '-')}</td></tr>" for r in rows[:_BOOT_ROWS])
     more = (f"<p>… and {len(rows) - _BOOT_ROWS} more boots (the JSON format counts them "
             "all).</p>") if len(rows) > _BOOT_ROWS else ""
-    head = "".join(f"<th>{h}</th>" for h in ("host", "boot", "kernel", "captured", "firmware",
+    head = "".join(f"<th>{h}</th>" for h in ("host", "boot", "kernel", "booted", "captured", "firmware",
                                             "efi=debug", "kexec", "kernel log",
                                             *(f.name for f in FIGURES), "anomaly codes"))
-    return f"<table class='boots'><tr>{head}</tr>{body}</table>{more}"
+    return f"<div class='scroll'><table class='boots'><tr>{head}</tr>{body}</table></div>{more}"
+
+
+def _at(when: Any) -> str | None:
+    return None if when is None else as_utc(when).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _booted(r: Any) -> str | None:
+    """When the host booted: the capture's time less its uptime (unknown once the capture
+    file is pruned)."""
+    if r.captured_at is None or r.uptime_s is None:
+        return None
+    return _at(as_utc(r.captured_at) - timedelta(seconds=r.uptime_s))
 
 
 def to_html(c: Comparison) -> str:
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in c.reasons)
+    warning = (f"<p id='small-sample'>{html.escape(w)}</p>"
+               if (w := sample_warning(c)) is not None else "")
+    glossary = "; ".join(f"<b>{html.escape(f.name)}</b>: {html.escape(f.label)}" for f in FIGURES)
     rows = "".join(
-        f"<tr class='{f['verdict']}'><td>{html.escape(f['label'])}</td>"
-        f"<td>{html.escape(_how(f))}{' (' + f['mode'] + ')' if f['mode'] else ''}</td>"
+        f"<tr class='{f['verdict']}'><td title='{html.escape(f['label'])}'>{html.escape(f['name'])}</td>"
+        f"<td>{html.escape(_compared(f))}</td>"
         f"<td>{html.escape(_side(f['baseline'], f['unit']))}</td>"
         f"<td>{html.escape(_side(f['candidate'], f['unit']))}</td>"
         f"<td>{html.escape(_num(f['delta'], f['unit'], True))}</td>"
@@ -306,19 +354,19 @@ def to_html(c: Comparison) -> str:
         f"<td>{f['left_out']['baseline']}/{f['left_out']['candidate']}</td>"
         f"<td class='verdict'>{f['verdict']}</td></tr>" for f in c.figures)
     plots = "".join(
-        f"<figure><figcaption>{html.escape(f.label)}</figcaption>{_plot(c, f.name, f.key, f.unit)}"
+        f"<figure><figcaption>{html.escape(f.name)}</figcaption>{_plot(c, f.name, f.key, f.unit)}"
         "</figure>"
         for f, s in zip(FIGURES, c.figures, strict=True)
         if s["baseline"]["n"] or s["candidate"]["n"] or any(s["left_out"].values()))
     shown = [f for f in c.figures if f["mode"] == "paired"]
     pairs = "".join(
         f"<tr><td>{_e(d['hostname'] or d['machine_id'][:12])}</td>"
-        f"<td>{d['boots']['baseline']}/{d['boots']['candidate']}</td>"
+        f"<td>{d['boots']['baseline']} / {d['boots']['candidate']}</td>"
         + "".join(_pair_td(d["figures"].get(f["name"]), f["unit"]) for f in shown) + "</tr>"
         for d in c.pairs)
     pairs_html = (
-        "<table class='pairs'><tr><th>host</th><th>boots</th>"
-        + "".join(f"<th>{html.escape(f['name'])}</th>" for f in shown) + f"</tr>{pairs}</table>"
+        "<div class='scroll'><table class='pairs'><tr><th>host</th><th>boots (baseline / candidate)</th>"
+        + "".join(f"<th>{html.escape(f['name'])}</th>" for f in shown) + f"</tr>{pairs}</table></div>"
         if c.pairs else "<p>No host booted both sides: the two populations are compared.</p>")
     a = c.anomalies
     codes = sorted(a["baseline"].keys() | a["candidate"].keys())
@@ -353,26 +401,33 @@ tr.changed, tr.new-capture {{ background: #fff6dc; }}
 .plots {{ display: flex; flex-wrap: wrap; gap: 0 2em; }}
 figure {{ margin: 0 0 1em 0; }} figcaption {{ font-weight: bold; }}
 table.boots td, table.boots th {{ font-size: 0.85em; }}
+.scroll {{ max-width: 100%; overflow-x: auto; }}
+#small-sample {{ background: #fff6dc; padding: 0.3em 0.6em; display: inline-block; }}
 </style></head><body>
 <h1>memledger compare</h1>
 <p id="sides">{html.escape(_title(c))}</p>
 <div id="verdict" class="{c.verdict.replace(' ', '-')}">verdict: {c.verdict}</div>
+{warning}
 <ul id="reasons">{reasons}</ul>
 <h2>Figures</h2>
-<table id="figures"><tr><th>figure</th><th>compared</th><th>baseline</th><th>candidate</th>
-<th>change</th><th>threshold</th><th>left out</th><th>verdict</th></tr>
-{rows}</table>
-<p>median (p10 to p90, nearest rank) of the boots that measure the figure. Change: the median
-of the paired hosts' changes, else the candidate median minus the baseline median; where any
-increase matters (leaked, freed below 1 MiB, anomalies), the largest change on a host, else
-of the highest value. Hover a threshold for its rule. Left out: boots with a value that
-cannot measure the figure (listed below).</p>
+<div class="scroll"><table id="figures"><tr><th>figure</th><th>compared</th><th>baseline</th>
+<th>candidate</th><th>change</th><th>threshold</th><th>left out (baseline / candidate)</th>
+<th>verdict</th></tr>
+{rows}</table></div>
+<p>Baseline and candidate: median (p10 to p90, nearest rank) of the boots that measure the
+figure, in MiB unless marked. Compared: over the hosts that booted both sides (each host
+against itself), else over each side's boots. Change: the median of the paired hosts'
+changes, else the candidate median minus the baseline median; where any increase matters
+(leaked, low_freed, anomalies), the largest change on a host, else of the highest value.
+Hover a threshold for its rule. Left out (baseline / candidate): boots of each side with a
+value that cannot measure the figure, listed below with why.</p>
+<p id="glossary">{glossary}</p>
 <h2>Every boot</h2>
 <p class="key"><span style="background:{BASELINE_COLOR}"></span> baseline
 <span style="background:{CANDIDATE_COLOR}"></span> candidate; a hollow point is a boot left
 out of the figure; a bar is a side's median.</p>
 <div class="plots">{plots}</div>
-<h2>Paired hosts (baseline → candidate, MiB unless marked)</h2>
+<h2>Paired hosts, worst first (baseline → candidate, MiB unless marked)</h2>
 {pairs_html}
 <h2>Anomalies</h2>
 <table id="anomalies"><tr><th>code</th><th>baseline boots</th><th>candidate boots</th><th></th></tr>
@@ -395,7 +450,7 @@ def _table(ident: str, heads: tuple[str, ...], rows: str, empty: str) -> str:
     if not rows:
         return f"<p>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
-    return f"<table id='{ident}'><tr>{head}</tr>{rows}</table>"
+    return f"<div class='scroll'><table id='{ident}'><tr>{head}</tr>{rows}</table></div>"
 
 
 def _pair_td(v: dict[str, Any] | None, unit: str) -> str:

@@ -51,7 +51,7 @@ from memledger.ledger.measures import CAPTURE_CODES, REASONS, measures, reasons
 from memledger.ledger.stats import summary
 from memledger.ledger.vendors import vendor_name
 from memledger.store.db import as_utc
-from memledger.store.schema import boots, hosts, ledgers
+from memledger.store.schema import boots, captures, hosts, ledgers
 from sqlalchemy import Engine, Row, select
 
 __all__ = ("FIGURES", "SMALL_N", "WHERE_KEYS", "Comparison", "Figure", "Thresholds", "compare",
@@ -178,10 +178,13 @@ class Comparison:
 # What compare reads of each boot, and the table each column is in.
 # A host is its row (hosts.id), never its machine id alone: clones of one disk image share
 # that (migration 0007), and pairing them would compare two machines.
-_COLUMNS = ("kernel_release", "host_pk", "machine_id", "hostname", "boot_id", "captured_at", "efi",
-            "efi_debug", "kexec", "log_complete", "firmware_vendor", "firmware_version",
-            "product", "cmdline", "memory_bytes", "anomaly_codes", *(f.key for f in FIGURES))
+# uptime_s (the capture's; None once it is pruned) dates the boot: captured_at - uptime_s.
+_COLUMNS = ("kernel_release", "host_pk", "machine_id", "hostname", "boot_id", "captured_at",
+            "uptime_s", "efi", "efi_debug", "kexec", "log_complete", "firmware_vendor",
+            "firmware_version", "product", "cmdline", "memory_bytes", "anomaly_codes",
+            *(f.key for f in FIGURES))
 _TABLE = {name: hosts if name in ("machine_id", "hostname") else
+          captures if name == "uptime_s" else
           ledgers if name in ledgers.c else boots for name in _COLUMNS}
 
 
@@ -210,6 +213,7 @@ def select_boots(engine: Engine, selector: str, where: dict[str, str],
                       for name in _COLUMNS))
              .join(ledgers, ledgers.c.boot_pk == boots.c.id)
              .join(hosts, hosts.c.id == boots.c.host_id)
+             .outerjoin(captures, captures.c.id == boots.c.capture_id)
              .where(boots.c.kernel_release.in_(releases)))
         for key, value in where.items():
             q = q.where(boots.c[key] == (vendor_name(value) if key == "firmware_vendor" else value))

@@ -11,11 +11,12 @@ import json
 import re
 import statistics
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from capturegen import BOOT_NAMES, BOOTS, boot_id, machine_id, make_capture
+from capturegen import BOOT_NAMES, BOOTS, T0, boot_id, machine_id, make_capture
 from conftest import kernel_efi_freed_bytes, run_cli
 from memledger.exporters.report import BASELINE_COLOR, CANDIDATE_COLOR
 from memledger.store.db import make_engine, resolve_url
@@ -119,13 +120,15 @@ def _kernel_leak(name: str) -> int:
     return memtotal * 1024 - managed * 4096
 
 
-def _store_of(tmp_path: Path, boots: list[tuple[str, int, int]]) -> str:
-    """A store holding fixture boots (name, host, boot number)."""
+def _store_of(tmp_path: Path, boots: list[tuple[str, int, int]],
+              uptime_s: float | None = None) -> str:
+    """A store holding fixture boots (name, host, boot number), each captured ``uptime_s``
+    after it booted when given (its /proc/uptime)."""
     db = f"sqlite:///{tmp_path / 'm.db'}"
     eng = make_engine(resolve_url(db))
     upgrade(eng)
     for name, host, boot in boots:
-        ingest_bytes(eng, make_capture(name, host, boot, minutes=boot), "test")
+        ingest_bytes(eng, make_capture(name, host, boot, minutes=boot, uptime_s=uptime_s), "test")
     eng.dispose()
     return db
 
@@ -202,14 +205,22 @@ def test_every_format_names_the_boots_left_out_and_the_pairs(tmp_path: Path) -> 
     efidebug = boot_id(3, 2)[:8]
     args = ["compare", "--db", db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64"]
     table = run_cli(*args)
-    assert table.returncode == 1 and table.stdout.startswith("verdict: regression\n- leaked regressed:")
+    # The verdict rests on 2 paired hosts: its first line says so.
+    first, rest = table.stdout.split("\n- ", 1)
+    assert table.returncode == 1 and " ".join(first.split()) == (
+        "verdict: regression — on a small sample, fewer than 5: leaked on 2 paired hosts, "
+        "anomalies on 2 paired hosts; a change this size may be chance")
+    assert rest.startswith("leaked regressed:")
     text = " ".join(table.stdout.split())  # rich wraps at 80 columns
     assert (f"left out (baseline): host-3 boot {efidebug} 6.1.0-56-amd64, of reclaimed, kept, "
             "leaked, low_freed, anomalies: efi=debug keeps every boot-services page by design") in text
     leak = _kernel_leak(ROLLOUT[0][0]) / (1 << 20)
     assert re.search(rf"host-1 +0\.0 → {leak:.1f} ", table.stdout)
     md = run_cli(*args, "--format", "markdown").stdout.splitlines()
-    assert md[2] == "**Verdict: regression**" and md[4].startswith("- leaked regressed:")
+    assert md[2] == ("**Verdict: regression** — on a small sample, fewer than 5: leaked on 2 "
+                     "paired hosts, anomalies on 2 paired hosts; a change this size may be "
+                     "chance")
+    assert md[4].startswith("- leaked regressed:")
     # Markdown escapes the line's "_" (the line holds data: exporters/markdown.py).
     assert f"- left out (baseline): host-3 boot {efidebug} 6.1.0-56-amd64, of reclaimed, kept, " \
         "leaked, low\\_freed, anomalies: efi=debug keeps every boot-services page by design" in md
@@ -240,6 +251,20 @@ def _rendered(report: Path, tmp_path: Path) -> tuple[str, Image.Image]:
     return dom.stdout, Image.open(shot).convert("RGB")
 
 
+def _page_width(report: Path, tmp_path: Path, window: int) -> int:
+    """The page's laid-out width in Chromium (a copy that writes it into the DOM)."""
+    probe = tmp_path / "probe.html"
+    probe.write_text(report.read_text().replace(
+        "</body>", "<script>document.body.dataset.width = "
+        "document.documentElement.scrollWidth</script></body>"))
+    dom = subprocess.run(["chromium", "--headless=new", "--no-sandbox", "--disable-gpu",
+                          f"--window-size={window},1000", "--dump-dom", probe.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=False)
+    m = re.search(r'data-width="(\d+)"', dom.stdout)
+    assert m, dom.stderr[-2000:]
+    return int(m.group(1))
+
+
 def _near(img: Image.Image, color: str, box: tuple[int, int, int, int] | None = None) -> int:
     want = tuple(int(color[i:i + 2], 16) for i in (1, 3, 5))
     raw = (img.crop(box) if box else img).tobytes()
@@ -248,7 +273,7 @@ def _near(img: Image.Image, color: str, box: tuple[int, int, int, int] | None = 
 
 
 def test_html_report_in_chromium_leads_with_the_verdict_and_shows_its_evidence(tmp_path: Path) -> None:
-    db = _store_of(tmp_path, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)])
+    db = _store_of(tmp_path, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)], uptime_s=42.5)
     report = tmp_path / "report.html"
     proc = run_cli("compare", "--db", db, "--baseline", "6.1.0-56-amd64", "--candidate",
                    "5.10.0-32-amd64", "--format", "html", "-o", str(report))
@@ -266,8 +291,17 @@ def test_html_report_in_chromium_leads_with_the_verdict_and_shows_its_evidence(t
         return doc.xpath(f"//table[{table}]//tr[td]")
 
     figures = {tr[0].text_content(): [td.text_content() for td in tr] for tr in rows("@id='figures'")}
-    assert figures["EFI boot services: leaked"][-1] == "regression"
-    assert figures["EFI boot services: leaked"][1] == "2 pairs (paired)"
+    # One vocabulary: the figures' names, as --threshold takes them, each explained once.
+    assert figures["leaked"][-1] == "regression"
+    assert figures["leaked"][1] == "2 paired hosts"
+    assert figures["kept"][1] == "-"   # no boot of 5.10 measures it: not compared
+    assert "low_freed: below 1 MiB: freed" in doc.get_element_by_id("glossary").text_content()
+    captions = [c.text_content() for c in doc.xpath("//figcaption")]
+    assert "leaked" in captions and set(captions) <= set(figures)
+    # The verdict rests on 2 hosts: said at the verdict itself, not eighth among the reasons.
+    assert doc.get_element_by_id("small-sample").text_content().startswith(
+        "on a small sample, fewer than 5: leaked on 2 paired hosts")
+    assert doc.get_element_by_id("small-sample").getprevious().get("id") == "verdict"
     hosts = [tr[0].text_content() for tr in rows("@class='pairs'")]
     assert sorted(hosts) == ["host-1", "host-2"]
     worse = [td.text_content() for tr in rows("@class='pairs'") for td in tr
@@ -281,6 +315,15 @@ def test_html_report_in_chromium_leads_with_the_verdict_and_shows_its_evidence(t
     assert "efi=debug" in left[0][5]
     boots = doc.xpath("//table[@class='boots']")
     assert [len(t.xpath(".//tr[td]")) for t in boots] == [3, 2]
+    # Booted: the capture's time less the uptime it recorded (its /proc/uptime).
+    head = [th.text_content() for th in boots[1].xpath(".//th")]
+    first = dict(zip(head, [td.text_content() for td in boots[1].xpath(".//tr[td]")[0]], strict=True))
+    uptime = 42.5
+    captured = T0 + timedelta(minutes=1)
+    assert (first["host"], first["captured"]) == ("host-1", captured.strftime("%Y-%m-%d %H:%M:%S"))
+    assert first["booted"] == (captured - timedelta(seconds=uptime)).strftime("%Y-%m-%d %H:%M:%S")
+    # The page fits a 1400-pixel window: wide tables scroll inside it.
+    assert _page_width(report, tmp_path, 1400) <= 1400
     # On screen: the red verdict banner at the top, and both sides' points in the plots.
     assert _near(img, "#c62828", (0, 0, 1200, 400)) > 2000
     assert _near(img, BASELINE_COLOR) > 300 and _near(img, CANDIDATE_COLOR) > 300
