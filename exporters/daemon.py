@@ -98,9 +98,9 @@ __all__ = ("DEFAULT_LISTEN", "FLEET_PARSERS", "Daemon", "DaemonConfig", "boot_fa
 VERSION = version("memledger")
 # Outside the 9100-9999 block of exporter ports, which is fully allocated.
 DEFAULT_LISTEN = ":9031"
-# A fleet daemon parses with one child per CPU, up to this many: in a reboot wave one
-# child parses a capture in about the time the main thread takes to store two, and the
-# main thread's store is the limit beyond (BENCHMARKS.md, "Fleet ingest").
+# A fleet daemon parses with one child per CPU, up to this many: in a reboot wave a child
+# parses a capture in 3.3 ms and the main thread stores one in 2 to 4 ms, so with two
+# children the store is the limit (BENCHMARKS.md, "Fleet ingest").
 FLEET_PARSERS = 4
 _DB_RETRY_S = 30.0
 # A store that is down or of another schema at start is tried again after 1 s, then twice
@@ -536,8 +536,9 @@ class Daemon:
 
     def _put_back_ahead(self, ahead: collections.deque[_Ahead], what: str,
                         retry_s: float) -> None:
-        """Files read but not stored go back into the spool (their parsing is cancelled,
-        or waited for when it has begun: the parser child is the daemon's)."""
+        """Files read but not stored go back into the spool: their parsing is cancelled, or
+        waited for when it has begun, so that no parser thread still holds a file that is
+        back in the spool."""
         for a in ahead:
             a.parsing.cancel()
         while ahead:

@@ -9,8 +9,8 @@ would take the same file again. In a child:
 
 - the child's data segment is capped (RLIMIT_DATA, which counts heap and anonymous
   mappings since Linux 4.7), so running out is a MemoryError there, reported as a refusal;
-- the parent waits in short steps and calls ``heartbeat`` between them, so watchdog pings
-  go on while a file is parsed;
+- the parent's thread that waits for the child does so in short steps, against the
+  deadline, while the daemon's main loop goes on with its watchdog pings;
 - past the deadline the child is killed and the file refused; a new child starts for the
   next file.
 
@@ -29,7 +29,6 @@ import resource
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
@@ -127,7 +126,7 @@ class ParseChild:
             self._conn = parent
         return self._conn
 
-    def parse(self, data: bytes, heartbeat: Callable[[], None] = lambda: None) -> Parsed:
+    def parse(self, data: bytes) -> Parsed:
         """Parse one spool file's bytes. Raises :class:`Unparsable` for a refusal and
         OSError when the child cannot be started (out of processes or descriptors)."""
         conn = self._start()
@@ -147,7 +146,6 @@ class ParseChild:
             else:
                 _send(conn, data)
             while not conn.poll(min(_STEP_S, max(0.0, deadline - time.monotonic()))):
-                heartbeat()
                 if time.monotonic() >= deadline:
                     self.close()
                     raise Unparsable(f"parsing it took more than {self.time_limit_s:.0f} s")

@@ -29,8 +29,8 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "WORST", "sample_warning", "to_html", "to_json",
-           "to_markdown", "to_table")
+__all__ = ("BASELINE_COLOR", "CANDIDATE_COLOR", "WORST", "to_html", "to_json", "to_markdown",
+           "to_table")
 
 BASELINE_COLOR = "#4c72b0"
 CANDIDATE_COLOR = "#dd8452"
@@ -90,7 +90,7 @@ def _compared(f: dict[str, Any]) -> str:
     return f"{f['baseline']['n']} / {f['candidate']['n']} boots"
 
 
-def sample_warning(c: Comparison) -> str | None:
+def _sample_warning(c: Comparison) -> str | None:
     """Said at the verdict when a figure that decides it rests on few boots or hosts."""
     small = [f for f in c.figures
              if f.get("small_n") and f["verdict"] in ("regression", "improvement")]
@@ -121,7 +121,7 @@ def to_table(c: Comparison, worst: int | None = WORST) -> RenderableType:
     """The verdict, its reasons, the figures; the ``worst`` paired hosts (None: every
     one) with the rest summarised; the context, summarised the same way."""
     head = Text.assemble(("verdict: ", "bold"), (c.verdict, _VERDICT_STYLE[c.verdict]))
-    if (warning := sample_warning(c)) is not None:
+    if (warning := _sample_warning(c)) is not None:
         head.append(f" — {warning}", style="yellow")
     reasons = [text(f"- {r}") for r in c.reasons]
     t = Table(title=text(_title(c)), box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True,
@@ -226,7 +226,7 @@ def to_markdown(c: Comparison, worst: int | None = WORST) -> str:
     fleet size."""
     # Data reaches markdown only through md(): what is not wrapped in it is ours.
     lines = [f"### memledger compare: {md(_title(c))}", "", f"**Verdict: {c.verdict}**", ""]
-    if (warning := sample_warning(c)) is not None:
+    if (warning := _sample_warning(c)) is not None:
         lines[-2] += f" — {md(warning)}"
     lines += [f"- {md(r)}" for r in c.reasons]
     lines += ["", "| figure | compared | baseline | candidate | change | threshold | verdict |",
@@ -341,7 +341,7 @@ def _booted(r: Any) -> str | None:
 def to_html(c: Comparison) -> str:
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in c.reasons)
     warning = (f"<p id='small-sample'>{html.escape(w)}</p>"
-               if (w := sample_warning(c)) is not None else "")
+               if (w := _sample_warning(c)) is not None else "")
     glossary = "; ".join(f"<b>{html.escape(f.name)}</b>: {html.escape(f.label)}" for f in FIGURES)
     rows = "".join(
         f"<tr class='{f['verdict']}'><td title='{html.escape(f['label'])}'>{html.escape(f['name'])}</td>"

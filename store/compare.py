@@ -50,7 +50,7 @@ from typing import Any, Literal
 from memledger.ledger.measures import CAPTURE_CODES, REASONS, measures, reasons
 from memledger.ledger.stats import summary
 from memledger.ledger.vendors import vendor_name
-from memledger.store.db import as_utc
+from memledger.store.db import as_utc, iso_utc
 from memledger.store.schema import boots, captures, hosts, ledgers
 from sqlalchemy import Engine, Row, select
 
@@ -400,9 +400,6 @@ def _worst_first(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(pairs, key=badness)
 
 
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
-
 
 def _left_out(sides: Sides) -> list[dict[str, Any]]:
     out = []
@@ -527,7 +524,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
         verdict = "unknown"
     else:
         verdict = "no change"
-    window = {"since": _iso(since), "until": _iso(until), "host_globs": list(host_globs)}
+    window = {"since": iso_utc(since), "until": iso_utc(until), "host_globs": list(host_globs)}
     meta = {side: {"selector": sel, "where": where, **window, "releases": selected[side][0],
                    "boots": len(selected[side][1]),
                    "hosts": len({r.host_pk for r in selected[side][1]})}

@@ -38,6 +38,7 @@ __all__ = (
     "describe_error",
     "display_url",
     "is_permanent",
+    "iso_utc",
     "make_engine",
     "resolve_url",
     "sqlite_path",
@@ -57,6 +58,11 @@ class StoreError(Exception):
 def as_utc(when: datetime) -> datetime:
     """The store writes UTC only; SQLite gives the times back without a zone."""
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def iso_utc(when: datetime | None) -> str | None:
+    """A stored time as reports write it: 2026-12-05T18:42:09Z (None stays None)."""
+    return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def default_db_path(env: Mapping[str, str] | None = None, uid: int | None = None) -> Path:

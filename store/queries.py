@@ -9,7 +9,7 @@ from typing import Any, TypedDict
 
 from memledger.ledger.measures import reasons
 from memledger.ledger.model import LedgerDoc, from_stored
-from memledger.store.db import as_utc
+from memledger.store.db import as_utc, iso_utc
 from memledger.store.schema import boots, captures, events, hosts, ledger_documents, ledgers
 from sqlalchemy import Connection, Engine, String, bindparam, case, func, select
 
@@ -18,9 +18,6 @@ __all__ = ("FLEET_COLUMNS", "SHARED_MACHINE_ID", "SHARED_MACHINE_ID_HOSTS", "STO
            "running_and_previous")
 
 
-
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else as_utc(when).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class HeadlineBootServices(TypedDict):
@@ -84,7 +81,7 @@ def list_boots(engine: Engine, limit: int | None = None) -> list[BootRow]:
         shared_machine_id=bool(r.shared),
         boot_id=r.boot_id,
         kernel_release=r.kernel_release,
-        captured_at=_iso(r.captured_at),
+        captured_at=iso_utc(r.captured_at),
         efi=r.efi,
         firmware_vendor=r.firmware_vendor,
         firmware_version=r.firmware_version,
