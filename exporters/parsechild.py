@@ -190,7 +190,6 @@ class ParserPool:
 
     def __init__(self, size: int, version: str, memory_limit: int = MEMORY_LIMIT,
                  time_limit_s: float = TIME_LIMIT_S) -> None:
-        self.size = size
         self._children = [ParseChild(version, memory_limit, time_limit_s) for _ in range(size)]
         self._idle: queue.SimpleQueue[ParseChild] = queue.SimpleQueue()
         for child in self._children:

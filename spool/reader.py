@@ -36,6 +36,7 @@ import hashlib
 import os
 import stat
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from memledger.store.files import atomic_write, is_temporary
@@ -199,31 +200,29 @@ class Spool:
         self.check()
         return [name for _, name in self._entries()]
 
+    def _waiting_entries(self) -> Iterator[os.DirEntry[str]]:
+        """The entries that wait (inflight/ included), read by path: safe from any thread."""
+        for d in (self.path, self.inflight):
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(d) as it:
+                yield from (entry for entry in it
+                            if not (d == self.path and entry.name in _SUBDIRS)
+                            and not is_temporary(entry.name))
+
     def backlog(self) -> tuple[int, float | None]:
         """How many files wait (inflight/ included) and the mtime of the oldest (Unix
         time), for metrics; read by path, so it is safe from any thread."""
         count, oldest = 0, None
-        for d in (self.path, self.inflight):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(d) as it:
-                for entry in it:
-                    if (d == self.path and entry.name in _SUBDIRS) or is_temporary(entry.name):
-                        continue
-                    with contextlib.suppress(OSError):
-                        mtime = entry.stat(follow_symlinks=False).st_mtime
-                        count += 1
-                        oldest = mtime if oldest is None else min(oldest, mtime)
+        for entry in self._waiting_entries():
+            with contextlib.suppress(OSError):
+                mtime = entry.stat(follow_symlinks=False).st_mtime
+                count += 1
+                oldest = mtime if oldest is None else min(oldest, mtime)
         return count, oldest
 
     def count_waiting(self) -> int:
-        """How many files wait (inflight/ included), without looking at each: cheaper than
+        """How many files wait (inflight/ included), without a stat of each: cheaper than
         :meth:`backlog`; by path, so it is safe from any thread."""
-        count = 0
-        for d in (self.path, self.inflight):
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError), os.scandir(d) as it:
-                count += sum(1 for entry in it
-                             if not (d == self.path and entry.name in _SUBDIRS)
-                             and not is_temporary(entry.name))
-        return count
+        return sum(1 for _ in self._waiting_entries())
 
     def holds(self, name: str) -> bool:
         """Whether ``name`` waits, is being stored or was stored (done/); by path, so it is
