@@ -129,8 +129,11 @@ def compare_cmd(baseline: str, candidate: str, where: tuple[str, ...], per_figur
     shown = _worst(worst)
     with open_store(db, create=False) as engine:
         use_schema(engine, write=False)
+        # JSON and HTML keep every host and boot; the HTML draws every boot.
         result = compare(engine, baseline, candidate, filters, thresholds, include_all,
-                         since=start, until=end, host_globs=host_globs)
+                         since=start, until=end, host_globs=host_globs,
+                         listed=shown if fmt in ("table", "markdown") else None,
+                         boots=fmt == "html")
     scope = [*where, *(f"--host {g}" for g in host_globs)]
     if since:
         scope.append(f"--since {since}")

@@ -16,12 +16,12 @@ import html
 import io
 import json
 import statistics
-from collections import Counter
 from datetime import timedelta
 from typing import Any
 
 from memledger.exporters.markdown import md
 from memledger.exporters.terminal import text
+from memledger.ledger.measures import REASONS
 from memledger.store.compare import FIGURES, SMALL_N, Comparison, size_text
 from memledger.store.db import as_utc
 from rich import box
@@ -152,25 +152,29 @@ def to_table(c: Comparison, worst: int | None = WORST) -> RenderableType:
             p.add_row(text(_host(d)), *(_pair_cell(d["figures"].get(name), _UNITS[name], short=True)
                                         for name in shown))
         parts.append(p)
-        if len(listed) < len(c.pairs):
-            parts.append(text(_rest_of_pairs(c, len(listed))))
+        if len(listed) < c.paired["hosts"]:
+            parts.append(text(_rest_of_pairs(c, listed)))
     parts += [text(line) for line in _context_lines(c, worst)]
     return Group(*parts)
 
 
 def _pairs_title(c: Comparison, listed: list[dict[str, Any]]) -> str:
-    if len(listed) == len(c.pairs):
+    if len(listed) == c.paired["hosts"]:
         return "paired hosts, worst first"
-    return f"the worst {len(listed)} of {len(c.pairs)} paired hosts"
+    return f"the worst {len(listed)} of {c.paired['hosts']} paired hosts"
 
 
-def _rest_of_pairs(c: Comparison, listed: int) -> str:
+def _some(listed: list[dict[str, Any]], verdict: str) -> int:
+    return sum(1 for d in listed if any(v["verdict"] == verdict for v in d["figures"].values()))
+
+
+def _rest_of_pairs(c: Comparison, listed: list[dict[str, Any]]) -> str:
     """One line for the paired hosts not listed: how many were worse in some figure."""
-    rest = c.pairs[listed:]
-    worse = sum(1 for d in rest if any(v["verdict"] == "regression" for v in d["figures"].values()))
-    better = sum(1 for d in rest if any(v["verdict"] == "improvement" for v in d["figures"].values()))
-    return (f"… and {len(rest)} more paired hosts: {worse} worse in some figure, {better} "
-            "better in some; every host is in --format json and html (or --worst all)")
+    worse = c.paired["worse"] - _some(listed, "regression")
+    better = c.paired["better"] - _some(listed, "improvement")
+    return (f"… and {c.paired['hosts'] - len(listed)} more paired hosts: {worse} worse in "
+            f"some figure, {better} better in some; every host is in --format json and "
+            "html (or --worst all)")
 
 
 def _pair_cell(v: dict[str, Any] | None, unit: str, short: bool = False) -> str:
@@ -198,18 +202,17 @@ def _context_lines(c: Comparison, worst: int | None = None) -> list[str]:
         lines.append(f"differs, {attr}: " + "; ".join(
             f"{side} " + _values(vals, worst) for side, vals in sides.items()))
     how = "counted anyway" if c.include_all else "left out"
-    if worst is None or len(c.left_out) <= worst:
+    if worst is None or c.left_out_total <= worst:
         for d in c.left_out:
             lines.append(f"{how} ({d['side']}): {_host(d)} boot {d['boot_id'][:8]} "
                          f"{d['kernel_release']}, of {', '.join(d['figures'])}: {'; '.join(d['why'])}")
         return lines
-    by_side: dict[str, Counter[tuple[str, ...]]] = {}
-    for d in c.left_out:
-        by_side.setdefault(d["side"], Counter())[tuple(d["why"])] += 1
-    for side, kinds in by_side.items():
-        total = sum(kinds.values())
-        lines.append(f"{how} ({side}): {total} boots, of some figures: " + "; ".join(
-            f"{' and '.join(why)} ({n})" for why, n in kinds.most_common())
+    for side, kinds in c.left_out_whys.items():
+        if not kinds:
+            continue
+        lines.append(f"{how} ({side}): {sum(kinds.values())} boots, of some figures: " + "; ".join(
+            f"{' and '.join(REASONS[w] for w in why)} ({n})"
+            for why, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
             + "; each is listed in --format json and html")
     return lines
 
@@ -245,8 +248,8 @@ def to_markdown(c: Comparison, worst: int | None = WORST) -> str:
                   "| host | " + " | ".join(shown) + " |", "|---|" + "---:|" * len(shown)]
         lines += [f"| {md(_host(d))} | " + " | ".join(_pair_cell(d["figures"].get(n), _UNITS[n])
                                                   for n in shown) + " |" for d in listed]
-        if len(listed) < len(c.pairs):
-            lines += ["", md(_rest_of_pairs(c, len(listed)))]
+        if len(listed) < c.paired["hosts"]:
+            lines += ["", md(_rest_of_pairs(c, listed))]
     lines += [""] + [f"- {md(line)}" for line in _context_lines(c, worst)]
     regs = c.regressions
     lines += ["", f"Regressions: {', '.join(regs)}." if regs else "No regression.", ""]

@@ -95,7 +95,11 @@ boots = Table(
     Column("product", String(SYSFS_ATTR_MAX)),
     Column("fidelity", JSON),
     UniqueConstraint("host_id", "boot_id"),
-    Index("ix_boots_kernel_release", "kernel_release"),
+    # What compare reads of a boot besides its ledger, so that PostgreSQL reads the index
+    # alone (migration 0008; SQLite has no INCLUDE).
+    Index("ix_boots_kernel_release", "kernel_release",
+          postgresql_include=["id", "host_id", "efi", "efi_debug", "kexec", "log_complete",
+                              "captured_at"]),
     Index("ix_boots_captured_at", "captured_at"),
 )
 

@@ -120,11 +120,11 @@ def _kernel_leak(name: str) -> int:
     return memtotal * 1024 - managed * 4096
 
 
-def _store_of(tmp_path: Path, boots: list[tuple[str, int, int]],
+def _store_of(db: str | Path, boots: list[tuple[str, int, int]],
               uptime_s: float | None = None) -> str:
-    """A store holding fixture boots (name, host, boot number), each captured ``uptime_s``
-    after it booted when given (its /proc/uptime)."""
-    db = f"sqlite:///{tmp_path / 'm.db'}"
+    """A store (``db``, or SQLite in a directory) holding fixture boots (name, host, boot
+    number), each captured ``uptime_s`` after it booted when given (its /proc/uptime)."""
+    db = f"sqlite:///{db / 'm.db'}" if isinstance(db, Path) else db
     eng = make_engine(resolve_url(db))
     upgrade(eng)
     for name, host, boot in boots:
@@ -138,8 +138,8 @@ ROLLOUT = [("5.10.0-32-amd64-default", 1, 1), ("5.10.0-32-amd64-mem8g", 2, 1),
            ("6.1.0-56-amd64-default", 1, 2), ("6.1.0-56-amd64-mem8g", 2, 2)]
 
 
-def test_a_host_that_booted_both_kernels_is_compared_with_itself(tmp_path: Path) -> None:
-    db = _store_of(tmp_path, ROLLOUT)
+def test_a_host_that_booted_both_kernels_is_compared_with_itself(db_url: str) -> None:
+    db = _store_of(db_url, ROLLOUT)
     leak_2g, leak_8g = _kernel_leak(ROLLOUT[0][0]), _kernel_leak(ROLLOUT[1][0])
     assert leak_2g > 0 and leak_8g == _kernel_leak(ROLLOUT[2][0]) == _kernel_leak(ROLLOUT[3][0]) == 0
     code, d = _json(db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64")
@@ -162,9 +162,9 @@ def test_a_host_that_booted_both_kernels_is_compared_with_itself(tmp_path: Path)
     assert "leak" in d["anomalies"]["gone"]
 
 
-def test_populations_are_compared_when_too_few_hosts_booted_both(tmp_path: Path) -> None:
+def test_populations_are_compared_when_too_few_hosts_booted_both(db_url: str) -> None:
     """Two of five hosts booted both kernels: too few to stand for the fleet."""
-    db = _store_of(tmp_path, [*ROLLOUT, *((f"5.10.0-32-amd64-{c}", h, 1)
+    db = _store_of(db_url, [*ROLLOUT, *((f"5.10.0-32-amd64-{c}", h, 1)
                                         for h, c in ((5, "default"), (6, "mem8g"), (7, "default")))])
     code, d = _json(db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64")
     assert d["pairs"] == [] and {f["mode"] for f in d["figures"]} <= {"populations", None}
@@ -176,10 +176,10 @@ def test_populations_are_compared_when_too_few_hosts_booted_both(tmp_path: Path)
     assert (leaked["baseline"]["n"], leaked["candidate"]["n"]) == (2, 5)
 
 
-def test_an_efi_debug_boot_is_no_measurement_of_reclaim(tmp_path: Path) -> None:
+def test_an_efi_debug_boot_is_no_measurement_of_reclaim(db_url: str) -> None:
     """Three boots a side: one efi=debug boot on the candidate kept everything by design.
     Counted, it made "kept" a 21 MiB regression; left out, it is named with why."""
-    db = _store_of(tmp_path, [
+    db = _store_of(db_url, [
         (f"{OLD}-memblock", 1, 1), (f"{OLD}-trace", 2, 1), (f"{OLD}-default", 3, 1),
         (f"{NEW}-efidebug", 4, 1), (f"{NEW}-memblock", 5, 1), (f"{NEW}-default", 6, 1)])
     code, d = _json(db, "--baseline", OLD, "--candidate", NEW)
@@ -200,8 +200,8 @@ def test_an_efi_debug_boot_is_no_measurement_of_reclaim(tmp_path: Path) -> None:
     assert code == 1 and "kept" in d["regressions"]
 
 
-def test_every_format_names_the_boots_left_out_and_the_pairs(tmp_path: Path) -> None:
-    db = _store_of(tmp_path, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)])
+def test_every_format_names_the_boots_left_out_and_the_pairs(db_url: str) -> None:
+    db = _store_of(db_url, [*ROLLOUT, ("6.1.0-56-amd64-efidebug", 3, 2)])
     efidebug = boot_id(3, 2)[:8]
     args = ["compare", "--db", db, "--baseline", "6.1.0-56-amd64", "--candidate", "5.10.0-32-amd64"]
     table = run_cli(*args)

@@ -73,7 +73,7 @@ def _types_differ(context: Any, inspected_column: Any, metadata_column: Any,
 
 
 def test_schema_is_at_head_and_matches_the_migrations(engine: Engine) -> None:
-    assert current_revision(engine) == head_revision() == HEAD == "0007"
+    assert current_revision(engine) == head_revision() == HEAD == "0008"
     upgrade(engine)  # a second run is a no-op
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(
