@@ -127,9 +127,9 @@ def expected_side(fleet: Fleet, selector: str) -> dict[str, tuple[int, float | N
     """(boots where known, median) of every figure over the boots ``selector`` matches
     that measure it (ledger/measures.py's rules, applied to the boot columns written)."""
     out = {}
+    matching = {r for r in fleet.releases if fnmatch.fnmatchcase(r, selector)}
+    values = [v for r, v in fleet.values if r in matching]
     for f in FIGURES:
-        known = [v[f.key] for r, v in fleet.values
-                 if fnmatch.fnmatchcase(r, selector) and v[f.key] is not None
-                 and measures(f.name, v["why"])]
+        known = [v[f.key] for v in values if v[f.key] is not None and measures(f.name, v["why"])]
         out[f.name] = (len(known), statistics.median(known) if known else None)
     return out

@@ -8,8 +8,6 @@ import json
 
 import click
 from memledger.cli.errors import fail
-from memledger.cli.inputs import InputError, load
-from memledger.ledger.compute import compute_ledger
 
 __all__ = ("main",)
 
@@ -74,6 +72,11 @@ def analyze(path: str, as_json: bool) -> None:
     (dmesg, dmesg -r, /dev/kmsg records, journalctl -k), an ftrace ``trace`` file, or -
     for standard input.
     """
+    # Here, not at the top: the parsers and the ledger are 70 ms of start-up that the
+    # other commands (compare, boots, the daemon) do not need.
+    from memledger.cli.inputs import InputError, load
+    from memledger.ledger.compute import compute_ledger
+
     # A one-shot command over 10⁵ records that form no reference cycles: the cyclic
     # collector would only walk them again and again (a fifth of the time; BENCHMARKS.md).
     gc.disable()

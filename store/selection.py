@@ -33,7 +33,11 @@ class Selection:
 
     def conditions(self, conn: Connection, releases: list[str]) -> list[ColumnElement[bool]]:
         """The boots table's conditions for a side of ``releases``."""
-        out: list[ColumnElement[bool]] = [boots.c.kernel_release.in_(releases)]
+        return [boots.c.kernel_release.in_(releases), *self.filters(conn)]
+
+    def filters(self, conn: Connection) -> list[ColumnElement[bool]]:
+        """The boots table's conditions besides the release."""
+        out: list[ColumnElement[bool]] = []
         for key, value in self.where.items():
             out.append(boots.c[key] == (vendor_name(value) if key == "firmware_vendor" else value))
         if self.since is not None:
