@@ -48,7 +48,7 @@ from memledger.ledger.measures import CAPTURE_CODES
 from memledger.store.db import iso_utc
 from memledger.store.figures import FIGURES, Figure, Thresholds, direction, exact, size_text
 from memledger.store.selection import WHERE_KEYS, Selection
-from memledger.store.tally import PairTally, SideTally
+from memledger.store.tally import PairTally, SideTally, Tally
 from memledger.store.tally_pg import PgTally
 from memledger.store.tally_rows import BootSide, RowTally
 from sqlalchemy import Engine, Row
@@ -258,7 +258,7 @@ def compare(engine: Engine, baseline: str, candidate: str, where: dict[str, str]
     return result
 
 
-def _compare(tally: PgTally | RowTally, selection: Selection, selectors: dict[str, str],
+def _compare(tally: Tally, selection: Selection, selectors: dict[str, str],
              thresholds: Thresholds, include_all: bool, listed: int | None) -> Comparison:
     sides, pairs = tally.count(thresholds, listed)
     rules = {f.name: thresholds.for_figure(f, exact(sides["baseline"].summaries[f.name]["median"]))

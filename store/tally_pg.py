@@ -79,8 +79,8 @@ def _counts(figure: str, include_all: bool) -> ColumnElement[bool]:
 
 
 class PgTally:
-    """Both sides tallied in PostgreSQL, in one transaction (one snapshot): each side's
-    figures, the boots' kinds (reasons, anomaly codes, context), and the pairs."""
+    """Both sides tallied in PostgreSQL, all in one snapshot: each side's figures, the
+    boots' kinds (reasons, anomaly codes, context) and the pairs."""
 
     def __init__(self, engine: Engine, selection: Selection, selectors: dict[str, str],
                  include_all: bool) -> None:
@@ -102,9 +102,9 @@ class PgTally:
             raise
         self.include_all = include_all
         self.releases = {s: selection.releases(self.conn, sel) for s, sel in selectors.items()}
-        self.where = {s: selection.conditions(self.conn, r) if r else [literal(False)]
-                      for s, r in self.releases.items()}
         self.filters = selection.filters(self.conn)
+        self.where = {s: [boots.c.kernel_release.in_(r), *self.filters] if r else [literal(False)]
+                      for s, r in self.releases.items()}
 
     def close(self) -> None:
         self.conn.close()
