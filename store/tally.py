@@ -24,7 +24,7 @@ from memledger.ledger.measures import REASONS, measures
 from memledger.store.figures import FIGURES, Thresholds, direction, exact
 
 __all__ = ("CONTEXT", "SIDES", "FigurePairs", "PairTally", "SideTally", "Tally", "context_text",
-           "left_out_entry", "left_out_order", "pair_entry")
+           "left_out_entry", "left_out_order", "limits", "pair_entry")
 
 SIDES = ("baseline", "candidate")
 # What else may differ between the sides, besides the kernel, and the boots column of each.
@@ -77,6 +77,12 @@ class Tally(Protocol):
 
     def left_out(self) -> list[dict[str, Any]]:
         """Every boot left out of some figure, in :func:`left_out_order`."""
+
+
+def limits(thresholds: Thresholds, baseline: SideTally) -> dict[str, float]:
+    """Each figure's threshold (figures.Thresholds.for_figure), from the baseline's median."""
+    return {f.name: thresholds.for_figure(f, exact(baseline.summaries[f.name]["median"]))[0]
+            for f in FIGURES}
 
 
 def context_text(attr: str, value: Any) -> str:

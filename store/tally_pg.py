@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from memledger.ledger.measures import LEFT_OUT_OF, reasons
-from memledger.store.figures import FIGURES, Figure, Thresholds, exact
+from memledger.store.figures import FIGURES, Figure, Thresholds
 from memledger.store.schema import boots, hosts, ledgers
 from memledger.store.selection import Selection
 from memledger.store.tally import (
@@ -26,6 +26,7 @@ from memledger.store.tally import (
     context_text,
     left_out_entry,
     left_out_order,
+    limits,
     pair_entry,
 )
 from sqlalchemy import (
@@ -126,9 +127,7 @@ class PgTally:
         with ThreadPoolExecutor(1) as pool:
             kinds = pool.submit(self._kinds)
             sides = {name: self._side(name) for name in SIDES}
-            medians = {name: exact(s["median"]) for name, s in sides["baseline"].summaries.items()}
-            limits = {f.name: thresholds.for_figure(f, medians[f.name])[0] for f in FIGURES}
-            pairs = self._pairs(limits, listed)
+            pairs = self._pairs(limits(thresholds, sides["baseline"]), listed)
             self._add_kinds(sides, kinds.result())
         return sides, pairs
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from memledger.ledger.measures import measures, reasons
 from memledger.ledger.stats import summary
-from memledger.store.figures import FIGURES, Figure, Thresholds, direction, exact, worsening
+from memledger.store.figures import FIGURES, Figure, Thresholds, direction, worsening
 from memledger.store.schema import boots, captures, hosts, ledgers
 from memledger.store.selection import Selection
 from memledger.store.tally import (
@@ -22,6 +22,7 @@ from memledger.store.tally import (
     context_text,
     left_out_entry,
     left_out_order,
+    limits,
     pair_entry,
 )
 from sqlalchemy import Engine, Row, select
@@ -113,7 +114,8 @@ class RowTally:
 
     def count(self, thresholds: Thresholds, listed: int | None
               ) -> tuple[dict[str, SideTally], PairTally]:
-        return {name: self.side(name) for name in SIDES}, self.pairs(thresholds, listed)
+        sides = {name: self.side(name) for name in SIDES}
+        return sides, self.pairs(limits(thresholds, sides["baseline"]), listed)
 
     def side(self, name: str) -> SideTally:
         s = self.sides[name]
@@ -133,10 +135,10 @@ class RowTally:
         return SideTally(s.releases, len(s.rows), summaries, left_out,
                          anomalies, context, Counter(w for w in s.whys if w))
 
-    def pairs(self, rules: Thresholds, listed: int | None) -> PairTally:
+    def pairs(self, thresholds: dict[str, float], listed: int | None) -> PairTally:
+        """The hosts that booted both sides, each figure judged with ``thresholds``
+        (figure name → threshold); the worst ``listed`` of them (None: all)."""
         b, c = self.sides["baseline"], self.sides["candidate"]
-        thresholds = {fig.name: rules.for_figure(fig, exact(statistics.median(v) if v else None))[0]
-                      for fig in FIGURES for v in (_counted(fig, b)[0],)}
         both = sorted(b.by_host.keys() & c.by_host.keys())
         medians = {name: {fig.name: _by_host(fig, side, both) for fig in FIGURES}
                    for name, side in self.sides.items()}
