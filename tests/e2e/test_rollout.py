@@ -96,6 +96,11 @@ class Rollout:
             proc = run_cli("capture", "--root", str(root), "--hostname", host,
                            "-o", str(self.fleet_spool) + "/")
             assert proc.returncode == 0, proc.stderr
+        # A daemon serves /metrics before it captures its own boot (it serves while its
+        # store is away): a scrape in between has the host up but without its boot.
+        for host, d in self.hosts.items():
+            wait_for(f"{host}'s daemon to store its {kernel} boot", lambda d=d: d.metric(
+                'memledger_ingest_total{result="ok"}') >= 1, 60)
         wait_for(f"the fleet daemon to store the {kernel} wave", lambda: self.fleet.metric(
             'memledger_ingest_total{result="ok"}') >= 3 * len(self.roots), 120)
         return roots
@@ -126,6 +131,9 @@ def rollout(tmp_path_factory: pytest.TempPathFactory, pg_server: Any) -> Iterato
         leaking_hosts = sum(1.0 for b in leaks.values() if b > 0)
         wait_for("the leak alert", lambda: r.raised("MemledgerEfiBootServicesLeak").get(
             leaking.release) == leaking_hosts, 60)
+        # Every host's boot scraped, not only the leaking ones the alert counts.
+        wait_for("Prometheus to hold every host's 5.10 boot",
+                 lambda: _leaked(r.prom).keys() == HOSTS.keys(), 60)
         old_alerts = r.raised("MemledgerEfiBootServicesLeak")
         old_panels = {expr: r.prom.query(_fill(expr)) for _, expr in _panels()}
         old_leaked = _leaked(r.prom)
