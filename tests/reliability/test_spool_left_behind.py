@@ -45,13 +45,21 @@ def _slow_capture(tmp: Path, host: int, minutes: int = 0) -> bytes:
 
 
 class _ReadDone(FileSystemEventHandler):
-    """Sets ``event`` when a file is closed after being read (inotify IN_CLOSE_NOWRITE)."""
+    """Sets ``event`` when the file ``expect()`` names is closed in inflight/ after being
+    read (inotify IN_CLOSE_NOWRITE). By name: the observer's thread may deliver the close
+    of an earlier file after ``expect()`` (seen in CI: the test then renamed the second
+    file over a first one that the daemon had not taken yet)."""
 
     def __init__(self) -> None:
         self.event = threading.Event()
+        self.path = ""
+
+    def expect(self, path: Path) -> None:
+        self.path = str(path)
+        self.event.clear()
 
     def on_closed_no_write(self, event: FileClosedNoWriteEvent) -> None:
-        if os.fsdecode(event.src_path).endswith(".tar.gz"):
+        if os.fsdecode(event.src_path) == self.path:
             self.event.set()
 
 
@@ -75,7 +83,7 @@ def test_a_file_renamed_in_under_the_name_being_parsed_is_not_lost(first: str,
         slow = _slow_capture(tmp_path, 40 + trial, 0 if first == "stored" else 4_000_000_000)
         wait_for("an idle daemon", lambda n=trial: len(spool_state(spool)[1]) == n * (
             2 if first == "stored" else 1), 120)
-        read.event.clear()
+        read.expect(spool / "inflight" / name)
         drop(spool, name, slow)
         assert read.event.wait(30), "the daemon never read the first file"
         drop(spool, name, make_capture("6.12.117+deb12-amd64-default", 50 + trial, 1))
