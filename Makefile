@@ -12,7 +12,7 @@ TYPECHECK_ROOT := build/typecheck
 # checkout: $MEMLEDGER_LAB_CACHE, else /var/cache/memledger/lab for root, else ~/.cache.
 
 .PHONY: all run demo check test lint typecheck fast unit e2e fuzz bench dashboards lab-kernels \
-	boot-fixtures venv system-deps clean
+	boot-fixtures venv system-deps clean deb
 
 all: test
 
@@ -112,3 +112,14 @@ test: lint typecheck unit e2e
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The Debian package (deploy/debian), built from the committed tree in build/deb:
+# memledger_<version>_amd64.deb there, checked by lintian.
+DEB_VERSION = $(shell dpkg-parsechangelog -l deploy/debian/changelog -S Version)
+deb:
+	./scripts/install-system-deps deb
+	rm -rf build/deb && mkdir -p build/deb/memledger-$(DEB_VERSION)
+	git archive HEAD | tar -x -C build/deb/memledger-$(DEB_VERSION)
+	cp -r deploy/debian build/deb/memledger-$(DEB_VERSION)/debian
+	cd build/deb/memledger-$(DEB_VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error build/deb/memledger_$(DEB_VERSION)_amd64.deb
