@@ -26,15 +26,16 @@ $(BIN)/python:
 	./scripts/install-system-deps base
 	$(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 
-PIP := $(BIN)/pip install -q --disable-pip-version-check
-$(BIN)/.installed-run: pyproject.toml | $(BIN)/python
+# Every PyPI dependency at the version requirements.lock pins, as the Debian package has it.
+PIP := $(BIN)/pip install -q --disable-pip-version-check --constraint requirements.lock
+$(BIN)/.installed-run: pyproject.toml requirements.lock | $(BIN)/python
 	./scripts/install-system-deps run
 	$(PIP) -e .
 	touch $@
-$(BIN)/.installed-demo: pyproject.toml | $(BIN)/python
+$(BIN)/.installed-demo: pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) -e '.[report]'
 	touch $@
-$(BIN)/.installed-dev: pyproject.toml | $(BIN)/python
+$(BIN)/.installed-dev: pyproject.toml requirements.lock | $(BIN)/python
 	$(PIP) -e '.[test,postgresql]'
 	touch $@
 
