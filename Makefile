@@ -114,13 +114,10 @@ test: lint typecheck unit e2e
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
 
-# The Debian package (deploy/debian), built from the committed tree in build/deb:
-# memledger_<version>_amd64.deb there, checked by lintian.
+# The Debian package (deploy/debian), built from this checkout's tracked files
+# (scripts/build-deb): build/deb/memledger_<version>_amd64.deb, checked by lintian.
 DEB_VERSION = $(shell dpkg-parsechangelog -l deploy/debian/changelog -S Version)
 deb:
 	./scripts/install-system-deps deb
-	rm -rf build/deb && mkdir -p build/deb/memledger-$(DEB_VERSION)
-	git archive HEAD | tar -x -C build/deb/memledger-$(DEB_VERSION)
-	cp -r deploy/debian build/deb/memledger-$(DEB_VERSION)/debian
-	cd build/deb/memledger-$(DEB_VERSION) && dpkg-buildpackage -us -uc -b
+	./scripts/build-deb build/deb
 	lintian --fail-on error build/deb/memledger_$(DEB_VERSION)_amd64.deb

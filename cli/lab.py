@@ -259,20 +259,20 @@ GUEST_EXAMPLES = """
 \b
 examples:
     memledger lab guest-image                   # build (or reuse) the guest for this checkout
-    memledger lab guest-image --checkout . --python .venv/bin/python
+    memledger lab guest-image --checkout ~/src/memledger
 \b
-The first build runs debootstrap (about 2 minutes) and a provisioning boot under TCG;
-a rerun rebuilds only the layers whose inputs changed, and prints the image path.
+The first build runs debootstrap (about 2 minutes), builds the checkout's Debian package
+twice (scripts/build-deb: the checkout's version and a newer one, about 3 minutes) and
+installs the first in a provisioning boot under TCG; a rerun rebuilds only the layers
+whose inputs changed, and prints the image path.
 """
 
 
 @lab.command("guest-image", epilog=GUEST_EXAMPLES)
 @click.option("--checkout", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
-              show_default=True, help="The memledger source tree to build the wheel from.")
-@click.option("--python", default="python3", show_default=True,
-              help="Python (with pip) that builds the wheels; same minor version as the guest's 3.11.")
+              show_default=True, help="The memledger source tree to build the packages from.")
 @_cache_option
-def guest_image_cmd(checkout: Path, python: str, cache: Path | None) -> None:
+def guest_image_cmd(checkout: Path, cache: Path | None) -> None:
     """Build the Debian 12 guest disk for the live-collection e2e test and print its path."""
     from memledger.lab.guest import guest_image, provision_boot, tool_missing
 
@@ -283,7 +283,7 @@ def guest_image_cmd(checkout: Path, python: str, cache: Path | None) -> None:
     log.parent.mkdir(parents=True, exist_ok=True)
     try:
         ovmf = find_ovmf(cache)
-        image = guest_image(cache, checkout.resolve(), python,
+        image = guest_image(cache, checkout.resolve(),
                             provision_boot(ovmf, cache / "guest" / "provision"), log)
     except _RUNTIME_ERRORS as exc:
         fail(str(exc), 1)

@@ -12,16 +12,19 @@ The image is built in two cached layers under ``CACHE/guest/``:
 ``image-KEY.raw``
     a GPT disk: an ESP holding GRUB (grub-mkimage, with a tiny embedded config that
     finds the root file system by UUID) and an ext4 root made from a copy of the rootfs
-    with ``mkfs.ext4 -d`` (no loop device or mount needed), plus memledger installed
-    from this checkout's wheel into ``/opt/memledger`` (a venv with
-    ``--system-site-packages``, so it sees Debian's bcc), its units, sysusers and
-    tmpfiles. KEY adds the wheels' and deploy files' hashes.
+    with ``mkfs.ext4 -d`` (no loop device or mount needed), plus two Debian packages of
+    this checkout in ``/var/cache/memledger-e2e/`` (``scripts/build-deb``): the
+    checkout's version, and a newer build of the same source for the upgrade. KEY
+    adds the hash of the checkout's tracked files.
 
     Its first boot is the *provisioning* boot, done like an operator would on a host:
-    ``memledger boot-setup --apply --append crashkernel=256M`` writes the GRUB drop-in
-    and runs the real update-grub (grub-mkconfig, grub-probe on /dev/vda2), then the two
-    memledger units are enabled and the guest powers off. Every later boot goes through
-    the grub.cfg that update-grub wrote. Tests boot copies of the provisioned image.
+    ``apt-get install`` of the first package (its maintainer scripts create the user and
+    directories, and enable and start both units; what ``systemctl is-active`` said
+    after it is kept in ``/var/lib/memledger-e2e/installed``), then
+    ``memledger boot-setup --apply --append crashkernel=256M``, which writes the GRUB
+    drop-in and runs the real update-grub (grub-mkconfig, grub-probe on /dev/vda2), and
+    the guest powers off. Every later boot goes through the grub.cfg that update-grub
+    wrote. Tests boot copies of the provisioned image.
 """
 
 from __future__ import annotations
@@ -41,10 +44,11 @@ from memledger.lab.firmware import Ovmf
 from memledger.lab.guestvm import GuestVM
 
 __all__ = (
+    "DEBS",
     "GUEST_PACKAGES",
     "ROOT_UUID",
+    "build_debs",
     "build_rootfs",
-    "build_wheels",
     "guest_image",
     "provision_boot",
     "tool_missing",
@@ -64,7 +68,8 @@ ROOT_UUID = "6d656d6c-6564-4765-a200-000000000001"
 ESP_SECTORS = 131072          # 64 MiB
 ROOT_START = 2048 + ESP_SECTORS
 DISK_BYTES = 4 << 30
-HOST_TOOLS = ("debootstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "mmd", "sfdisk", "chroot")
+HOST_TOOLS = ("debootstrap", "mkfs.ext4", "mkfs.vfat", "mcopy", "mmd", "sfdisk", "chroot", "git",
+              "dpkg-buildpackage", "dh_virtualenv")
 _GRUB_MODULES = ("part_gpt", "ext2", "fat", "search", "search_fs_uuid", "normal", "linux",
                  "configfile", "echo", "test", "gzio", "efi_gop", "all_video", "serial",
                  "terminal", "boot")
@@ -149,13 +154,37 @@ def _configure(root: Path, log: Path) -> None:
     _run(["chroot", str(root), "apt-get", "clean"], log, env=env)
 
 
-def build_wheels(checkout: Path, out: Path, log: Path, python: str) -> list[Path]:
-    """memledger's wheel and its dependencies' wheels, for ``pip install --no-index``."""
+def _source_key(checkout: Path) -> str:
+    """The tree hash of the checkout's tracked files as they are in the work tree
+    (``git stash create`` commits them, changed or not, without touching anything)."""
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise LabError(f"{checkout}: git {args[0]}: {r.stderr.strip()}")
+        return r.stdout.strip()
+    return git("rev-parse", f"{git('stash', 'create') or 'HEAD'}^{{tree}}")
+
+
+# In the guest: the checkout's package in DEBS/first, a newer build of the same source
+# in DEBS/newer.
+DEBS = "/var/cache/memledger-e2e"
+NEWER = "+1"
+
+
+def build_debs(checkout: Path, out: Path, log: Path) -> tuple[Path, Path]:
+    """The checkout's package and a newer build of it (its version + NEWER)."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    _run([python, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(out), str(checkout)], log)
-    return sorted(out.glob("*.whl"))
+    script = checkout / "scripts" / "build-deb"
+    changelog = checkout / "deploy/debian/changelog"
+    version = subprocess.run(["dpkg-parsechangelog", "-l", str(changelog), "-S", "Version"],
+                             capture_output=True, text=True).stdout.strip()
+    if not version:
+        raise LabError(f"{changelog}: no version")
+    _run([str(script), str(out)], log)
+    _run([str(script), str(out), version + NEWER], log)
+    return out / f"memledger_{version}_amd64.deb", out / f"memledger_{version}{NEWER}_amd64.deb"
 
 
 def _first_boot_grub(root: Path) -> None:
@@ -170,18 +199,22 @@ def _first_boot_grub(root: Path) -> None:
            f"initrd /boot/initrd.img-{release}\nboot\n")
 
 
-_PROVISION_UNIT = """\
+_PROVISION_UNIT = f"""\
 [Unit]
-Description=memledger e2e: set the guest up like an operator would, then power off
+Description=memledger e2e: install memledger like an operator would, then power off
 ConditionPathExists=!/var/lib/memledger-e2e/provisioned
-After=local-fs.target systemd-sysusers.service systemd-tmpfiles-setup.service
+After=local-fs.target
 
 [Service]
 Type=oneshot
 StandardOutput=journal+console
-ExecStart=/usr/local/bin/memledger boot-setup --apply --append crashkernel=256M
-ExecStart=/bin/systemctl enable memledger.service memledger-collector.service
+TimeoutStartSec=1200
+Environment=DEBIAN_FRONTEND=noninteractive
+ExecStart=/bin/sh -c 'apt-get install -y --no-download {DEBS}/first/memledger_*.deb'
 ExecStart=/bin/mkdir -p /var/lib/memledger-e2e
+ExecStart=/bin/sh -c 'systemctl is-active memledger.service memledger-collector.service \
+    > /var/lib/memledger-e2e/installed; true'
+ExecStart=/usr/bin/memledger boot-setup --apply --append crashkernel=256M
 ExecStart=/bin/touch /var/lib/memledger-e2e/provisioned
 ExecStartPost=/bin/systemctl --no-block poweroff
 
@@ -190,34 +223,14 @@ WantedBy=multi-user.target
 """
 
 
-def _install_memledger(root: Path, wheels: list[Path], deploy: Path, log: Path) -> None:
-    env = _chroot_env()
-    house = root / "opt/memledger-wheels"
-    house.mkdir(parents=True, exist_ok=True)
-    for w in wheels:
-        shutil.copy2(w, house / w.name)
-    _run(["chroot", str(root), "/usr/bin/python3", "-m", "venv", "--system-site-packages",
-          "/opt/memledger"], log, env=env)
-    _run(["chroot", str(root), "/opt/memledger/bin/pip", "install", "--quiet", "--no-index",
-          "--find-links", "/opt/memledger-wheels", "memledger"], log, env=env)
-    (root / "usr/local/bin").mkdir(parents=True, exist_ok=True)
-    link = root / "usr/local/bin/memledger"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to("/opt/memledger/bin/memledger")
-    units = root / "etc/systemd/system"
-    for name in ("memledger.service", "memledger-collector.service"):
-        shutil.copy2(deploy / "systemd" / name, units / name)
-    shutil.copy2(deploy / "systemd/memledger.default", root / "etc/default/memledger")
-    shutil.copy2(deploy / "systemd/memledger-collector.default",
-                 root / "etc/default/memledger-collector")
-    (root / "usr/lib/sysusers.d").mkdir(parents=True, exist_ok=True)
-    (root / "usr/lib/tmpfiles.d").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(deploy / "systemd/memledger.sysusers", root / "usr/lib/sysusers.d/memledger.conf")
-    shutil.copy2(deploy / "systemd/memledger.tmpfiles", root / "usr/lib/tmpfiles.d/memledger.conf")
-    _write(units / "memledger-e2e-provision.service", _PROVISION_UNIT)
+def _stage_memledger(root: Path, debs: tuple[Path, Path], log: Path) -> None:
+    """The packages into the guest, and the unit that installs the first one."""
+    for where, deb in zip(("first", "newer"), debs, strict=True):
+        (root / DEBS.lstrip("/") / where).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(deb, root / DEBS.lstrip("/") / where / deb.name)
+    _write(root / "etc/systemd/system/memledger-e2e-provision.service", _PROVISION_UNIT)
     _run(["chroot", str(root), "systemctl", "enable", "memledger-e2e-provision.service"], log,
-         env=env)
+         env=_chroot_env())
 
 
 def _disk(rootfs: Path, out: Path, log: Path) -> None:
@@ -250,29 +263,23 @@ def _disk(rootfs: Path, out: Path, log: Path) -> None:
     tmp.rename(out)
 
 
-def guest_image(cache: Path, checkout: Path, python: str, provision: Callable[[Path], None],
+def guest_image(cache: Path, checkout: Path, provision: Callable[[Path], None],
                 log: Path) -> Path:
     """The provisioned guest disk for this checkout (cached by content)."""
     rootfs = build_rootfs(cache, log)
-    wheels = build_wheels(checkout, cache / "guest" / "wheels", log, python)
-    deploy = checkout / "deploy"
-    deploy_files = sorted(p for d in ("systemd",) for p in (deploy / d).iterdir()
-                          if p.is_file())
-    key = _key(rootfs.name, [hashlib.sha256(w.read_bytes()).hexdigest() for w in wheels
-                             if w.name.startswith("memledger-")],
-               [(p.name, hashlib.sha256(p.read_bytes()).hexdigest()) for p in deploy_files],
-               _PROVISION_UNIT, ROOT_UUID)
+    key = _key(rootfs.name, _source_key(checkout), _PROVISION_UNIT, ROOT_UUID)
     image = cache / "guest" / f"image-{key}.raw"
     if image.exists():
         return image
     for old in (cache / "guest").glob("image-*.raw"):
         old.unlink()  # one image at a time: each is a 4 GiB sparse file
+    debs = build_debs(checkout, cache / "guest" / "debs", log)
     staging = cache / "guest" / "staging"
     if staging.exists():
         shutil.rmtree(staging)
     _run(["cp", "-a", "--reflink=auto", str(rootfs), str(staging)], log)
     try:
-        _install_memledger(staging, wheels, deploy, log)
+        _stage_memledger(staging, debs, log)
         _first_boot_grub(staging)
         raw = image.with_name(image.name + ".unprovisioned")
         _disk(staging, raw, log)

@@ -1,19 +1,25 @@
 """Live collection inside a real EFI guest: Debian 12 under OVMF, memledger installed from
-this checkout's wheel and running under systemd, scraped from the host by Prometheus.
+this checkout's Debian package and running under systemd, scraped from the host by
+Prometheus.
 
-One guest boots once per module (TCG: each step is slow, so the scenario runs in order
-in the ``scenario`` fixture and every test checks what it recorded):
+The provisioning boot (lab/guest.py) installed the package with apt and ran the real
+``memledger boot-setup --apply``. One guest then boots once per module (TCG: each step
+is slow, so the scenario runs in order in the ``scenario`` fixture and every test checks
+what it recorded):
 
-1. the boot set up by the real ``memledger boot-setup --apply`` (the provisioning boot
-   ran it and update-grub), with ``crashkernel=256M``;
-2. both units active; the daemon stores its own boot;
+1. the boot set up by boot-setup and update-grub, with ``crashkernel=256M``;
+2. both units active, as the package's maintainer scripts left them; the daemon stores
+   its own boot, and still has the provisioning boot it captured when installed;
 3. a crashkernel shrink through /sys/kernel/kexec_crash_size, seen by the bcc back end
    (kfunc/fexit programs at Debian's default perf_event_paranoid=3);
 4. the collector restarted with the tracefs back end, and a second shrink;
-5. a kexec reboot, which the second boot's ledger must recognise.
+5. a kexec reboot, which the second boot's ledger must recognise;
+6. a newer build of the package installed over it: both units restarted, every stored
+   boot still there, a changed setting kept;
+7. the package purged: nothing of memledger left on the disk.
 
 The oracles are what the guest kernel says: its "Freeing EFI boot services memory" line,
-/sys/kernel/kexec_crash_size, MemTotal and boot_params.
+/sys/kernel/kexec_crash_size, MemTotal and boot_params; and what dpkg and systemd say.
 """
 
 from __future__ import annotations
@@ -22,7 +28,6 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -34,7 +39,7 @@ import pytest
 from conftest import qemu_missing
 from memledger.lab.boot import LabError
 from memledger.lab.firmware import find_ovmf
-from memledger.lab.guest import guest_image, provision_boot, tool_missing
+from memledger.lab.guest import DEBS, guest_image, provision_boot, tool_missing
 from memledger.lab.guestvm import GuestVM, free_port
 from memledger.lab.kernels import default_cache_dir
 from memledger.tracer.bootsetup import plan
@@ -73,6 +78,27 @@ class Shrink:
 
 
 @dataclass
+class Upgrade:
+    version_before: str
+    version_after: str
+    boots_before: list[str]       # boot ids, newest first
+    boots_after: list[str]
+    pids_before: dict[str, str]   # unit -> MainPID
+    pids_after: dict[str, str]
+    active: dict[str, str]
+    setting_tail: str             # the last line of /etc/default/memledger after it
+    settings_mode: str            # stat of /etc/default/memledger*: owner, group, mode
+
+
+@dataclass
+class Purge:
+    status: str                   # dpkg-query's status of memledger after the purge
+    leftovers: list[str]          # paths naming memledger, but for the test's own
+    units: str                    # systemctl list-unit-files 'memledger*'
+    user: str                     # getent passwd memledger
+
+
+@dataclass
 class Scenario:
     cmdline: list[str] = field(default_factory=list)
     paranoid: int = -1
@@ -92,6 +118,9 @@ class Scenario:
     kexec_freeing_lines: int = -1
     kexec_boots: list[dict[str, Any]] = field(default_factory=list)
     kexec_metrics: dict[str, float] = field(default_factory=dict)
+    installed_active: list[str] = field(default_factory=list)  # right after apt install
+    upgrade: Upgrade | None = None
+    purge: Purge | None = None
     security: dict[str, str] = field(default_factory=dict)  # unit -> systemd-analyze security
     caps: dict[str, dict[str, int]] = field(default_factory=dict)  # unit -> CapEff/CapPrm/CapBnd
     writes: dict[str, str] = field(default_factory=dict)  # "unit path" -> "ok" or the error
@@ -156,8 +185,7 @@ def image() -> Path:
     log = CACHE / "guest" / "build.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     ovmf = find_ovmf(CACHE)
-    return guest_image(CACHE, REPO, sys.executable, provision_boot(ovmf, CACHE / "guest" / "provision"),
-                       log)
+    return guest_image(CACHE, REPO, provision_boot(ovmf, CACHE / "guest" / "provision"), log)
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +230,7 @@ def stored_runtime(vm: GuestVM) -> list[tuple[str, int, str]]:
             "print(json.dumps(c.execute(\"select b.source, e.size, e.caller from runtime_events e "
             "join runtime_batches b on b.id = e.batch_id "
             "where e.function = 'crash_shrink_memory' order by e.id\").fetchall()))\n")
-    out = sh(vm, f"/opt/memledger/bin/python - <<'EOF'\n{code}EOF")
+    out = sh(vm, f"python3 - <<'EOF'\n{code}EOF")
     return [(s, int(n), c) for s, n, c in json.loads(out)]
 
 
@@ -303,7 +331,49 @@ def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                                240)
     s.kexec_metrics = wait_until("the kexec boot in /metrics", lambda: (
         m := scrape(port)).get('memledger_anomalies{code="kexec_boot"}') == 1 and m, 120)
+    s.installed_active = sh(vm, "cat /var/lib/memledger-e2e/installed").split()
+    s.upgrade = upgrade(vm, boots)
+    s.purge = purge(vm)
     yield s
+
+
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y --no-download"
+SETTINGS = "/etc/default/memledger /etc/default/memledger-collector /etc/default/memledger-prune"
+
+
+def _version(vm: GuestVM) -> str:
+    return sh(vm, "dpkg-query -W -f '${Version}' memledger")
+
+
+def _pids(vm: GuestVM) -> dict[str, str]:
+    return {u: sh(vm, f"systemctl show -p MainPID --value {u}").strip() for u in UNITS}
+
+
+def upgrade(vm: GuestVM, boots: str) -> Upgrade:
+    """The newer build installed over the running one, a setting changed beforehand."""
+    version, pids = _version(vm), _pids(vm)
+    before = [b["boot_id"] for b in json.loads(sh(vm, boots))]
+    sh(vm, "echo '# changed by the administrator' >> /etc/default/memledger")
+    sh(vm, f"{APT} install {DEBS}/newer/memledger_*.deb", timeout=900)
+    active = wait_active(vm)
+    return Upgrade(version, _version(vm), before, [b["boot_id"] for b in json.loads(sh(vm, boots))],
+                   pids, _pids(vm), active, sh(vm, "tail -n 1 /etc/default/memledger").strip(),
+                   sh(vm, f"stat -c '%n %U:%G %a' {SETTINGS}").strip())
+
+
+def purge(vm: GuestVM) -> Purge:
+    """apt purge, then every path on the disk (and /run) whose name says memledger, but
+    for the test's own (the packages, the provisioning unit and its stamp)."""
+    sh(vm, f"{APT} purge memledger", timeout=600)
+    own = ("/var/cache/memledger-e2e", "/var/lib/memledger-e2e",
+           "/etc/systemd/system/memledger-e2e-provision.service",
+           "/etc/systemd/system/multi-user.target.wants/memledger-e2e-provision.service")
+    prune = " -o ".join(f"-path {p}" for p in own)
+    found = sh(vm, f"find / /run -xdev \\( {prune} \\) -prune -o -name '*memledger*' -print")
+    return Purge(vm.sh("dpkg-query -W -f '${Status}' memledger 2>&1").out.strip(),
+                 sorted(set(found.split())),
+                 vm.sh("systemctl list-unit-files --no-legend 'memledger*'").out.strip(),
+                 vm.sh("getent passwd memledger").out.strip())
 
 
 def test_the_boot_carries_every_boot_setup_argument(scenario: Scenario) -> None:
@@ -317,10 +387,19 @@ def test_both_units_are_active_under_systemd(scenario: Scenario) -> None:
     assert scenario.active == {u: "active" for u in UNITS}, scenario.active
 
 
+def test_the_package_started_both_units_when_installed(scenario: Scenario) -> None:
+    """apt install in the provisioning boot: the maintainer scripts enabled and started
+    both units, and the daemon captured that boot (it is in the store; the next test)."""
+    assert scenario.installed_active == ["active", "active"], scenario.installed_active
+
+
 def test_the_daemon_stores_its_own_boot_with_the_kernels_reclaim(scenario: Scenario) -> None:
     assert scenario.freeing_kib is not None and scenario.freeing_kib > 0
-    (boot,) = scenario.stored_boots
+    # Newest first: this boot, then the provisioning boot, stored when the package started
+    # the daemon.
+    boot, provisioning = scenario.stored_boots
     assert boot["boot_id"] == scenario.boot_id
+    assert provisioning["boot_id"] != scenario.boot_id
     assert boot["efi_boot_services"]["reclaimed_bytes"] == scenario.freeing_kib * 1024
     assert scenario.metrics['memledger_efi_boot_services_bytes{state="reclaimed"}'] == \
         scenario.freeing_kib * 1024
@@ -417,3 +496,33 @@ def test_each_unit_writes_only_its_own_directories(scenario: Scenario) -> None:
             else:
                 assert "Read-only file system" in got or "No such file" in got \
                     or "Permission denied" in got, (unit, path, got)
+
+
+def test_a_newer_package_restarts_both_units_and_keeps_every_boot(scenario: Scenario) -> None:
+    u = scenario.upgrade
+    assert u is not None
+    version = subprocess.run(["dpkg-parsechangelog", "-l", str(REPO / "deploy/debian/changelog"),
+                              "-S", "Version"], capture_output=True, text=True, check=True).stdout
+    assert (u.version_before, u.version_after) == (version.strip(), version.strip() + "+1")
+    assert u.active == {unit: "active" for unit in UNITS}, u.active
+    assert all(u.pids_after[unit] not in ("0", u.pids_before[unit]) for unit in UNITS), \
+        (u.pids_before, u.pids_after)
+    # The provisioning boot, this boot and the kexec boot: all three, each once.
+    assert len(u.boots_before) == 3 and u.boots_after == u.boots_before
+    assert u.boots_before[0] == scenario.kexec_boot_id
+    # A conffile the administrator changed stays as changed (dpkg's rule when the package's
+    # own did not change), and every setting keeps its owner and mode.
+    assert u.setting_tail == "# changed by the administrator"
+    assert u.settings_mode.splitlines() == [
+        f"/etc/default/{name} root:memledger 640"
+        for name in ("memledger", "memledger-collector", "memledger-prune")], u.settings_mode
+
+
+def test_purging_the_package_leaves_nothing(scenario: Scenario) -> None:
+    p = scenario.purge
+    assert p is not None
+    assert "not-installed" in p.status or "no packages found" in p.status, p.status
+    assert p.leftovers == [], p.leftovers
+    assert p.units == "", p.units
+    # Debian leaves system users in place: files the user owned may remain elsewhere.
+    assert p.user.startswith("memledger:"), p.user
