@@ -210,7 +210,7 @@ Type=oneshot
 StandardOutput=journal+console
 TimeoutStartSec=1200
 Environment=DEBIAN_FRONTEND=noninteractive
-ExecStart=/bin/sh -c 'apt-get install -y --no-download {DEBS}/first/memledger_*.deb'
+ExecStart=/bin/sh -c 'apt-get install -y {DEBS}/first/memledger_*.deb'
 ExecStart=/bin/mkdir -p /var/lib/memledger-e2e
 ExecStart=/bin/sh -c 'systemctl is-active memledger.service memledger-collector.service \
     > /var/lib/memledger-e2e/installed; true'

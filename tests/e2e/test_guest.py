@@ -95,6 +95,7 @@ class Purge:
     status: str                   # dpkg-query's status of memledger after the purge
     leftovers: list[str]          # paths naming memledger, but for the test's own
     units: str                    # systemctl list-unit-files 'memledger*'
+    processes: str                # pgrep: anything still running from the package
     user: str                     # getent passwd memledger
 
 
@@ -337,7 +338,7 @@ def scenario(guest: GuestVM, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     yield s
 
 
-APT = "DEBIAN_FRONTEND=noninteractive apt-get -y --no-download"
+APT = "DEBIAN_FRONTEND=noninteractive apt-get -y"
 SETTINGS = "/etc/default/memledger /etc/default/memledger-collector /etc/default/memledger-prune"
 
 
@@ -373,6 +374,7 @@ def purge(vm: GuestVM) -> Purge:
     return Purge(vm.sh("dpkg-query -W -f '${Status}' memledger 2>&1").out.strip(),
                  sorted(set(found.split())),
                  vm.sh("systemctl list-unit-files --no-legend 'memledger*'").out.strip(),
+                 vm.sh("pgrep -a -f 'memledger (daemon|collect)'").out.strip(),
                  vm.sh("getent passwd memledger").out.strip())
 
 
@@ -524,5 +526,6 @@ def test_purging_the_package_leaves_nothing(scenario: Scenario) -> None:
     assert "not-installed" in p.status or "no packages found" in p.status, p.status
     assert p.leftovers == [], p.leftovers
     assert p.units == "", p.units
+    assert p.processes == "", p.processes  # both units stopped when it was removed
     # Debian leaves system users in place: files the user owned may remain elsewhere.
     assert p.user.startswith("memledger:"), p.user
