@@ -96,6 +96,8 @@ class Purge:
     leftovers: list[str]          # paths naming memledger, but for the test's own
     units: str                    # systemctl list-unit-files 'memledger*'
     processes: str                # pgrep: anything still running from the package
+    grub_before: int              # grub.cfg's lines with memblock=debug, before the purge
+    grub_after: int               # and after it
     user: str                     # getent passwd memledger
 
 
@@ -364,9 +366,12 @@ def upgrade(vm: GuestVM, boots: str) -> Upgrade:
 
 def purge(vm: GuestVM) -> Purge:
     """apt purge, then every path on the disk (and /run) whose name says memledger, but
-    for the test's own (the packages, the provisioning unit and its stamp)."""
+    for the lab's own (the packages, the provisioning unit, the stamps); and whether the
+    next boot's GRUB entries still carry boot-setup's arguments."""
+    memblock = "grep -c memblock=debug /boot/grub/grub.cfg || true"
+    grub_before = int(sh(vm, memblock))
     sh(vm, f"{APT} purge memledger", timeout=600)
-    own = ("/var/cache/memledger-e2e", "/var/lib/memledger-e2e",
+    own = ("/.memledger-complete", "/var/cache/memledger-e2e", "/var/lib/memledger-e2e",
            "/etc/systemd/system/memledger-e2e-provision.service",
            "/etc/systemd/system/multi-user.target.wants/memledger-e2e-provision.service")
     prune = " -o ".join(f"-path {p}" for p in own)
@@ -375,6 +380,7 @@ def purge(vm: GuestVM) -> Purge:
                  sorted(set(found.split())),
                  vm.sh("systemctl list-unit-files --no-legend 'memledger*'").out.strip(),
                  vm.sh("pgrep -a -f 'memledger (daemon|collect)'").out.strip(),
+                 grub_before, int(sh(vm, memblock)),
                  vm.sh("getent passwd memledger").out.strip())
 
 
@@ -527,5 +533,7 @@ def test_purging_the_package_leaves_nothing(scenario: Scenario) -> None:
     assert p.leftovers == [], p.leftovers
     assert p.units == "", p.units
     assert p.processes == "", p.processes  # both units stopped when it was removed
+    # boot-setup's drop-in is gone, and update-grub ran: the next boot is a plain one.
+    assert p.grub_before > 0 and p.grub_after == 0, (p.grub_before, p.grub_after)
     # Debian leaves system users in place: files the user owned may remain elsewhere.
     assert p.user.startswith("memledger:"), p.user
