@@ -154,15 +154,21 @@ def _configure(root: Path, log: Path) -> None:
     _run(["chroot", str(root), "apt-get", "clean"], log, env=env)
 
 
+# Folders that no package file comes from: a change in them keeps the image.
+_NOT_PACKAGED = frozenset({"tests", "bench", "docs"})
+
+
 def _source_key(checkout: Path) -> str:
-    """The tree hash of the checkout's tracked files as they are in the work tree
-    (``git stash create`` commits them, changed or not, without touching anything)."""
+    """The hashes of the checkout's tracked files as they are in the work tree (``git
+    stash create`` commits them, changed or not, without touching anything), but for
+    _NOT_PACKAGED."""
     def git(*args: str) -> str:
         r = subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True)
         if r.returncode != 0:
             raise LabError(f"{checkout}: git {args[0]}: {r.stderr.strip()}")
         return r.stdout.strip()
-    return git("rev-parse", f"{git('stash', 'create') or 'HEAD'}^{{tree}}")
+    top = git("ls-tree", git("stash", "create") or "HEAD").splitlines()
+    return _key([line for line in top if line.split("\t", 1)[1] not in _NOT_PACKAGED])
 
 
 # In the guest: the checkout's package in DEBS/first, a newer build of the same source

@@ -94,7 +94,7 @@ class Upgrade:
 class Purge:
     status: str                   # dpkg-query's status of memledger after the purge
     leftovers: list[str]          # paths naming memledger, but for the test's own
-    units: str                    # systemctl list-unit-files 'memledger*'
+    units: str                    # systemctl list-unit-files of the package's units
     processes: str                # pgrep: anything still running from the package
     grub_before: int              # grub.cfg's lines with memblock=debug, before the purge
     grub_after: int               # and after it
@@ -378,7 +378,8 @@ def purge(vm: GuestVM) -> Purge:
     found = sh(vm, f"find / /run -xdev \\( {prune} \\) -prune -o -name '*memledger*' -print")
     return Purge(vm.sh("dpkg-query -W -f '${Status}' memledger 2>&1").out.strip(),
                  sorted(set(found.split())),
-                 vm.sh("systemctl list-unit-files --no-legend 'memledger*'").out.strip(),
+                 vm.sh("systemctl list-unit-files --no-legend 'memledger.*' "
+                       "'memledger-collector.*' 'memledger-prune.*'").out.strip(),
                  vm.sh("pgrep -a -f 'memledger (daemon|collect)'").out.strip(),
                  grub_before, int(sh(vm, memblock)),
                  vm.sh("getent passwd memledger").out.strip())
