@@ -15,7 +15,8 @@ The image is built in two cached layers under ``CACHE/guest/``:
     with ``mkfs.ext4 -d`` (no loop device or mount needed), plus two Debian packages of
     this checkout in ``/var/cache/memledger-e2e/`` (``scripts/build-deb``): the
     checkout's version, and a newer build of the same source for the upgrade. KEY
-    adds the hash of the checkout's tracked files.
+    adds the hashes of the checkout's tracked files, but for the folders no package
+    file comes from (tests, bench, docs).
 
     Its first boot is the *provisioning* boot, done like an operator would on a host:
     ``apt-get install`` of the first package (its maintainer scripts create the user and
